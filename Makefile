@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+CONFIG ?= deploy/local/stack.yaml
+MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
+
+.PHONY: setup run test lint models clean help
+
+help:
+	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
+	@echo "make test    set up, then run the lint checks and the test suite"
+	@echo "make lint    ruff + mypy --strict"
+	@echo "make models  retrain claims_risk v1/v2 into model_repo/"
+
+setup: $(STAMP)
+
+# torch==2.13.0 (CPU) and nvidia-pytriton come from the 'triton' extra: only the
+# local stack and the tests need them, never the gateway/sidecar runtime.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[triton,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(MODELS): | $(STAMP)
+	$(BIN)/aios models build
+
+models: $(STAMP)
+	$(BIN)/aios models build
+
+run: $(STAMP) $(MODELS)
+	$(BIN)/aios up --config $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check aios gateway sidecar tests
+	$(BIN)/mypy
+
+test: $(STAMP) $(MODELS) lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

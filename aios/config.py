@@ -1,0 +1,168 @@
+"""The stack configuration: one YAML file, one section per service.
+
+Immutable, validated objects with named defaults. A bad value fails at load time with the
+dotted path of the field that is wrong. Environment variables are read only by the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path("deploy/local/stack.yaml")
+
+DEFAULT_HOST = "127.0.0.1"
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+SIDECAR_HTTP_PORT = 8090
+SIDECAR_GRPC_PORT = 8091
+GATEWAY_HTTP_PORT = 8080
+GATEWAY_GRPC_PORT = 8081
+
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEV_HS256_SECRET = "aios-dev-secret-change-me-in-production-0123456789"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TritonSettings(_Frozen):
+    """The Triton server: started by `aios triton`, or an external one by URL."""
+
+    model_repository: Path = Path("model_repo")
+    host: str = DEFAULT_HOST
+    http_port: int = Field(TRITON_HTTP_PORT, ge=1, le=65535)
+    grpc_port: int = Field(TRITON_GRPC_PORT, ge=1, le=65535)
+    metrics_port: int = Field(TRITON_METRICS_PORT, ge=1, le=65535)
+    # Set to use a Triton that runs elsewhere; `aios up` then starts none.
+    external_http: str | None = None
+    external_grpc: str | None = None
+    startup_timeout_s: float = Field(180.0, gt=0)
+    log_verbose: int = Field(0, ge=0)
+
+    @property
+    def http_address(self) -> str:
+        """host:port of Triton's HTTP endpoint."""
+        return self.external_http or f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """host:port of Triton's gRPC endpoint."""
+        return self.external_grpc or f"{self.host}:{self.grpc_port}"
+
+
+class UpstreamSettings(_Frozen):
+    """How a service reaches its next hop over both protocols."""
+
+    http: str
+    grpc: str
+    connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+
+
+class ServerSettings(_Frozen):
+    """Where a service listens and what it accepts."""
+
+    host: str = DEFAULT_HOST
+    http_port: int = Field(ge=1, le=65535)
+    grpc_port: int = Field(ge=1, le=65535)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
+
+
+class SidecarSettings(_Frozen):
+    """The sidecar beside one Triton."""
+
+    server: ServerSettings = ServerSettings(http_port=SIDECAR_HTTP_PORT,
+                                            grpc_port=SIDECAR_GRPC_PORT)
+    triton: UpstreamSettings = UpstreamSettings(
+        http=f"{DEFAULT_HOST}:{TRITON_HTTP_PORT}", grpc=f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}")
+
+
+class ModelRoute(_Frozen):
+    """Which backend serves a model (and the version used when the client pins none)."""
+
+    backend: str
+    version: str | None = None
+
+
+class GatewaySettings(_Frozen):
+    """The gateway: front door, backends (sidecars) and the model → backend routes."""
+
+    server: ServerSettings = ServerSettings(http_port=GATEWAY_HTTP_PORT,
+                                            grpc_port=GATEWAY_GRPC_PORT)
+    backends: dict[str, UpstreamSettings] = Field(default_factory=lambda: {
+        "local": UpstreamSettings(http=f"{DEFAULT_HOST}:{SIDECAR_HTTP_PORT}",
+                                  grpc=f"{DEFAULT_HOST}:{SIDECAR_GRPC_PORT}")})
+    models: dict[str, ModelRoute] = Field(
+        default_factory=lambda: {"claims_risk": ModelRoute(backend="local")})
+
+    @model_validator(mode="after")
+    def _routes_name_known_backends(self) -> GatewaySettings:
+        for name, route in self.models.items():
+            if route.backend not in self.backends:
+                raise ValueError(
+                    f"models.{name}.backend: unknown backend {route.backend!r} "
+                    f"(known: {', '.join(sorted(self.backends)) or 'none'})")
+        return self
+
+
+class AuthSettings(_Frozen):
+    """Token issuing/verification settings shared by `aios token` and the gateway."""
+
+    issuer: str = "aios-dev"
+    audience: str = "aios-gateway"
+    hs256_secret: str = Field(DEV_HS256_SECRET, min_length=32)
+    tenant_claim: str = "tenant"
+
+
+class StackConfig(_Frozen):
+    """The whole local stack; each service reads its own section."""
+
+    triton: TritonSettings = TritonSettings()
+    sidecar: SidecarSettings = SidecarSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: Any, source: str = "<config>") -> StackConfig:
+    """Validate a mapping (as loaded from YAML) into a StackConfig."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+
+
+def load_config(path: Path) -> StackConfig:
+    """Read and validate the stack file at ``path``; relative paths in it are kept as is."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,92 @@
+"""The one exception tree of both services.
+
+Each class knows its HTTP status and gRPC code; they are mapped to responses in exactly
+two places: `aios.rest.error_response` (REST) and `aios.grpc_service.ErrorInterceptor`
+(gRPC). Third-party errors are translated into these at the boundary that meets them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class AiosError(Exception):
+    """Base: an error whose message is safe to show the client."""
+
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error asks for (REST)."""
+        return {}
+
+
+class InvalidInput(AiosError):
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unauthenticated(AiosError):
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class Forbidden(AiosError):
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(AiosError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class PayloadTooLarge(AiosError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotReady(AiosError):
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamUnavailable(AiosError):
+    """The next hop could not be reached or broke the connection."""
+
+    http_status = 502
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamTimeout(AiosError):
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UpstreamRejected(AiosError):
+    """The next hop answered a gRPC call with an error status: passed on as it is."""
+
+    _HTTP_BY_CODE: ClassVar[dict[grpc.StatusCode, int]] = {
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+        grpc.StatusCode.PERMISSION_DENIED: 403,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.UNIMPLEMENTED: 501,
+    }
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.grpc_code = code
+        self.http_status = self._HTTP_BY_CODE.get(code, 502)

@@ -1,0 +1,100 @@
+"""The gRPC adapter: KServe v2's `inference.GRPCInferenceService` over a `KServePlane`.
+
+Messages arrive and leave as serialized bytes (no deserializer is registered), so tensors
+are never decoded here. `ErrorInterceptor` is the one place where an `AiosError` becomes a
+gRPC status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+import grpc.aio
+from tritonclient.grpc import service_pb2
+
+from aios import __version__
+from aios.errors import AiosError
+from aios.plane import KServePlane
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+# Model-level calls that are forwarded to the next hop as they are.
+FORWARDED_METHODS = ("ModelReady", "ModelMetadata", "ModelInfer", "ModelConfig",
+                     "ModelStatistics")
+
+Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def method_path(name: str) -> str:
+    """The full gRPC path of a KServe method."""
+    return f"/{SERVICE}/{name}"
+
+
+def kserve_grpc_handler(plane: KServePlane) -> grpc.GenericRpcHandler:
+    """A generic handler implementing the KServe methods a proxy should answer."""
+
+    async def server_live(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+        return bytes(service_pb2.ServerLiveResponse(live=True).SerializeToString())
+
+    async def server_ready(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+        ok = await plane.ready()
+        return bytes(service_pb2.ServerReadyResponse(ready=ok).SerializeToString())
+
+    async def server_metadata(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+        meta = service_pb2.ServerMetadataResponse(
+            name=plane.server_name, version=__version__, extensions=["binary_tensor_data"])
+        return bytes(meta.SerializeToString())
+
+    def forward(name: str) -> Unary:
+        path = method_path(name)
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            reply = await plane.forward_grpc(path, request, context.invocation_metadata() or ())
+            if reply.trailing:
+                context.set_trailing_metadata(reply.trailing)
+            return reply.payload
+
+        return call
+
+    methods: dict[str, Unary] = {
+        "ServerLive": server_live,
+        "ServerReady": server_ready,
+        "ServerMetadata": server_metadata,
+        **{name: forward(name) for name in FORWARDED_METHODS},
+    }
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps AiosError to its gRPC status; anything unexpected to INTERNAL, logged here."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def guarded(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                result: bytes = await inner(request, context)
+                return result
+            except AiosError as exc:
+                await context.abort(exc.grpc_code, exc.message)
+            except Exception:
+                logger.exception("unhandled error in %s", handler_call_details.method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise AssertionError("unreachable: abort raises")
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

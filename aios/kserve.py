@@ -1,0 +1,201 @@
+"""The parts of the KServe v2 / Open Inference Protocol that a proxy needs, and no more.
+
+A proxy forwards bytes; it must not decode tensors it only passes on. What it needs is
+the model name and version: from the URL on REST, and from the first fields of the
+protobuf message on gRPC, which `peek_model` reads without parsing the tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+
+from aios.errors import InvalidInput
+
+# Field numbers shared by ModelInferRequest, ModelMetadataRequest, ModelReadyRequest,
+# ModelConfigRequest and ModelStatisticsRequest: 1 = name, 2 = version.
+_NAME_FIELD = 1
+_VERSION_FIELD = 2
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+
+# Bytes per element of each KServe v2 datatype; BYTES is variable-length.
+DATATYPE_SIZES: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+    "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8,
+    "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8, "BYTES": 0,
+}
+MAX_DIMS = 16
+MAX_ELEMENTS = 1 << 40
+MAX_NESTING = 32
+
+
+def error_body(message: str) -> bytes:
+    """KServe's error shape: ``{"error": "..."}``."""
+    return json.dumps({"error": message}).encode()
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise InvalidInput("malformed protobuf: truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise InvalidInput("malformed protobuf: varint too long")
+
+
+def peek_model(message: bytes) -> tuple[str, str]:
+    """Return (name, version) from a serialized KServe model request, skipping the rest.
+
+    Walks the top-level fields only; length-delimited fields (tensors, raw contents) are
+    skipped by their length, never decoded. Raises InvalidInput for malformed framing.
+    """
+    name = version = ""
+    pos, end = 0, len(message)
+    while pos < end:
+        key, pos = _varint(message, pos)
+        field, wire = key >> 3, key & 7
+        if wire == _WIRE_LEN:
+            length, pos = _varint(message, pos)
+            if pos + length > end:
+                raise InvalidInput("malformed protobuf: field longer than the message")
+            if field in (_NAME_FIELD, _VERSION_FIELD):
+                try:
+                    text = message[pos:pos + length].decode()
+                except UnicodeDecodeError as exc:
+                    raise InvalidInput("malformed protobuf: model name is not UTF-8") from exc
+                if field == _NAME_FIELD:
+                    name = text
+                else:
+                    version = text
+            pos += length
+        elif wire == _WIRE_VARINT:
+            _, pos = _varint(message, pos)
+        elif wire == _WIRE_I64:
+            pos += 8
+        elif wire == _WIRE_I32:
+            pos += 4
+        else:
+            raise InvalidInput(f"malformed protobuf: unsupported wire type {wire}")
+        if field == 0:
+            raise InvalidInput("malformed protobuf: field number 0")
+    if pos != end:
+        raise InvalidInput("malformed protobuf: truncated field")
+    return name, version
+
+
+def with_version(message: bytes, version: str) -> bytes:
+    """Return ``message`` with its model_version (field 2) set to ``version``.
+
+    Protobuf keeps the last value of a repeated scalar field, so appending the field
+    overrides any earlier one without re-encoding the tensors.
+    """
+    data = version.encode()
+    return message + bytes((_VERSION_FIELD << 3 | _WIRE_LEN,)) + _encode_varint(len(data)) + data
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def json_header_length(header_value: str | None, body_length: int) -> int:
+    """Length of the JSON part of a REST infer body (binary tensor extension aware)."""
+    if header_value is None:
+        return body_length
+    if not header_value.isdigit():
+        raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
+    length = int(header_value)
+    if length > body_length:
+        raise InvalidInput(f"Inference-Header-Content-Length {length} exceeds the body "
+                           f"of {body_length} bytes")
+    return length
+
+
+def _count(data: Any, depth: int = 0) -> int:
+    if depth > MAX_NESTING:
+        raise InvalidInput("'data' is nested too deeply")
+    if isinstance(data, list):
+        return sum(_count(item, depth + 1) for item in data)
+    return 1
+
+
+def _element_count(shape: Any, where: str) -> int:
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{where}: 'shape' must be a list of at most {MAX_DIMS} dimensions")
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise InvalidInput(f"{where}: 'shape' must hold non-negative integers, got {dim!r}")
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(f"{where}: 'shape' {shape} is too large")
+    return count
+
+
+def validate_infer_request(body: bytes, header_length: int) -> None:
+    """Check a REST infer body is a well-formed KServe v2 request before anyone runs it.
+
+    Parses only the JSON header; binary tensor data is checked by its declared sizes,
+    never decoded. Raises InvalidInput naming what is wrong.
+    """
+    try:
+        doc = orjson.loads(body[:header_length])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    binary_total = 0
+    for i, tensor in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            raise InvalidInput(f"{where} must be an object")
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"{where}: 'name' must be a non-empty string")
+        where = f"input '{name}'"
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPE_SIZES:
+            raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
+        count = _element_count(tensor.get("shape"), where)
+        params = tensor.get("parameters", {})
+        if not isinstance(params, dict):
+            raise InvalidInput(f"{where}: 'parameters' must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"{where}: 'binary_data_size' must be a non-negative integer")
+            itemsize = DATATYPE_SIZES[datatype]
+            if itemsize and size != count * itemsize:
+                raise InvalidInput(f"{where}: binary_data_size {size} does not match shape "
+                                   f"{tensor['shape']} of {datatype} ({count * itemsize} bytes)")
+            binary_total += size
+        elif "data" not in tensor:
+            raise InvalidInput(f"{where}: has neither 'data' nor 'binary_data_size'")
+        elif (found := _count(tensor["data"])) != count:
+            raise InvalidInput(f"{where}: shape {tensor['shape']} needs {count} values, "
+                               f"'data' has {found}")
+    if binary_total != len(body) - header_length:
+        raise InvalidInput(f"binary tensor data is {len(body) - header_length} bytes, "
+                           f"the inputs declare {binary_total}")
+    outputs = doc.get("outputs", [])
+    if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")

@@ -1,0 +1,233 @@
+"""Train the example claim-scoring model, both versions, deterministically.
+
+`aios models build` generates a synthetic claims data set, trains version 1 (a logistic
+regression on six raw features) and version 2 (a small MLP on all eight features, with the
+claim amount on a log scale: a better fit, measured on a holdout set), and writes into each
+version folder of the Triton model repository:
+
+- ``model.pt``: the TorchScript model the Triton python backend serves;
+- ``profile.json``: the training feature profile (per feature dtype, range, mean/std,
+  quantile bin edges and training frequencies, and the same for the output);
+- ``golden.json``: inputs with the outputs that training-time PyTorch produced.
+
+Everything is seeded and single-threaded so rebuilding gives byte-identical golden files.
+This module needs the ``triton`` extra (torch); the services never import it.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from aios.profile import FEATURES, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, bin_index
+
+logger = logging.getLogger(__name__)
+
+SEED = 15_000
+N_CLAIMS = 20_000
+HOLDOUT_FRACTION = 0.2
+N_BINS = 10
+GOLDEN_SIZE = 64
+
+
+def synthesize_claims(n: int, seed: int = SEED) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Return (features float32 [n, 8], label float32 [n]) for a synthetic claims book.
+
+    The label is "needs manual review / likely fraudulent": drawn from a hidden logistic
+    model with one interaction (large claim on a young policy) that a linear model on raw
+    features cannot fit, so version 2 has something honest to gain.
+    """
+    rng = np.random.default_rng(seed)
+    amount = np.clip(rng.lognormal(mean=8.0, sigma=1.0, size=n), 100.0, 250_000.0)
+    tenure = np.clip(np.round(rng.gamma(2.0, 24.0, size=n)), 0, 480)
+    prior = np.clip(rng.poisson(0.5, size=n), 0, 12)
+    delay = np.clip(np.round(rng.exponential(10.0, size=n)), 0, 365)
+    age = np.clip(np.round(rng.normal(45.0, 14.0, size=n)), 18, 90)
+    vehicle = np.clip(np.round(rng.gamma(2.0, 3.0, size=n), 1), 0, 30)
+    police = (rng.random(n) < 0.6).astype(np.float64)
+    witness = (rng.random(n) < 0.35).astype(np.float64)
+
+    log_amount = np.log(amount)
+    logit = (
+        -2.2
+        + 0.8 * (log_amount - 8.0)
+        - 0.015 * tenure
+        + 0.45 * prior
+        + 0.04 * delay
+        - 0.01 * (age - 45.0)
+        + 0.05 * vehicle
+        - 0.9 * police
+        - 0.6 * witness
+        + 1.5 * ((log_amount > 9.0) & (tenure < 12)).astype(np.float64)
+    )
+    label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    features = np.stack([amount, tenure, prior, delay, age, vehicle, police, witness], axis=1)
+    return features.astype(np.float32), label
+
+
+class ClaimsRiskModel(nn.Module):
+    """Standardise the selected features, then score: sigmoid(net(z))."""
+
+    # Real annotations (no postponed evaluation here): TorchScript reads them.
+    cols: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, cols: list[int], mean: NDArray[Any], std: NDArray[Any], net: nn.Module,
+                 log_amount: bool) -> None:
+        super().__init__()
+        self.register_buffer("cols", torch.tensor(cols, dtype=torch.long))
+        self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
+        self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
+        self.net = net
+        self.log_amount = log_amount
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log_amount:
+            x = torch.cat([torch.log1p(x[:, :1]), x[:, 1:]], dim=1)
+        z = (x.index_select(1, self.cols) - self.mean) / self.std
+        return torch.sigmoid(self.net(z))
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """How one version of the model is built."""
+
+    version: int
+    cols: tuple[int, ...]
+    log_amount: bool
+    hidden: int  # 0: logistic regression
+    epochs: int
+    lr: float
+    description: str
+
+
+VERSIONS = (
+    VersionSpec(1, (0, 1, 2, 3, 4, 5), False, 0, 400, 0.05,
+                "logistic regression on six raw features"),
+    VersionSpec(2, (0, 1, 2, 3, 4, 5, 6, 7), True, 16, 600, 0.02,
+                "MLP (16 hidden) on all eight features, log claim amount"),
+)
+
+
+def _transform(x: NDArray[Any], spec: VersionSpec) -> NDArray[Any]:
+    x = x.astype(np.float64)
+    if spec.log_amount:
+        x = x.copy()
+        x[:, 0] = np.log1p(x[:, 0])
+    return x[:, list(spec.cols)]
+
+
+def _train(spec: VersionSpec, x: NDArray[Any], y: NDArray[Any]) -> ClaimsRiskModel:
+    torch.manual_seed(SEED + spec.version)
+    xt = _transform(x, spec)
+    mean, std = xt.mean(axis=0), xt.std(axis=0)
+    std[std == 0] = 1.0
+    width = len(spec.cols)
+    net: nn.Module
+    if spec.hidden:
+        net = nn.Sequential(nn.Linear(width, spec.hidden), nn.Tanh(), nn.Linear(spec.hidden, 1))
+    else:
+        net = nn.Linear(width, 1)
+    model = ClaimsRiskModel(list(spec.cols), mean, std, net, spec.log_amount)
+    inputs, target = torch.from_numpy(x), torch.from_numpy(y).unsqueeze(1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    loss_fn = nn.BCELoss()
+    for _ in range(spec.epochs):
+        optimiser.zero_grad()
+        loss = loss_fn(model(inputs), target)
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def _auc(score: NDArray[Any], label: NDArray[Any]) -> float:
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    pos = label == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logloss(score: NDArray[Any], label: NDArray[Any]) -> float:
+    p = np.clip(score.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+
+
+def _column_profile(values: NDArray[Any]) -> dict[str, Any]:
+    values = values.astype(np.float64)
+    qs = np.quantile(values, np.linspace(0, 1, N_BINS + 1)[1:-1])
+    edges = np.unique(np.round(qs, 6))
+    counts = np.bincount(bin_index(edges.tolist(), values), minlength=len(edges) + 1)
+    return {
+        "dtype": "FP32",
+        "min": round(float(values.min()), 6),
+        "max": round(float(values.max()), 6),
+        "mean": round(float(values.mean()), 6),
+        "std": round(float(values.std()), 6),
+        "bin_edges": [float(e) for e in edges],
+        "frequencies": [round(float(c) / len(values), 6) for c in counts],
+    }
+
+
+def _dump(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def _score(model: ClaimsRiskModel, x: NDArray[Any]) -> NDArray[Any]:
+    with torch.no_grad():
+        scores: NDArray[Any] = model(torch.from_numpy(x)).numpy()[:, 0]
+    return scores
+
+
+def build(repo: Path) -> dict[int, dict[str, float]]:
+    """Train both versions into ``repo/claims_risk/<v>/``; return holdout metrics."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    x, y = synthesize_claims(N_CLAIMS)
+    n_train = int(N_CLAIMS * (1 - HOLDOUT_FRACTION))
+    x_train, y_train, x_hold, y_hold = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+    golden_x = x_hold[:GOLDEN_SIZE]
+    report: dict[int, dict[str, float]] = {}
+    for spec in VERSIONS:
+        model = _train(spec, x_train, y_train)
+        out_dir = repo / MODEL_NAME / str(spec.version)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        scripted = torch.jit.script(model)
+        scripted.save(str(out_dir / "model.pt"))
+        hold_score = _score(model, x_hold)
+        metrics = {
+            "holdout_auc": round(_auc(hold_score, y_hold), 6),
+            "holdout_logloss": round(_logloss(hold_score, y_hold), 6),
+        }
+        report[spec.version] = metrics
+        train_score = _score(model, x_train)
+        features = [
+            {"name": f.name, "index": i, "unit": f.unit, "description": f.description,
+             "used": i in spec.cols, **_column_profile(x_train[:, i])}
+            for i, f in enumerate(FEATURES)
+        ]
+        _dump(out_dir / "profile.json", {
+            "model": MODEL_NAME, "version": spec.version, "description": spec.description,
+            "input": INPUT_NAME, "output": OUTPUT_NAME, "n_train": n_train, "seed": SEED,
+            "features": features, "output_profile": {"name": OUTPUT_NAME,
+                                                     **_column_profile(train_score)},
+            "metrics": metrics,
+        })
+        # The golden outputs come from the scripted module, as Triton will run it.
+        golden_y = scripted(torch.from_numpy(golden_x)).detach().numpy()
+        _dump(out_dir / "golden.json", {
+            "model": MODEL_NAME, "version": spec.version, "input": INPUT_NAME,
+            "output": OUTPUT_NAME, "tolerance": 1e-6,
+            "inputs": [[float(v) for v in row] for row in golden_x],
+            "outputs": [[float(v) for v in row] for row in golden_y],
+        })
+        logger.info("built %s v%d: %s", MODEL_NAME, spec.version, metrics)
+    return report

@@ -1,0 +1,49 @@
+"""What a KServe v2 front door needs from the service behind it (KServe's data-plane split).
+
+The gateway and the sidecar each implement `KServePlane`; `aios.rest` and
+`aios.grpc_service` are thin protocol adapters over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aios.upstream import GrpcReply, HttpReply, Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """A REST call addressed to a model: ``/v2/models/<model>[/versions/<v>]<tail>``."""
+
+    model: str
+    version: str
+    tail: str  # "", "/ready", "/config", "/infer", "/stats"
+    method: str
+    body: bytes
+    headers: Iterable[tuple[str, str]]
+
+    @property
+    def upstream_path(self) -> str:
+        """The path to forward, with the version this call is addressed to."""
+        versioned = f"/versions/{self.version}" if self.version else ""
+        return f"/v2/models/{self.model}{versioned}{self.tail}"
+
+
+class KServePlane(Protocol):
+    """A service that answers KServe v2 calls, over either protocol."""
+
+    server_name: str
+
+    async def ready(self) -> bool:
+        """Whether the service can serve inference now."""
+        ...
+
+    async def forward_rest(self, call: ModelCall) -> HttpReply:
+        """Answer a REST model call (metadata, readiness, config, infer, stats)."""
+        ...
+
+    async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
+        """Answer a model-level gRPC call given as serialized bytes."""
+        ...

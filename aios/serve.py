@@ -1,0 +1,71 @@
+"""Run a service's REST (uvicorn) and gRPC (grpc.aio) front doors on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import grpc
+import grpc.aio
+import uvicorn
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp
+
+from aios.config import ServerSettings
+from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
+from aios.plane import KServePlane
+from aios.rest import create_rest_app, kserve_routes
+from aios.upstream import grpc_options
+
+logger = logging.getLogger(__name__)
+
+GRPC_GRACE_S = 5.0
+KEEPALIVE_TIMEOUT_S = 5
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal capture: `serve` owns the signals, so a stop exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(app: ASGIApp, handlers: Sequence[grpc.GenericRpcHandler],
+                settings: ServerSettings, name: str) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn catches them), then stop gRPC gracefully."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                             options=grpc_options(settings.max_body_bytes))
+    server.add_generic_rpc_handlers(tuple(handlers))
+    grpc_address = f"{settings.host}:{settings.grpc_port}"
+    if server.add_insecure_port(grpc_address) == 0:
+        raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
+    await server.start()
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, lifespan="off",
+        log_level="warning", access_log=False, timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
+        server_header=False, date_header=False,
+    )
+    logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
+                settings.http_port, grpc_address)
+    http = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, setattr, http, "should_exit", True)
+    try:
+        await http.serve()
+    finally:
+        await server.stop(GRPC_GRACE_S)
+        logger.info("%s: stopped", name)
+
+
+async def run_service(name: str, open_plane: AbstractAsyncContextManager[KServePlane],
+                      settings: ServerSettings, registry: CollectorRegistry) -> None:
+    """Open a service's data plane, serve it over REST and gRPC until a signal, close it."""
+    async with open_plane as plane:
+        app = create_rest_app(kserve_routes(plane, settings.max_body_bytes, registry))
+        await serve(app, [kserve_grpc_handler(plane)], settings, name)

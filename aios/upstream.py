@@ -1,0 +1,162 @@
+"""Clients for the next hop (a sidecar for the gateway, Triton for the sidecar).
+
+Both forward bytes as they came: REST bodies with their content headers (so the binary
+tensor extension passes untouched) and gRPC messages as serialized bytes (no protobuf
+decoding). Errors of aiohttp and grpc are translated here into `aios.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+import grpc
+import grpc.aio
+
+from aios.config import UpstreamSettings
+from aios.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
+
+# What crosses a hop. Credentials stop at the gateway; tensors and trace context pass.
+FORWARDED_REQUEST_HEADERS = frozenset({
+    "content-type", "content-encoding", "accept-encoding", "inference-header-content-length",
+    "traceparent", "tracestate", "x-request-id",
+})
+FORWARDED_RESPONSE_HEADERS = frozenset({
+    "content-type", "content-encoding", "inference-header-content-length",
+})
+FORWARDED_PREFIX = "x-aios-"
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel/server options: one message-size limit on both sides of a hop."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def forwardable(name: str) -> bool:
+    """Whether a request header / gRPC metadata key is passed to the next hop."""
+    return name in FORWARDED_REQUEST_HEADERS or name.startswith(FORWARDED_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """What the next hop answered, reduced to what we pass back."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class HttpUpstream:
+    """A pooled keep-alive HTTP client to one next hop."""
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        self.name = name
+        self._base = f"http://{settings.http}"
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpUpstream:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            # Bodies pass through as they are: compressed stays compressed.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+        )
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, body: bytes,
+                      headers: Iterable[tuple[str, str]]) -> HttpReply:
+        """Send one request; return the reply, or raise an AiosError naming this hop."""
+        assert self._session is not None, "use HttpUpstream as an async context manager"
+        out = {k: v for k, v in headers if forwardable(k)}
+        try:
+            async with self._session.request(
+                method, self._base + path, data=body or None, headers=out
+            ) as resp:
+                payload = await resp.read()
+                kept = {k.lower(): v for k, v in resp.headers.items()
+                        if k.lower() in FORWARDED_RESPONSE_HEADERS}
+                return HttpReply(resp.status, kept, payload)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"backend {self.name!r} unreachable: "
+                                      f"{type(exc).__name__}") from exc
+
+    async def ready(self) -> bool:
+        """Whether the next hop reports itself ready."""
+        try:
+            reply = await self.request("GET", "/v2/health/ready", b"", ())
+        except (UpstreamUnavailable, UpstreamTimeout):
+            return False
+        return reply.status == 200
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcReply:
+    """A serialized gRPC response and the trailing metadata to pass back."""
+
+    payload: bytes
+    trailing: Metadata
+
+
+class GrpcUpstream:
+    """One gRPC channel to the next hop; calls carry serialized messages as bytes."""
+
+    def __init__(self, name: str, settings: UpstreamSettings, max_message_bytes: int) -> None:
+        self.name = name
+        self._address = settings.grpc
+        self._timeout = settings.request_timeout_s
+        self._options = grpc_options(max_message_bytes)
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    async def __aenter__(self) -> GrpcUpstream:
+        self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def call(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
+        """Invoke ``method`` (full path) with a serialized request."""
+        assert self._channel is not None, "use GrpcUpstream as an async context manager"
+        stub = self._calls.get(method)
+        if stub is None:
+            stub = self._calls[method] = self._channel.unary_unary(method)
+        md = tuple((k, v) for k, v in metadata if forwardable(k))
+        call = stub(payload, metadata=md, timeout=self._timeout)
+        try:
+            response: bytes = await call
+            trailing = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise UpstreamUnavailable(f"backend {self.name!r} unavailable: {details}") from exc
+            raise UpstreamRejected(code, details) from exc
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        return GrpcReply(response, tuple(trailing or ()))

@@ -1,0 +1,1 @@
+"""The gateway: the KServe v2 front door that routes each model to a backend sidecar."""

@@ -1,0 +1,42 @@
+"""The `aios` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jwt
+import pytest
+
+from aios.cli import main
+from aios.config import StackConfig
+from tests.helpers import REPO
+
+COMMANDS = [["up"], ["gateway"], ["sidecar"], ["triton"], ["models", "build"], ["token"], []]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "aios")
+def test_help(command: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "aios", *command, "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"usage: aios {' '.join(command)}".rstrip())
+
+
+def test_token_is_signed_with_the_configured_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "--sub", "alice", "--tenant", "acme", "--scope", "infer:claims_risk",
+                 "--ttl", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    auth = StackConfig().auth
+    claims = jwt.decode(token, auth.hs256_secret, algorithms=["HS256"],
+                        audience=auth.audience, issuer=auth.issuer)
+    assert (claims["sub"], claims["tenant"], claims["scope"]) == ("alice", "acme",
+                                                                   "infer:claims_risk")
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: object, caplog: pytest.LogCaptureFixture,
+                                             ) -> None:
+    path = tmp_path / "bad.yaml"  # type: ignore[operator]
+    path.write_text("gateway: {server: {http_port: 70000, grpc_port: 1}}\n")
+    assert main(["token", "--config", str(path)]) == 2
+    assert "gateway.server.http_port" in caplog.text

@@ -1,0 +1,53 @@
+"""The stack config: defaults, validation errors that name the field, the shipped file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aios.config import ConfigError, StackConfig, load_config, parse_config
+from tests.helpers import REPO
+
+
+def test_shipped_local_stack_matches_documented_ports() -> None:
+    config = load_config(REPO / "deploy/local/stack.yaml")
+    assert (config.gateway.server.http_port, config.gateway.server.grpc_port) == (8080, 8081)
+    assert config.sidecar.server.http_port not in (8080, 8081, 8000, 8001, 8002)
+    assert config.gateway.backends["local"].http == (
+        f"127.0.0.1:{config.sidecar.server.http_port}")
+    assert config == StackConfig(), "the shipped file spells out the defaults"
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ({"gateway": {"server": {"http_port": 0, "grpc_port": 1}}},
+     "gateway.server.http_port: Input should be greater than or equal to 1"),
+    ({"gateway": {"models": {"m": {"backend": "nowhere"}}}},
+     "models.m.backend: unknown backend 'nowhere'"),
+    ({"sidecar": {"triton": {"http": "x:1"}}}, "sidecar.triton.grpc: Field required"),
+    ({"triton": {"colour": "blue"}}, "triton.colour: Extra inputs are not permitted"),
+    ({"auth": {"hs256_secret": "short"}}, "auth.hs256_secret: String should have at least 32"),
+    ([1, 2], "the top level must be a mapping"),
+])
+def test_invalid_config_names_the_field(data: Any, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_config(data, "test.yaml")
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("gateway: [unclosed", "not valid YAML"),
+])
+def test_unreadable_files(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "stack.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_config_is_immutable() -> None:
+    config = StackConfig()
+    with pytest.raises(Exception, match="frozen"):
+        config.gateway.server.http_port = 1  # type: ignore[misc]

@@ -1,0 +1,71 @@
+"""The session's real stack: Triton (from nvidia-pytriton), a sidecar and a gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    STARTUP_TIMEOUT_S,
+    StackPorts,
+    aios,
+    alive,
+    descendants,
+    http_ready,
+    interrupt_and_wait,
+    stack_config,
+    wait_until,
+    write_config,
+)
+
+
+@dataclass(frozen=True)
+class Stack:
+    ports: StackPorts
+    config_path: Path
+    log: Path
+
+    @property
+    def gateway_http(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway_http}"
+
+    @property
+    def gateway_grpc(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway_grpc}"
+
+    @property
+    def sidecar_http(self) -> str:
+        return f"127.0.0.1:{self.ports.sidecar_http}"
+
+    @property
+    def sidecar_grpc(self) -> str:
+        return f"127.0.0.1:{self.ports.sidecar_grpc}"
+
+    @property
+    def triton_http(self) -> str:
+        return f"127.0.0.1:{self.ports.triton_http}"
+
+    @property
+    def triton_grpc(self) -> str:
+        return f"127.0.0.1:{self.ports.triton_grpc}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`aios up` on free ports; stopped with Ctrl-C at the end of the session."""
+    tmp = tmp_path_factory.mktemp("stack")
+    ports = StackPorts.allocate()
+    config_path = write_config(tmp / "stack.yaml", stack_config(ports))
+    log = tmp / "stack.log"
+    process = aios("up", "--config", str(config_path), log=log)
+    try:
+        wait_until(lambda: http_ready(ports.gateway_http), STARTUP_TIMEOUT_S, "stack ready",
+                   process, log)
+        yield Stack(ports, config_path, log)
+    finally:
+        tree = descendants(process.pid)
+        interrupt_and_wait(process)
+        assert not [p for p in tree if alive(p)], "processes left behind by aios up"

@@ -1,0 +1,148 @@
+"""Starting real processes for the tests: free ports, stack configs, process trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_REPO = REPO / "model_repo"
+STARTUP_TIMEOUT_S = 180.0
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    triton_http: int
+    triton_grpc: int
+    triton_metrics: int
+    sidecar_http: int
+    sidecar_grpc: int
+    gateway_http: int
+    gateway_grpc: int
+
+    @classmethod
+    def allocate(cls) -> StackPorts:
+        return cls(*free_ports(7))
+
+
+def stack_config(ports: StackPorts, **overrides: Any) -> dict[str, Any]:
+    """A stack config for ``ports``, as the YAML mapping."""
+    h = "127.0.0.1"
+    config: dict[str, Any] = {
+        "triton": {"model_repository": str(MODEL_REPO), "http_port": ports.triton_http,
+                   "grpc_port": ports.triton_grpc, "metrics_port": ports.triton_metrics},
+        "sidecar": {"server": {"http_port": ports.sidecar_http, "grpc_port": ports.sidecar_grpc},
+                    "triton": {"http": f"{h}:{ports.triton_http}",
+                               "grpc": f"{h}:{ports.triton_grpc}"}},
+        "gateway": {"server": {"http_port": ports.gateway_http, "grpc_port": ports.gateway_grpc},
+                    "backends": {"local": {"http": f"{h}:{ports.sidecar_http}",
+                                           "grpc": f"{h}:{ports.sidecar_grpc}"}},
+                    "models": {"claims_risk": {"backend": "local"}}},
+    }
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def aios(*args: str, log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
+    """Start ``aios ARGS`` in its own process group, output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "aios", *args], cwd=cwd,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def http_ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str,
+               process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            tail = log.read_text()[-4000:] if log else ""
+            raise RuntimeError(f"{what}: process exited with {process.returncode}\n{tail}")
+        time.sleep(0.2)
+    tail = log.read_text()[-4000:] if log else ""
+    raise TimeoutError(f"{what} not within {timeout_s}s\n{tail}")
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def interrupt_and_wait(process: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
+    """Ctrl-C, as a terminal would send it to the foreground process."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+def infer_json(batch: list[list[float]]) -> bytes:
+    return json.dumps({"inputs": [{"name": "features", "datatype": "FP32",
+                                   "shape": [len(batch), 8], "data": batch}]}).encode()
