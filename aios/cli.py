@@ -80,7 +80,7 @@ def cmd_models_build(args: argparse.Namespace, config: StackConfig) -> int:
 def cmd_token(args: argparse.Namespace, config: StackConfig) -> int:
     from aios.tokens import mint_token
 
-    print(mint_token(config.auth, args.sub, args.tenant, args.scope, args.ttl))
+    print(mint_token(config.gateway.auth, args.sub, args.tenant, args.scope, args.ttl))
     return 0
 
 

@@ -7,7 +7,7 @@ dotted path of the field that is wrong. Environment variables are read only by t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -96,6 +96,73 @@ class ModelRoute(_Frozen):
     version: str | None = None
 
 
+class AuthSettings(_Frozen):
+    """Token verification (gateway) and issuing (`aios token`).
+
+    Keys: an HS256 shared secret (the development default) and/or RS256/ES256 public
+    keys from a JWKS file or URL. Deny unless a scope allows.
+    """
+
+    enabled: bool = True
+    issuer: str = "aios-dev"
+    audience: str = "aios-gateway"
+    hs256_secret: str | None = Field(DEV_HS256_SECRET, min_length=32)
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    # An unknown `kid` refreshes the key set at most once per this interval.
+    jwks_refresh_interval_s: float = Field(30.0, gt=0)
+    jwks_cache_ttl_s: float = Field(300.0, gt=0)
+    jwks_fetch_timeout_s: float = Field(2.0, gt=0)
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    require_exp: bool = True
+    tenant_claim: str = "tenant"
+    token_cache_size: int = Field(10_000, ge=0)
+    # Model calls a load balancer may probe without a token: any of
+    # "metadata", "ready", "config", "stats" ("infer" always needs a scope).
+    open_model_calls: frozenset[Literal["metadata", "ready", "config", "stats"]] = frozenset(
+        {"metadata", "ready"})
+
+    @model_validator(mode="after")
+    def _has_a_key(self) -> AuthSettings:
+        if self.enabled and not (self.hs256_secret or self.jwks_file or self.jwks_url):
+            raise ValueError("auth: enabled, but no hs256_secret, jwks_file or jwks_url")
+        return self
+
+
+class TenantQuota(_Frozen):
+    """One tenant's limits, applied per model it calls."""
+
+    rate_per_s: float = Field(100.0, gt=0)
+    burst: int = Field(50, ge=1)
+    # 0: no cap on concurrent in-flight requests.
+    max_concurrent: int = Field(0, ge=0)
+    # "batch": a request costs its batch size (a batch of 64 claims costs 64).
+    cost: Literal["request", "batch"] = "request"
+    on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
+
+
+class QuotaSettings(_Frozen):
+    """Per tenant x model quotas: in-process, or shared by every replica through Redis."""
+
+    enabled: bool = True
+    backend: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "aios:quota:"
+    redis_timeout_ms: int = Field(50, ge=1, le=10_000)
+    # After a Redis failure, decide locally for this long before trying Redis again.
+    redis_retry_interval_s: float = Field(1.0, gt=0)
+    # fail_open falls back to 1/replicas of each limit.
+    replicas: int = Field(1, ge=1)
+    # Leases expire after this, so a gateway that dies mid-request frees its slots.
+    lease_ttl_s: float = Field(60.0, gt=0)
+    default: TenantQuota = TenantQuota()
+    tenants: dict[str, TenantQuota] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant: str) -> TenantQuota:
+        """The limits that apply to ``tenant``."""
+        return self.tenants.get(tenant, self.default)
+
+
 class GatewaySettings(_Frozen):
     """The gateway: front door, backends (sidecars) and the model → backend routes."""
 
@@ -106,6 +173,8 @@ class GatewaySettings(_Frozen):
                                   grpc=f"{DEFAULT_HOST}:{SIDECAR_GRPC_PORT}")})
     models: dict[str, ModelRoute] = Field(
         default_factory=lambda: {"claims_risk": ModelRoute(backend="local")})
+    auth: AuthSettings = AuthSettings()
+    quota: QuotaSettings = QuotaSettings()
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:
@@ -117,22 +186,12 @@ class GatewaySettings(_Frozen):
         return self
 
 
-class AuthSettings(_Frozen):
-    """Token issuing/verification settings shared by `aios token` and the gateway."""
-
-    issuer: str = "aios-dev"
-    audience: str = "aios-gateway"
-    hs256_secret: str = Field(DEV_HS256_SECRET, min_length=32)
-    tenant_claim: str = "tenant"
-
-
 class StackConfig(_Frozen):
     """The whole local stack; each service reads its own section."""
 
     triton: TritonSettings = TritonSettings()
     sidecar: SidecarSettings = SidecarSettings()
     gateway: GatewaySettings = GatewaySettings()
-    auth: AuthSettings = AuthSettings()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -7,6 +7,7 @@ two places: `aios.rest.error_response` (REST) and `aios.grpc_service.ErrorInterc
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import grpc
@@ -90,3 +91,30 @@ class UpstreamRejected(AiosError):
         super().__init__(message)
         self.grpc_code = code
         self.http_status = self._HTTP_BY_CODE.get(code, 502)
+
+
+class QuotaExceeded(AiosError):
+    """Over the tenant's rate or concurrency limit; says when to come back."""
+
+    http_status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, limit: int, remaining: int, retry_after_s: float,
+                 reset_s: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.remaining = remaining
+        self.retry_after_s = retry_after_s
+        self.reset_s = reset_s
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Retry-After": str(max(1, math.ceil(self.retry_after_s))),
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(max(0, math.ceil(self.reset_s))),
+        }
+
+
+class QuotaUnavailable(NotReady):
+    """The shared quota store is unreachable and the tenant's policy is fail_closed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from aios.errors import InvalidInput
 # ModelConfigRequest and ModelStatisticsRequest: 1 = name, 2 = version.
 _NAME_FIELD = 1
 _VERSION_FIELD = 2
+_INPUTS_FIELD = 5  # ModelInferRequest.inputs
+_SHAPE_FIELD = 3  # InferInputTensor.shape (packed int64)
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 # Bytes per element of each KServe v2 datatype; BYTES is variable-length.
@@ -52,31 +55,23 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise InvalidInput("malformed protobuf: varint too long")
 
 
-def peek_model(message: bytes) -> tuple[str, str]:
-    """Return (name, version) from a serialized KServe model request, skipping the rest.
+def _fields(message: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (field, wire type, start, end) of each top-level field, checking the framing.
 
-    Walks the top-level fields only; length-delimited fields (tensors, raw contents) are
-    skipped by their length, never decoded. Raises InvalidInput for malformed framing.
+    For length-delimited fields start:end is the payload; for varints it is the encoding.
     """
-    name = version = ""
     pos, end = 0, len(message)
     while pos < end:
         key, pos = _varint(message, pos)
         field, wire = key >> 3, key & 7
+        if field == 0:
+            raise InvalidInput("malformed protobuf: field number 0")
+        start = pos
         if wire == _WIRE_LEN:
-            length, pos = _varint(message, pos)
-            if pos + length > end:
+            length, start = _varint(message, pos)
+            pos = start + length
+            if pos > end:
                 raise InvalidInput("malformed protobuf: field longer than the message")
-            if field in (_NAME_FIELD, _VERSION_FIELD):
-                try:
-                    text = message[pos:pos + length].decode()
-                except UnicodeDecodeError as exc:
-                    raise InvalidInput("malformed protobuf: model name is not UTF-8") from exc
-                if field == _NAME_FIELD:
-                    name = text
-                else:
-                    version = text
-            pos += length
         elif wire == _WIRE_VARINT:
             _, pos = _varint(message, pos)
         elif wire == _WIRE_I64:
@@ -85,11 +80,40 @@ def peek_model(message: bytes) -> tuple[str, str]:
             pos += 4
         else:
             raise InvalidInput(f"malformed protobuf: unsupported wire type {wire}")
-        if field == 0:
-            raise InvalidInput("malformed protobuf: field number 0")
-    if pos != end:
-        raise InvalidInput("malformed protobuf: truncated field")
-    return name, version
+        if pos > end:
+            raise InvalidInput("malformed protobuf: truncated field")
+        yield field, wire, start, pos
+
+
+def peek_model(message: bytes) -> tuple[str, str]:
+    """Return (name, version) from a serialized KServe model request, skipping the rest.
+
+    Walks the top-level fields only; length-delimited fields (tensors, raw contents) are
+    skipped by their length, never decoded. Raises InvalidInput for malformed framing.
+    """
+    found = {_NAME_FIELD: "", _VERSION_FIELD: ""}
+    for field, wire, start, end in _fields(message):
+        if field in found and wire == _WIRE_LEN:
+            try:
+                found[field] = message[start:end].decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidInput("malformed protobuf: model name is not UTF-8") from exc
+    return found[_NAME_FIELD], found[_VERSION_FIELD]
+
+
+def peek_batch(message: bytes) -> int:
+    """The batch size of a ModelInferRequest: the first dim of its first input (else 1)."""
+    for field, wire, start, end in _fields(message):
+        if field == _INPUTS_FIELD and wire == _WIRE_LEN:
+            tensor = message[start:end]
+            for sub, sub_wire, s_start, s_end in _fields(tensor):
+                if sub == _SHAPE_FIELD:
+                    if sub_wire == _WIRE_LEN and s_end > s_start:
+                        return max(_varint(tensor, s_start)[0], 1)
+                    if sub_wire == _WIRE_VARINT:
+                        return max(_varint(tensor, s_start)[0], 1)
+            return 1
+    return 1
 
 
 def with_version(message: bytes, version: str) -> bytes:
@@ -147,11 +171,12 @@ def _element_count(shape: Any, where: str) -> int:
     return count
 
 
-def validate_infer_request(body: bytes, header_length: int) -> None:
-    """Check a REST infer body is a well-formed KServe v2 request before anyone runs it.
+def validate_infer_request(body: bytes, header_length: int) -> int:
+    """Check a REST infer body is a well-formed KServe v2 request; return its batch size.
 
     Parses only the JSON header; binary tensor data is checked by its declared sizes,
-    never decoded. Raises InvalidInput naming what is wrong.
+    never decoded. The batch size is the first dim of the first input (1 for a scalar).
+    Raises InvalidInput naming what is wrong.
     """
     try:
         doc = orjson.loads(body[:header_length])
@@ -163,6 +188,7 @@ def validate_infer_request(body: bytes, header_length: int) -> None:
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
     binary_total = 0
+    batch = 1
     for i, tensor in enumerate(inputs):
         where = f"inputs[{i}]"
         if not isinstance(tensor, dict):
@@ -175,6 +201,8 @@ def validate_infer_request(body: bytes, header_length: int) -> None:
         if datatype not in DATATYPE_SIZES:
             raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
         count = _element_count(tensor.get("shape"), where)
+        if i == 0:
+            batch = max(tensor["shape"][0], 1) if tensor["shape"] else 1
         params = tensor.get("parameters", {})
         if not isinstance(params, dict):
             raise InvalidInput(f"{where}: 'parameters' must be an object")
@@ -199,3 +227,4 @@ def validate_infer_request(body: bytes, header_length: int) -> None:
     if not isinstance(outputs, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    return batch

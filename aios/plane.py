@@ -12,6 +12,12 @@ from typing import Protocol
 
 from aios.upstream import GrpcReply, HttpReply, Metadata
 
+# REST path tails and gRPC methods, by the kind of call they make.
+CALL_KINDS = {"": "metadata", "/ready": "ready", "/config": "config", "/stats": "stats",
+              "/infer": "infer"}
+GRPC_CALL_KINDS = {"ModelMetadata": "metadata", "ModelReady": "ready", "ModelConfig": "config",
+                   "ModelStatistics": "stats", "ModelInfer": "infer"}
+
 
 @dataclass(frozen=True, slots=True)
 class ModelCall:
@@ -23,6 +29,12 @@ class ModelCall:
     method: str
     body: bytes
     headers: Iterable[tuple[str, str]]
+    batch: int = 1  # of an infer call: the first dim of its first input
+
+    @property
+    def kind(self) -> str:
+        """What the call does: metadata, ready, config, stats or infer."""
+        return CALL_KINDS[self.tail]
 
     @property
     def upstream_path(self) -> str:

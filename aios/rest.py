@@ -22,11 +22,10 @@ from starlette.routing import BaseRoute, Route
 from aios import __version__
 from aios.errors import AiosError, NotFound, PayloadTooLarge
 from aios.kserve import error_body, json_header_length, validate_infer_request
-from aios.plane import KServePlane, ModelCall
+from aios.plane import CALL_KINDS, KServePlane, ModelCall
 
 logger = logging.getLogger(__name__)
 
-_TAILS = ("", "/ready", "/config", "/infer", "/stats")
 _MODEL_PATH = re.compile(
     r"^(?P<model>[A-Za-z0-9_.\-]+)(?:/versions/(?P<version>[0-9]+))?(?P<tail>/[a-z]+)?$")
 JSON_ERROR = "application/json"
@@ -35,7 +34,7 @@ JSON_ERROR = "application/json"
 def parse_model_path(rest: str) -> tuple[str, str, str]:
     """Split ``<model>[/versions/<v>][<tail>]`` (the part after /v2/models/)."""
     match = _MODEL_PATH.match(rest)
-    if match is None or (match["tail"] or "") not in _TAILS or match["model"] in (".", ".."):
+    if match is None or (match["tail"] or "") not in CALL_KINDS or match["model"] in (".", ".."):
         raise NotFound(f"no such endpoint: /v2/models/{rest}")
     return match["model"], match["version"] or "", match["tail"] or ""
 
@@ -94,10 +93,12 @@ def kserve_routes(plane: KServePlane, max_body_bytes: int,
     async def model_call(request: Request) -> Response:
         model, version, tail = parse_model_path(request.path_params["rest"])
         body = await read_body(request, max_body_bytes) if request.method == "POST" else b""
+        batch = 1
         if tail == "/infer":
             header = request.headers.get("inference-header-content-length")
-            validate_infer_request(body, json_header_length(header, len(body)))
-        call = ModelCall(model, version, tail, request.method, body, request.headers.items())
+            batch = validate_infer_request(body, json_header_length(header, len(body)))
+        call = ModelCall(model, version, tail, request.method, body, request.headers.items(),
+                         batch)
         reply = await plane.forward_rest(call)
         return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
 

@@ -30,7 +30,7 @@ def banner(config: StackConfig) -> str:
     """What `aios up` prints once everything is ready: URLs and a curl to paste."""
     gw = config.gateway.server
     rest = f"http://{gw.host}:{gw.http_port}"
-    token = mint_token(config.auth, "dev", "dev", "infer:*")
+    token = mint_token(config.gateway.auth, "dev", "dev", "infer:*")
     body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8],
                                    "data": EXAMPLE_CLAIM}]})
     return "\n".join([

@@ -14,6 +14,8 @@ DEV_TOKEN_TTL_S = 24 * 3600
 def mint_token(auth: AuthSettings, subject: str, tenant: str, scopes: str,
                ttl_s: int = DEV_TOKEN_TTL_S, now: float | None = None) -> str:
     """A signed JWT for ``subject`` of ``tenant`` with space-separated ``scopes``."""
+    if auth.hs256_secret is None:
+        raise ValueError("auth.hs256_secret is not set: no key to sign development tokens with")
     issued = int(time.time() if now is None else now)
     claims = {
         "iss": auth.issuer, "aud": auth.audience, "sub": subject,

@@ -22,7 +22,8 @@ from aios.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
-# What crosses a hop. Credentials stop at the gateway; tensors and trace context pass.
+# What crosses a hop from the client. Credentials stop at the gateway, and so do the
+# client's own x-aios-* headers: only the gateway sets those (the identity it verified).
 FORWARDED_REQUEST_HEADERS = frozenset({
     "content-type", "content-encoding", "accept-encoding", "inference-header-content-length",
     "traceparent", "tracestate", "x-request-id",
@@ -30,7 +31,6 @@ FORWARDED_REQUEST_HEADERS = frozenset({
 FORWARDED_RESPONSE_HEADERS = frozenset({
     "content-type", "content-encoding", "inference-header-content-length",
 })
-FORWARDED_PREFIX = "x-aios-"
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -44,8 +44,8 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def forwardable(name: str) -> bool:
-    """Whether a request header / gRPC metadata key is passed to the next hop."""
-    return name in FORWARDED_REQUEST_HEADERS or name.startswith(FORWARDED_PREFIX)
+    """Whether a client's request header / gRPC metadata key is passed to the next hop."""
+    return name in FORWARDED_REQUEST_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +83,14 @@ class HttpUpstream:
             await self._session.close()
 
     async def request(self, method: str, path: str, body: bytes,
-                      headers: Iterable[tuple[str, str]]) -> HttpReply:
-        """Send one request; return the reply, or raise an AiosError naming this hop."""
+                      headers: Iterable[tuple[str, str]],
+                      extra: Mapping[str, str] | None = None) -> HttpReply:
+        """Send one request with the client's forwardable ``headers`` and our ``extra``;
+        return the reply, or raise an AiosError naming this hop."""
         assert self._session is not None, "use HttpUpstream as an async context manager"
         out = {k: v for k, v in headers if forwardable(k)}
+        if extra:
+            out.update(extra)
         try:
             async with self._session.request(
                 method, self._base + path, data=body or None, headers=out
@@ -138,13 +142,17 @@ class GrpcUpstream:
         if self._channel is not None:
             await self._channel.close()
 
-    async def call(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
-        """Invoke ``method`` (full path) with a serialized request."""
+    async def call(self, method: str, payload: bytes, metadata: Metadata,
+                   extra: Mapping[str, str] | None = None) -> GrpcReply:
+        """Invoke ``method`` (full path) with a serialized request, the client's
+        forwardable ``metadata`` and our ``extra``."""
         assert self._channel is not None, "use GrpcUpstream as an async context manager"
         stub = self._calls.get(method)
         if stub is None:
             stub = self._calls[method] = self._channel.unary_unary(method)
         md = tuple((k, v) for k, v in metadata if forwardable(k))
+        if extra:
+            md += tuple(extra.items())
         call = stub(payload, metadata=md, timeout=self._timeout)
         try:
             response: bytes = await call

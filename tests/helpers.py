@@ -60,7 +60,9 @@ def stack_config(ports: StackPorts, **overrides: Any) -> dict[str, Any]:
         "gateway": {"server": {"http_port": ports.gateway_http, "grpc_port": ports.gateway_grpc},
                     "backends": {"local": {"http": f"{h}:{ports.sidecar_http}",
                                            "grpc": f"{h}:{ports.sidecar_grpc}"}},
-                    "models": {"claims_risk": {"backend": "local"}}},
+                    "models": {"claims_risk": {"backend": "local"}},
+                    # The functional tests must not trip over quotas; test_quota sets its own.
+                    "quota": {"tenants": {TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000}}}},
     }
     for section, values in overrides.items():
         config[section] = {**config.get(section, {}), **values}
@@ -141,6 +143,23 @@ def interrupt_and_wait(process: subprocess.Popen[bytes], timeout_s: float = 60) 
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
+
+
+TEST_TENANT = "tests"
+
+
+def token(scope: str = "infer:*", tenant: str = TEST_TENANT, subject: str = "pytest",
+          ttl_s: int = 3600, **auth: Any) -> str:
+    """A token signed with the development secret the test stacks use."""
+    from aios.config import AuthSettings
+    from aios.tokens import mint_token
+
+    return mint_token(AuthSettings(**auth), subject, tenant, scope, ttl_s)
+
+
+def bearer(scope: str = "infer:*", tenant: str = TEST_TENANT) -> dict[str, str]:
+    """Authorization header for a token with ``scope``."""
+    return {"authorization": f"Bearer {token(scope, tenant)}"}
 
 
 def infer_json(batch: list[list[float]]) -> bytes:

@@ -26,7 +26,7 @@ def test_token_is_signed_with_the_configured_secret(capsys: pytest.CaptureFixtur
     assert main(["token", "--sub", "alice", "--tenant", "acme", "--scope", "infer:claims_risk",
                  "--ttl", "60"]) == 0
     token = capsys.readouterr().out.strip()
-    auth = StackConfig().auth
+    auth = StackConfig().gateway.auth
     claims = jwt.decode(token, auth.hs256_secret, algorithms=["HS256"],
                         audience=auth.audience, issuer=auth.issuer)
     assert (claims["sub"], claims["tenant"], claims["scope"]) == ("alice", "acme",

@@ -13,7 +13,15 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
-from tests.helpers import aios, free_ports, http_ready, infer_json, wait_until, write_config
+from tests.helpers import (
+    aios,
+    bearer,
+    free_ports,
+    http_ready,
+    infer_json,
+    wait_until,
+    write_config,
+)
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -74,7 +82,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_rest_errors(stack: Stack, case: Case) -> None:
     resp = httpx.post(f"http://{stack.gateway_http}{case.rest_path}", content=case.rest_body,
-                      headers={"content-type": "application/json"})
+                      headers={"content-type": "application/json", **bearer()})
     assert resp.status_code == case.rest_status
     assert resp.headers["content-type"] == "application/json"
     assert resp.json()["error"].startswith(case.rest_error), resp.json()
@@ -85,7 +93,8 @@ def test_rest_errors(stack: Stack, case: Case) -> None:
 def test_grpc_errors(stack: Stack, case: Case) -> None:
     with grpc.insecure_channel(stack.gateway_grpc) as channel, \
             pytest.raises(grpc.RpcError) as info:
-        channel.unary_unary(INFER)(case.grpc_payload, timeout=10)
+        channel.unary_unary(INFER)(case.grpc_payload, timeout=10,
+                                   metadata=tuple(bearer().items()))
     assert info.value.code() == case.grpc_code
     assert info.value.details().startswith(case.grpc_error), info.value.details()
 
@@ -132,7 +141,7 @@ def lone(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def test_dead_backend_rest(lone: Lone) -> None:
     resp = httpx.post(f"http://{lone.http}/v2/models/claims_risk/infer",
-                      content=infer_json([CLAIM]))
+                      content=infer_json([CLAIM]), headers=bearer())
     assert resp.status_code == 502
     assert "unreachable" in resp.json()["error"]
     assert not http_ready(int(lone.http.rsplit(":", 1)[1]))
@@ -142,7 +151,8 @@ def test_dead_backend_rest(lone: Lone) -> None:
 def test_dead_backend_grpc(lone: Lone) -> None:
     with grpc.insecure_channel(lone.grpc) as channel:
         with pytest.raises(grpc.RpcError) as info:
-            channel.unary_unary(INFER)(grpc_request(), timeout=10)
+            channel.unary_unary(INFER)(grpc_request(), timeout=10,
+                                       metadata=tuple(bearer().items()))
         ready = service_pb2.ServerReadyResponse.FromString(
             channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(
                 service_pb2.ServerReadyRequest().SerializeToString(), timeout=10))

@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests.conftest import Stack
-from tests.helpers import MODEL_REPO
+from tests.helpers import MODEL_REPO, bearer
 
 VERSIONS = ["", "1", "2"]  # "" = unpinned: Triton's latest, version 2
 
@@ -30,12 +30,13 @@ def infer(protocol: str, address: str, x: np.ndarray, version: str,
         inp = httpclient.InferInput("features", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
         out = httpclient.InferRequestedOutput("risk_score", binary_data=binary)
-        result = client.infer("claims_risk", [inp], model_version=version, outputs=[out])
+        result = client.infer("claims_risk", [inp], model_version=version, outputs=[out],
+                              headers=bearer())
         return result.as_numpy("risk_score"), result.get_response()["model_version"]
     gclient = grpcclient.InferenceServerClient(address)
     ginp = grpcclient.InferInput("features", list(x.shape), "FP32")
     ginp.set_data_from_numpy(x)
-    gresult = gclient.infer("claims_risk", [ginp], model_version=version)
+    gresult = gclient.infer("claims_risk", [ginp], model_version=version, headers=bearer())
     return gresult.as_numpy("risk_score"), gresult.get_response().model_version
 
 

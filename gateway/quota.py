@@ -1,0 +1,292 @@
+"""Per tenant x model quotas: a GCRA rate limit with burst, and a cap on requests in flight.
+
+`gcra` is the pure decision. `LocalLimiter` keeps its state in-process (the embedded
+default); `RedisLimiter` keeps it in Redis with one atomic Lua script per check (one round
+trip), so every replica draws on the same allowance. Concurrency slots in Redis are
+leases with an expiry: a gateway that dies mid-request frees its slots when they lapse.
+
+`Quotas` chooses between them: if Redis errs or is slower than the configured timeout,
+the tenant's policy decides: `fail_open` falls back to the in-process limiter at this
+replica's share of the limit, `fail_closed` answers 503. Redis is tried again after a
+short interval, so service returns to it by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from aios.config import QuotaSettings, TenantQuota
+from aios.errors import QuotaExceeded, QuotaUnavailable
+
+logger = logging.getLogger(__name__)
+
+UNREACHABLE_LOG_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The limits applied to one tenant x model key."""
+
+    rate_per_s: float
+    burst: int
+    max_concurrent: int
+
+    def share(self, replicas: int) -> Limit:
+        """This replica's share when each replica enforces the limit on its own."""
+        if replicas == 1:
+            return self
+        return Limit(self.rate_per_s / replicas, max(1, self.burst // replicas),
+                     math.ceil(self.max_concurrent / replicas) if self.max_concurrent else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one check; on refusal, when to come back."""
+
+    allowed: bool
+    remaining: int
+    retry_after_s: float
+    reset_s: float
+    reason: str  # "" | "rate" | "concurrency"
+
+
+def gcra(tat: float, now: float, cost: int, limit: Limit) -> tuple[Decision, float]:
+    """Generic cell rate algorithm: return the decision and the new theoretical arrival time.
+
+    Allows ``burst`` back-to-back units, then ``rate_per_s`` units per second: over any
+    window of T seconds at most ``burst + rate_per_s * T`` units pass.
+    """
+    interval = 1.0 / limit.rate_per_s
+    tolerance = limit.burst * interval
+    new_tat = max(tat, now) + cost * interval
+    allow_at = new_tat - tolerance
+    if allow_at > now:
+        return Decision(False, 0, allow_at - now, max(tat, now) - now, "rate"), tat
+    remaining = int((tolerance - (new_tat - now)) / interval + 1e-9)
+    return Decision(True, remaining, 0.0, new_tat - now, ""), new_tat
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted request; released when the request is done."""
+
+    limiter: Limiter
+    key: str
+    lease_id: str
+
+
+class Limiter(Protocol):
+    """Where quota state lives."""
+
+    async def acquire(self, key: str, limit: Limit, cost: int) -> tuple[Decision, Lease | None]:
+        """Check and, if allowed, take ``cost`` units and one concurrency slot."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the concurrency slot back."""
+        ...
+
+
+class LocalLimiter:
+    """Quota state in this process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}
+
+    async def acquire(self, key: str, limit: Limit, cost: int) -> tuple[Decision, Lease | None]:
+        """Check and take, synchronously (no await inside: atomic on the event loop)."""
+        in_flight = self._in_flight.get(key, 0)
+        if limit.max_concurrent and in_flight >= limit.max_concurrent:
+            return Decision(False, 0, 1.0, 1.0, "concurrency"), None
+        now = self._clock()
+        decision, tat = gcra(self._tat.get(key, now), now, cost, limit)
+        if not decision.allowed:
+            return decision, None
+        self._tat[key] = tat
+        self._in_flight[key] = in_flight + 1
+        return decision, Lease(self, key, "")
+
+    async def release(self, lease: Lease) -> None:
+        """Free the slot."""
+        left = self._in_flight.get(lease.key, 1) - 1
+        if left:
+            self._in_flight[lease.key] = left
+        else:
+            self._in_flight.pop(lease.key, None)
+
+
+# KEYS: rate key, lease key. ARGV: interval ms, burst, cost, max concurrent, lease id,
+# lease ttl ms. Uses Redis' clock so that replicas agree on "now".
+_LUA = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local max_conc = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+if max_conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= max_conc then
+    return {0, 0, 1000, 1000, 'concurrency'}
+  end
+end
+local tolerance = burst * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now), 'rate'}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+if max_conc > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[6])) + 1000)
+end
+return {1, math.floor((tolerance - (new_tat - now)) / interval + 1e-9), 0,
+        math.ceil(new_tat - now), ''}
+"""
+
+
+class RedisLimiter:
+    """Quota state in Redis, shared by every gateway replica."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, lease_ttl_s: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._lease_ttl_ms = lease_ttl_s * 1000
+        self._script = client.register_script(_LUA)
+
+    async def acquire(self, key: str, limit: Limit, cost: int) -> tuple[Decision, Lease | None]:
+        """One EVALSHA: check the lease count and the rate, take both if allowed."""
+        lease_id = uuid.uuid4().hex if limit.max_concurrent else ""
+        # The hash tag keeps a key's two entries on one cluster slot.
+        base = f"{self._prefix}{{{key}}}"
+        allowed, remaining, retry_ms, reset_ms, reason = await self._script(
+            keys=[f"{base}:rate", f"{base}:leases"],
+            args=[1000.0 / limit.rate_per_s, limit.burst, cost, limit.max_concurrent,
+                  lease_id, self._lease_ttl_ms])
+        decision = Decision(bool(allowed), int(remaining), int(retry_ms) / 1000,
+                            int(reset_ms) / 1000,
+                            reason.decode() if isinstance(reason, bytes) else str(reason))
+        return decision, (Lease(self, base, lease_id) if decision.allowed else None)
+
+    async def release(self, lease: Lease) -> None:
+        """Remove the lease; if this fails the lease lapses by itself."""
+        if lease.lease_id:
+            await self._client.zrem(f"{lease.key}:leases", lease.lease_id)
+
+
+def redis_client(settings: QuotaSettings) -> aioredis.Redis:
+    """A Redis client that fails fast: no retries, timeouts at the quota budget."""
+    timeout = settings.redis_timeout_ms / 1000
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), health_check_interval=0)
+    return client
+
+
+class Quotas:
+    """The gateway's quota check: Redis (or local) first, the tenant's policy on failure."""
+
+    def __init__(self, settings: QuotaSettings, primary: Limiter, fallback: LocalLimiter,
+                 registry: CollectorRegistry,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._primary = primary
+        self._fallback = fallback
+        self._shared = not isinstance(primary, LocalLimiter)
+        self._clock = clock
+        self._redis_down_until = 0.0
+        self._unreachable_since_log = 0
+        self._last_log = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rejections = Counter(
+            "aios_gateway_quota_rejections", "Requests refused by quota",
+            ("tenant", "model", "reason"), registry=registry)
+        self.unreachable = Counter(
+            "aios_gateway_quota_redis_unavailable_decisions",
+            "Quota decisions taken while Redis was unreachable, by policy",
+            ("tenant", "policy"), registry=registry)
+
+    def cost_is_batch(self, tenant: str) -> bool:
+        """Whether ``tenant`` pays per item of a batch (so the caller must count them)."""
+        return self._settings.for_tenant(tenant).cost == "batch"
+
+    async def acquire(self, tenant: str, model: str, batch: int) -> Lease:
+        """Take the quota for one request, or raise QuotaExceeded / QuotaUnavailable."""
+        quota = self._settings.for_tenant(tenant)
+        limit = Limit(quota.rate_per_s, quota.burst, quota.max_concurrent)
+        cost = batch if quota.cost == "batch" else 1
+        if cost > limit.burst:
+            raise QuotaExceeded(f"a request costing {cost} exceeds the burst of {limit.burst} "
+                                f"for tenant '{tenant}'", limit.burst, 0, 3600, 0)
+        key = f"{tenant}:{model}"
+        decision, lease = await self._decide(key, tenant, quota, limit, cost)
+        if lease is None:
+            self.rejections.labels(tenant, model, decision.reason).inc()
+            what = ("concurrent requests" if decision.reason == "concurrency"
+                    else "request rate")
+            raise QuotaExceeded(f"tenant '{tenant}' is over its {what} quota for model "
+                                f"'{model}'", limit.burst, decision.remaining,
+                                decision.retry_after_s, decision.reset_s)
+        return lease
+
+    async def _decide(self, key: str, tenant: str, quota: TenantQuota, limit: Limit,
+                      cost: int) -> tuple[Decision, Lease | None]:
+        if not self._shared:
+            return await self._primary.acquire(key, limit, cost)
+        if self._clock() >= self._redis_down_until:
+            try:
+                return await asyncio.wait_for(self._primary.acquire(key, limit, cost),
+                                              self._settings.redis_timeout_ms / 1000)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._redis_down_until = self._clock() + self._settings.redis_retry_interval_s
+                logger.warning("quota: Redis unreachable (%s); deciding by tenant policy "
+                               "for %.1fs", type(exc).__name__,
+                               self._settings.redis_retry_interval_s)
+        self.unreachable.labels(tenant, quota.on_redis_error).inc()
+        self._log_unreachable(quota.on_redis_error)
+        if quota.on_redis_error == "fail_closed":
+            raise QuotaUnavailable(f"quota store unavailable and tenant '{tenant}' is "
+                                   "fail_closed; try again shortly")
+        return await self._fallback.acquire(key, limit.share(self._settings.replicas), cost)
+
+    def _log_unreachable(self, policy: str) -> None:
+        # One line a second, with the count, rather than a line per request.
+        self._unreachable_since_log += 1
+        now = self._clock()
+        if now - self._last_log >= UNREACHABLE_LOG_INTERVAL_S:
+            logger.warning("quota: %d request(s) decided without Redis (last policy %s)",
+                           self._unreachable_since_log, policy)
+            self._unreachable_since_log = 0
+            self._last_log = now
+
+    def release(self, lease: Lease) -> None:
+        """Give a request's slot back, off the response path."""
+        task = asyncio.create_task(self._release(lease))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await asyncio.wait_for(lease.limiter.release(lease),
+                                   self._settings.redis_timeout_ms / 1000)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("quota: could not release a lease (%s); it lapses by itself",
+                           type(exc).__name__)
