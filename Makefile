@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= deploy/local/stack.yaml
 MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
 
-.PHONY: setup run test lint models clean help
+.PHONY: setup run test lint models clean help tools
 
 help:
 	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
@@ -34,11 +34,15 @@ models: $(STAMP)
 run: $(STAMP) $(MODELS)
 	$(BIN)/aios up --config $(CONFIG)
 
+# System programs the tests start themselves (a hermetic redis-server per test run).
+tools:
+	@command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server"; exit 1; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check aios gateway sidecar tests
 	$(BIN)/mypy
 
-test: $(STAMP) $(MODELS) lint
+test: $(STAMP) $(MODELS) tools lint
 	$(BIN)/python -m pytest
 
 clean:

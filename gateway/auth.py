@@ -90,26 +90,25 @@ class JwksKeys:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
-        self.fetches = 0
 
-    async def _fetch(self) -> dict[str, Any]:
-        self.fetches += 1
+    async def _fetch(self) -> Any:
         if self._settings.jwks_file is not None:
-            doc: dict[str, Any] = json.loads(self._settings.jwks_file.read_text())
-            return doc
+            return json.loads(self._settings.jwks_file.read_text())
         assert self._settings.jwks_url is not None
         timeout = aiohttp.ClientTimeout(total=self._settings.jwks_fetch_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session, \
                 session.get(self._settings.jwks_url) as resp:
             resp.raise_for_status()
-            fetched: dict[str, Any] = await resp.json(content_type=None)
-            return fetched
+            return await resp.json(content_type=None)
 
     async def _refresh(self) -> None:
         try:
             doc = await self._fetch()
+            entries = doc.get("keys") if isinstance(doc, dict) else None
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise ValueError("the JWKS document has no list of 'keys'")
             keys = {}
-            for entry in doc.get("keys", []):
+            for entry in entries:
                 key = jwt.PyJWK.from_dict(entry)
                 if key.key_id and key.key_type in PUBLIC_KEY_ALGORITHMS:
                     keys[key.key_id] = key

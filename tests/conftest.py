@@ -17,6 +17,7 @@ from tests.helpers import (
     http_ready,
     interrupt_and_wait,
     stack_config,
+    test_model_repo,
     wait_until,
     write_config,
 )
@@ -58,7 +59,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`aios up` on free ports; stopped with Ctrl-C at the end of the session."""
     tmp = tmp_path_factory.mktemp("stack")
     ports = StackPorts.allocate()
-    config_path = write_config(tmp / "stack.yaml", stack_config(ports))
+    config_path = write_config(tmp / "stack.yaml",
+                               stack_config(ports, test_model_repo(tmp)))
     log = tmp / "stack.log"
     process = aios("up", "--config", str(config_path), log=log)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +50,26 @@ class StackPorts:
         return cls(*free_ports(7))
 
 
-def stack_config(ports: StackPorts, **overrides: Any) -> dict[str, Any]:
+TEST_MODELS = REPO / "tests" / "model_repo"
+TIGHT_QUOTA = {"rate_per_s": 1, "burst": 5}
+
+
+def test_model_repo(tmp: Path) -> Path:
+    """A model repository with claims_risk and the test-only models, linked in."""
+    repo = tmp / "model_repo"
+    repo.mkdir(exist_ok=True)
+    for model in [MODEL_REPO / "claims_risk", *TEST_MODELS.iterdir()]:
+        if not (repo / model.name).exists():
+            (repo / model.name).symlink_to(model)
+    return repo
+
+
+def stack_config(ports: StackPorts, model_repo: Path = MODEL_REPO,
+                 **overrides: Any) -> dict[str, Any]:
     """A stack config for ``ports``, as the YAML mapping."""
     h = "127.0.0.1"
     config: dict[str, Any] = {
-        "triton": {"model_repository": str(MODEL_REPO), "http_port": ports.triton_http,
+        "triton": {"model_repository": str(model_repo), "http_port": ports.triton_http,
                    "grpc_port": ports.triton_grpc, "metrics_port": ports.triton_metrics},
         "sidecar": {"server": {"http_port": ports.sidecar_http, "grpc_port": ports.sidecar_grpc},
                     "triton": {"http": f"{h}:{ports.triton_http}",
@@ -60,9 +77,12 @@ def stack_config(ports: StackPorts, **overrides: Any) -> dict[str, Any]:
         "gateway": {"server": {"http_port": ports.gateway_http, "grpc_port": ports.gateway_grpc},
                     "backends": {"local": {"http": f"{h}:{ports.sidecar_http}",
                                            "grpc": f"{h}:{ports.sidecar_grpc}"}},
-                    "models": {"claims_risk": {"backend": "local"}},
+                    "models": {"claims_risk": {"backend": "local"},
+                               "slow": {"backend": "local"}},
                     # The functional tests must not trip over quotas; test_quota sets its own.
-                    "quota": {"tenants": {TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000}}}},
+                    "quota": {"tenants": {
+                        TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000},
+                        **{t: TIGHT_QUOTA for t in ("tight-rest", "tight-grpc")}}}},
     }
     for section, values in overrides.items():
         config[section] = {**config.get(section, {}), **values}
@@ -162,6 +182,37 @@ def bearer(scope: str = "infer:*", tenant: str = TEST_TENANT) -> dict[str, str]:
     return {"authorization": f"Bearer {token(scope, tenant)}"}
 
 
-def infer_json(batch: list[list[float]]) -> bytes:
-    return json.dumps({"inputs": [{"name": "features", "datatype": "FP32",
-                                   "shape": [len(batch), 8], "data": batch}]}).encode()
+def infer_json(batch: list[list[float]], parameters: dict[str, Any] | None = None) -> bytes:
+    """A KServe v2 JSON infer body scoring ``batch`` claims."""
+    doc: dict[str, Any] = {"inputs": [{"name": "features", "datatype": "FP32",
+                                       "shape": [len(batch), 8], "data": batch}]}
+    if parameters:
+        doc["parameters"] = parameters
+    return json.dumps(doc).encode()
+
+
+def listening(port: int) -> bool:
+    """Whether a KServe server answers live on ``port``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running(service: str, config: dict[str, Any], http_port: int,
+            tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``aios SERVICE`` on ``config`` until the block ends; then SIGTERM, exit 0."""
+    path = write_config(tmp / f"{service}-{http_port}.yaml", config)
+    log = tmp / f"{service}-{http_port}.log"
+    process = aios(service, "--config", str(path), log=log)
+    try:
+        wait_until(lambda: listening(http_port), 30, f"{service} listening", process, log)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            assert process.wait(30) == 0, log.read_text()[-3000:]

@@ -13,15 +13,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
-from tests.helpers import (
-    aios,
-    bearer,
-    free_ports,
-    http_ready,
-    infer_json,
-    wait_until,
-    write_config,
-)
+from tests.helpers import bearer, free_ports, http_ready, infer_json, running
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -115,22 +107,8 @@ def _start_lone(tmp: Path, service: str) -> Iterator[Lone]:
     section = ({"server": server, "backends": {"dead": dead},
                 "models": {"claims_risk": {"backend": "dead"}}}
                if service == "gateway" else {"server": server, "triton": dead})
-    config = write_config(tmp / f"{service}.yaml", {service: section})
-    log = tmp / f"{service}.log"
-    process = aios(service, "--config", str(config), log=log)
-
-    def listening() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{http_port}/v2/health/live").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(listening, 30, f"{service} listening", process, log)
+    with running(service, {service: section}, http_port, tmp):
         yield Lone(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
-    finally:
-        process.terminate()
-        assert process.wait(30) == 0
 
 
 @pytest.fixture(scope="module", params=["gateway", "sidecar"])

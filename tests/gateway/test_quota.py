@@ -1,0 +1,189 @@
+"""Quotas: the GCRA decision, the local and Redis limiters, and the Redis failure policy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from aios.config import QuotaSettings, TenantQuota
+from aios.errors import QuotaExceeded, QuotaUnavailable
+from gateway.quota import Limit, LocalLimiter, Quotas, RedisLimiter, gcra, redis_client
+from tests.redis_server import RedisServer
+
+LIMIT = Limit(rate_per_s=10, burst=5, max_concurrent=0)
+
+
+@pytest.mark.parametrize(("tat", "now", "cost", "allowed", "remaining", "retry"), [
+    (0.0, 0.0, 1, True, 4, 0.0),        # fresh: burst of 5, one taken
+    (0.4, 0.0, 1, True, 0, 0.0),        # four taken already: the fifth passes
+    (0.5, 0.0, 1, False, 0, 0.1),       # burst spent: next slot in one interval
+    (0.5, 0.1, 1, True, 0, 0.0),        # ...which arrives
+    (0.0, 0.0, 5, True, 0, 0.0),        # a batch the size of the burst
+    (0.1, 0.0, 5, False, 0, 0.1),
+    (0.0, 10.0, 1, True, 4, 0.0),       # idle time refills, never beyond the burst
+])
+def test_gcra(tat: float, now: float, cost: int, allowed: bool, remaining: int,
+              retry: float) -> None:
+    decision, new_tat = gcra(tat, now, cost, LIMIT)
+    assert decision.allowed is allowed
+    assert decision.remaining == remaining
+    assert decision.retry_after_s == pytest.approx(retry)
+    assert new_tat == (pytest.approx(max(tat, now) + cost * 0.1) if allowed else tat)
+
+
+def test_gcra_caps_a_window_at_burst_plus_rate() -> None:
+    tat, accepted = 0.0, 0
+    for i in range(10_000):  # 10 s of attempts every millisecond
+        decision, tat = gcra(tat, i / 1000, 1, LIMIT)
+        accepted += decision.allowed
+    assert accepted <= 5 + 10 * 10
+    assert accepted >= 10 * 10
+
+
+@pytest.mark.parametrize(("limit", "replicas", "share"), [
+    (Limit(100, 50, 8), 1, Limit(100, 50, 8)),
+    (Limit(100, 50, 8), 2, Limit(50, 25, 4)),
+    (Limit(100, 1, 0), 4, Limit(25, 1, 0)),
+    (Limit(10, 5, 3), 2, Limit(5, 2, 2)),
+])
+def test_replica_share(limit: Limit, replicas: int, share: Limit) -> None:
+    assert limit.share(replicas) == share
+
+
+async def test_local_limiter_rate_and_concurrency() -> None:
+    clock = [0.0]
+    limiter = LocalLimiter(clock=lambda: clock[0])
+    limit = Limit(rate_per_s=1000, burst=1000, max_concurrent=2)
+    first, lease1 = await limiter.acquire("t:m", limit, 1)
+    _, lease2 = await limiter.acquire("t:m", limit, 1)
+    third, lease3 = await limiter.acquire("t:m", limit, 1)
+    assert first.allowed and lease1 and lease2
+    assert (third.allowed, third.reason, lease3) == (False, "concurrency", None)
+    assert (await limiter.acquire("t:other", limit, 1))[1] is not None, "keys are separate"
+    await limiter.release(lease1)
+    assert (await limiter.acquire("t:m", limit, 1))[1] is not None
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def settings(server: RedisServer, **overrides: object) -> QuotaSettings:
+    return QuotaSettings.model_validate({
+        "backend": "redis", "redis_url": server.url, "key_prefix": f"test:{time.time_ns()}:",
+        "redis_timeout_ms": 100, "redis_retry_interval_s": 0.2, **overrides})
+
+
+@pytest.fixture
+async def redis_limiter(redis_server: RedisServer) -> AsyncIterator[RedisLimiter]:
+    s = settings(redis_server, lease_ttl_s=0.5)
+    client = redis_client(s)
+    yield RedisLimiter(client, s.key_prefix, s.lease_ttl_s)
+    await client.aclose()
+
+
+async def test_redis_limiter_rate(redis_limiter: RedisLimiter) -> None:
+    limit = Limit(rate_per_s=1, burst=5, max_concurrent=0)
+    decisions = [(await redis_limiter.acquire("t:m", limit, 1))[0] for _ in range(7)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
+    assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
+    assert decisions[5].reason == "rate"
+    assert 0.9 <= decisions[5].retry_after_s <= 1.0
+
+
+async def test_redis_limiter_batch_cost(redis_limiter: RedisLimiter) -> None:
+    limit = Limit(rate_per_s=1, burst=64, max_concurrent=0)
+    assert (await redis_limiter.acquire("t:batch", limit, 64))[0].allowed
+    assert not (await redis_limiter.acquire("t:batch", limit, 1))[0].allowed
+
+
+async def test_redis_leases_cap_and_expire(redis_limiter: RedisLimiter) -> None:
+    limit = Limit(rate_per_s=1000, burst=1000, max_concurrent=2)
+    leases = [(await redis_limiter.acquire("t:c", limit, 1))[1] for _ in range(3)]
+    assert leases[0] and leases[1] and leases[2] is None
+    await redis_limiter.release(leases[0])
+    assert (await redis_limiter.acquire("t:c", limit, 1))[1] is not None
+    # Nobody releases now (a dead gateway): the leases lapse after lease_ttl_s.
+    assert (await redis_limiter.acquire("t:c", limit, 1))[1] is None
+    await asyncio.sleep(0.6)
+    assert (await redis_limiter.acquire("t:c", limit, 1))[1] is not None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis this test may stop and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
+async def test_redis_outage_follows_the_tenant_policy(own_redis: RedisServer,
+                                                      policy: str) -> None:
+    tenant = TenantQuota(rate_per_s=1, burst=4, on_redis_error=policy)  # type: ignore[arg-type]
+    s = settings(own_redis, replicas=2, default=tenant)
+    registry = CollectorRegistry()
+    client = redis_client(s)
+    quotas = Quotas(s, RedisLimiter(client, s.key_prefix, s.lease_ttl_s), LocalLimiter(),
+                    registry)
+    try:
+        await quotas.acquire("acme", "m", 1)  # Redis up: shared state
+        own_redis.stop()
+        started = time.monotonic()
+        outcomes = []
+        for _ in range(4):
+            try:
+                await quotas.acquire("acme", "m", 1)
+                outcomes.append("ok")
+            except QuotaExceeded:
+                outcomes.append("429")
+            except QuotaUnavailable as exc:
+                assert "fail_closed" in exc.message
+                outcomes.append("503")
+        assert time.monotonic() - started < 1.0, "each decision is bounded by the timeout"
+        if policy == "fail_open":
+            # This replica's share of a burst of 4 across 2 replicas is 2.
+            assert outcomes == ["ok", "ok", "429", "429"]
+        else:
+            assert outcomes == ["503"] * 4
+        assert registry.get_sample_value(
+            "aios_gateway_quota_redis_unavailable_decisions_total",
+            {"tenant": "acme", "policy": policy}) == 4
+
+        own_redis.start()
+        await asyncio.sleep(0.25)  # past redis_retry_interval_s
+        # Back on Redis, which still remembers nothing of the outage (a fresh server):
+        # the full burst is available again, proving the shared limiter is in use.
+        results = []
+        for _ in range(5):
+            try:
+                await quotas.acquire("acme", "m", 1)
+                results.append("ok")
+            except QuotaExceeded:
+                results.append("429")
+        assert results == ["ok"] * 4 + ["429"]
+    finally:
+        await client.aclose()
+
+
+async def test_cost_beyond_burst_is_refused_outright() -> None:
+    s = QuotaSettings(default=TenantQuota(rate_per_s=10, burst=32, cost="batch"))
+    quotas = Quotas(s, LocalLimiter(), LocalLimiter(), CollectorRegistry())
+    with pytest.raises(QuotaExceeded, match="a request costing 64 exceeds the burst of 32"):
+        await quotas.acquire("acme", "m", 64)
+    lease = await quotas.acquire("acme", "m", 32)
+    with pytest.raises(QuotaExceeded, match="over its request rate quota") as info:
+        await quotas.acquire("acme", "m", 1)
+    assert info.value.headers()["RateLimit-Limit"] == "32"
+    assert int(info.value.headers()["Retry-After"]) >= 1
+    quotas.release(lease)
