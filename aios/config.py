@@ -6,6 +6,7 @@ dotted path of the field that is wrong. Environment variables are read only by t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,11 +90,88 @@ class SidecarSettings(_Frozen):
         http=f"{DEFAULT_HOST}:{TRITON_HTTP_PORT}", grpc=f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}")
 
 
-class ModelRoute(_Frozen):
-    """Which backend serves a model (and the version used when the client pins none)."""
+STICKY_PATTERN = r"^(none|tenant|sub|header:[a-z0-9][a-z0-9_\-]*)$"
+
+
+class TargetConfig(_Frozen):
+    """One arm of a model's traffic split: a backend, a model version, a weight."""
 
     backend: str
-    version: str | None = None
+    version: str = Field("", pattern=r"^[0-9]*$")
+    weight: int = Field(1, ge=0, le=1_000_000)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class ShadowConfig(_Frozen):
+    """A candidate that gets a copy of a fraction of the traffic, compared with the primary."""
+
+    backend: str
+    model: str = ""  # default: the routed model
+    version: str = Field("", pattern=r"^[0-9]*$")
+    fraction: float = Field(gt=0, le=1)
+    output: str = ""  # the output to compare decisions on (default: every output)
+    threshold: float | None = None  # decision = output >= threshold
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class ModelRoute(_Frozen):
+    """A model's routing table: named targets with weights, a sticky key, a shadow.
+
+    ``{backend: b, version: v}`` is shorthand for one target named ``default``.
+    """
+
+    targets: dict[str, TargetConfig]
+    sticky: str = Field("none", pattern=STICKY_PATTERN)
+    shadow: ShadowConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backend" in data and "targets" not in data:
+            target = {k: data[k] for k in ("backend", "version") if data.get(k) is not None}
+            rest = {k: v for k, v in data.items() if k not in ("backend", "version")}
+            return {"targets": {"default": target}, **rest}
+        return data
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelRoute:
+        if not self.targets:
+            raise ValueError("targets: at least one target is required")
+        if all(t.weight == 0 for t in self.targets.values()):
+            raise ValueError("targets: all weights are zero")
+        return self
+
+    def check_backends(self, backends: Iterable[str], where: str) -> None:
+        """ValueError naming the field if a target or the shadow names an unknown backend."""
+        known = set(backends)
+        named = [(f"{where}.targets.{n}.backend", t.backend) for n, t in self.targets.items()]
+        if self.shadow is not None:
+            named.append((f"{where}.shadow.backend", self.shadow.backend))
+        for field, backend in named:
+            if backend not in known:
+                raise ValueError(f"{field}: unknown backend {backend!r} "
+                                 f"(known: {', '.join(sorted(known)) or 'none'})")
+
+
+class RoutingSettings(_Frozen):
+    """Where the live routing tables are kept, and how replicas learn of changes."""
+
+    store: Literal["file", "redis"] = "file"
+    state_file: Path = Path("var/routes.json")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "aios:routes:"
+    # Replicas also poll revisions at this interval, to catch a missed notification.
+    poll_interval_s: float = Field(0.5, gt=0, le=1.0)
+    history_limit: int = Field(10_000, ge=1)
+
+
+class ResilienceSettings(_Frozen):
+    """Circuit breaking per target and the shadow queue."""
+
+    eject_after_failures: int = Field(5, ge=1)
+    ejection_s: float = Field(10.0, gt=0)
+    shadow_queue: int = Field(1000, ge=1)
+    shadow_concurrency: int = Field(4, ge=1)
 
 
 class AuthSettings(_Frozen):
@@ -171,18 +249,18 @@ class GatewaySettings(_Frozen):
     backends: dict[str, UpstreamSettings] = Field(default_factory=lambda: {
         "local": UpstreamSettings(http=f"{DEFAULT_HOST}:{SIDECAR_HTTP_PORT}",
                                   grpc=f"{DEFAULT_HOST}:{SIDECAR_GRPC_PORT}")})
-    models: dict[str, ModelRoute] = Field(
-        default_factory=lambda: {"claims_risk": ModelRoute(backend="local")})
+    # The initial routing tables; live changes go through the admin API.
+    models: dict[str, ModelRoute] = Field(default_factory=lambda: {
+        "claims_risk": ModelRoute(targets={"default": TargetConfig(backend="local")})})
     auth: AuthSettings = AuthSettings()
     quota: QuotaSettings = QuotaSettings()
+    routing: RoutingSettings = RoutingSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:
         for name, route in self.models.items():
-            if route.backend not in self.backends:
-                raise ValueError(
-                    f"models.{name}.backend: unknown backend {route.backend!r} "
-                    f"(known: {', '.join(sorted(self.backends)) or 'none'})")
+            route.check_backends(self.backends, f"models.{name}")
         return self
 
 
@@ -194,7 +272,8 @@ class StackConfig(_Frozen):
     gateway: GatewaySettings = GatewaySettings()
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation(exc: ValidationError) -> str:
+    """One line naming each bad field by its dotted path."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(root)"
@@ -211,7 +290,7 @@ def parse_config(data: Any, source: str = "<config>") -> StackConfig:
     try:
         return StackConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+        raise ConfigError(f"{source}: {describe_validation(exc)}") from exc
 
 
 def load_config(path: Path) -> StackConfig:

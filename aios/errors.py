@@ -68,6 +68,10 @@ class UpstreamUnavailable(AiosError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class UpstreamConnectFailed(UpstreamUnavailable):
+    """The next hop refused or could not be reached: nothing was sent, a retry is safe."""
+
+
 class UpstreamTimeout(AiosError):
     http_status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -118,3 +122,10 @@ class QuotaExceeded(AiosError):
 
 class QuotaUnavailable(NotReady):
     """The shared quota store is unreachable and the tenant's policy is fail_closed."""
+
+
+class Conflict(AiosError):
+    """A change based on a stale revision (optimistic concurrency)."""
+
+    http_status = 409
+    grpc_code = grpc.StatusCode.ABORTED

@@ -116,14 +116,18 @@ def peek_batch(message: bytes) -> int:
     return 1
 
 
-def with_version(message: bytes, version: str) -> bytes:
-    """Return ``message`` with its model_version (field 2) set to ``version``.
+def with_model(message: bytes, name: str | None = None, version: str | None = None) -> bytes:
+    """Return ``message`` with its model name (field 1) and/or version (field 2) replaced.
 
-    Protobuf keeps the last value of a repeated scalar field, so appending the field
-    overrides any earlier one without re-encoding the tensors.
+    Protobuf keeps the last value of a scalar field, so appending the fields overrides
+    earlier ones without re-encoding the tensors.
     """
-    data = version.encode()
-    return message + bytes((_VERSION_FIELD << 3 | _WIRE_LEN,)) + _encode_varint(len(data)) + data
+    out = [message]
+    for field, value in ((_NAME_FIELD, name), (_VERSION_FIELD, version)):
+        if value is not None:
+            data = value.encode()
+            out += [bytes((field << 3 | _WIRE_LEN,)), _encode_varint(len(data)), data]
+    return b"".join(out)
 
 
 def _encode_varint(value: int) -> bytes:

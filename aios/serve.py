@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 import uvicorn
 from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from aios.config import ServerSettings
@@ -35,12 +37,25 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(app: ASGIApp, handlers: Sequence[grpc.GenericRpcHandler],
+GrpcRegistrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass(frozen=True)
+class ServiceParts:
+    """What a service serves: its KServe plane, plus any routes and gRPC services of its own."""
+
+    plane: KServePlane
+    routes: Sequence[BaseRoute] = ()
+    grpc: Sequence[GrpcRegistrar] = ()
+
+
+async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
                 settings: ServerSettings, name: str) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn catches them), then stop gRPC gracefully."""
+    """Serve until SIGINT/SIGTERM, then stop both front doors gracefully."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()],
                              options=grpc_options(settings.max_body_bytes))
-    server.add_generic_rpc_handlers(tuple(handlers))
+    for register in registrars:
+        register(server)
     grpc_address = f"{settings.host}:{settings.grpc_port}"
     if server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
@@ -63,9 +78,12 @@ async def serve(app: ASGIApp, handlers: Sequence[grpc.GenericRpcHandler],
         logger.info("%s: stopped", name)
 
 
-async def run_service(name: str, open_plane: AbstractAsyncContextManager[KServePlane],
+async def run_service(name: str, open_parts: AbstractAsyncContextManager[ServiceParts],
                       settings: ServerSettings, registry: CollectorRegistry) -> None:
-    """Open a service's data plane, serve it over REST and gRPC until a signal, close it."""
-    async with open_plane as plane:
-        app = create_rest_app(kserve_routes(plane, settings.max_body_bytes, registry))
-        await serve(app, [kserve_grpc_handler(plane)], settings, name)
+    """Open a service, serve it over REST and gRPC until a signal, close it."""
+    async with open_parts as parts:
+        handler = kserve_grpc_handler(parts.plane)
+        app = create_rest_app([*kserve_routes(parts.plane, settings.max_body_bytes, registry),
+                               *parts.routes])
+        await serve(app, [lambda s: s.add_generic_rpc_handlers((handler,)), *parts.grpc],
+                    settings, name)

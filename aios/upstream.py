@@ -18,7 +18,12 @@ import grpc
 import grpc.aio
 
 from aios.config import UpstreamSettings
-from aios.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from aios.errors import (
+    UpstreamConnectFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +89,27 @@ class HttpUpstream:
 
     async def request(self, method: str, path: str, body: bytes,
                       headers: Iterable[tuple[str, str]],
-                      extra: Mapping[str, str] | None = None) -> HttpReply:
+                      extra: Mapping[str, str] | None = None,
+                      timeout_s: float | None = None) -> HttpReply:
         """Send one request with the client's forwardable ``headers`` and our ``extra``;
         return the reply, or raise an AiosError naming this hop."""
         assert self._session is not None, "use HttpUpstream as an async context manager"
         out = {k: v for k, v in headers if forwardable(k)}
         if extra:
             out.update(extra)
+        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=self._timeout.sock_connect)
         try:
             async with self._session.request(
-                method, self._base + path, data=body or None, headers=out
+                method, self._base + path, data=body or None, headers=out, timeout=timeout,
             ) as resp:
                 payload = await resp.read()
                 kept = {k.lower(): v for k, v in resp.headers.items()
                         if k.lower() in FORWARDED_RESPONSE_HEADERS}
                 return HttpReply(resp.status, kept, payload)
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamConnectFailed(f"backend {self.name!r} unreachable: "
+                                        f"{type(exc).__name__}") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
         except aiohttp.ClientError as exc:
@@ -143,7 +154,8 @@ class GrpcUpstream:
             await self._channel.close()
 
     async def call(self, method: str, payload: bytes, metadata: Metadata,
-                   extra: Mapping[str, str] | None = None) -> GrpcReply:
+                   extra: Mapping[str, str] | None = None,
+                   timeout_s: float | None = None) -> GrpcReply:
         """Invoke ``method`` (full path) with a serialized request, the client's
         forwardable ``metadata`` and our ``extra``."""
         assert self._channel is not None, "use GrpcUpstream as an async context manager"
@@ -153,7 +165,7 @@ class GrpcUpstream:
         md = tuple((k, v) for k, v in metadata if forwardable(k))
         if extra:
             md += tuple(extra.items())
-        call = stub(payload, metadata=md, timeout=self._timeout)
+        call = stub(payload, metadata=md, timeout=timeout_s or self._timeout)
         try:
             response: bytes = await call
             trailing = await call.trailing_metadata()
@@ -162,7 +174,10 @@ class GrpcUpstream:
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
             if code == grpc.StatusCode.UNAVAILABLE:
-                raise UpstreamUnavailable(f"backend {self.name!r} unavailable: {details}") from exc
+                # grpc reports a refused connection so; then nothing reached the backend.
+                kind = UpstreamConnectFailed if "connect" in details.lower() else \
+                    UpstreamUnavailable
+                raise kind(f"backend {self.name!r} unavailable: {details}") from exc
             raise UpstreamRejected(code, details) from exc
         except asyncio.CancelledError:
             call.cancel()

@@ -1,30 +1,68 @@
-"""The gateway's data plane: auth → quota → route → forward, the same for both protocols."""
+"""The gateway's data plane: auth → quota → route → forward (→ shadow), for both protocols."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Iterable, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter
 
 from aios.config import GatewaySettings
-from aios.errors import InvalidInput
-from aios.kserve import peek_batch, peek_model, with_version
+from aios.errors import (
+    InvalidInput,
+    NotReady,
+    UpstreamConnectFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from aios.kserve import peek_batch, peek_model, with_model
 from aios.metrics import RequestMetrics
 from aios.plane import GRPC_CALL_KINDS, ModelCall
-from aios.serve import run_service
+from aios.serve import ServiceParts, run_service
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
-from gateway.auth import Authenticator, build_authenticator, header_value
+from gateway.admin import BackendVersions, RoutingAdmin
+from gateway.admin_grpc import RoutingAdminService, register_admin
+from gateway.admin_rest import AdminAuth, admin_routes
+from gateway.auth import Authenticator, Principal, build_authenticator, header_value
+from gateway.breaker import Breaker
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
-from gateway.routing import StaticRouter
+from gateway.routestore import FileRouteStore, RedisRouteStore, RouteStore, table_from_route
+from gateway.routing import ModelTable, Route, Router
+from gateway.shadow import ShadowJob, ShadowRunner
 
-# Headers the gateway sets for the sidecar: the identity it verified.
+logger = logging.getLogger(__name__)
+
+# Headers the gateway sets for the sidecar (who, and where the call was routed) and for
+# the client (what served it).
 TENANT_HEADER = "x-aios-tenant"
 SUBJECT_HEADER = "x-aios-subject"
+TARGET_HEADER = "x-aios-target"
+REVISION_HEADER = "x-aios-route-revision"
+UPSTREAM_FAILURE_STATUSES = frozenset({502, 503, 504})
+
+R = TypeVar("R", HttpReply, GrpcReply)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a call was let in with: who is calling, and its quota lease."""
+
+    principal: Principal | None
+    lease: Lease | None
+
+    def identity(self) -> dict[str, str]:
+        """Headers that tell the next hop who is calling."""
+        if self.principal is None:
+            return {}
+        return {TENANT_HEADER: self.principal.tenant, SUBJECT_HEADER: self.principal.subject}
+
+
+OPEN = Admission(None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,15 +73,9 @@ class Backend:
     grpc: GrpcUpstream
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What a call was let in with: identity headers for the next hop, a quota lease."""
-
-    identity: Mapping[str, str]
-    lease: Lease | None
-
-
-OPEN = Admission({}, None)
+def route_headers(route: Route) -> dict[str, str]:
+    """What served a call, for the response and for the sidecar's decision record."""
+    return {TARGET_HEADER: route.target, REVISION_HEADER: str(route.revision)}
 
 
 class GatewayPlane:
@@ -51,15 +83,21 @@ class GatewayPlane:
 
     server_name = "aios-gateway"
 
-    def __init__(self, settings: GatewaySettings, router: StaticRouter,
+    def __init__(self, settings: GatewaySettings, router: Router,
                  backends: Mapping[str, Backend], auth: Authenticator | None,
-                 quotas: Quotas | None, metrics: RequestMetrics) -> None:
+                 quotas: Quotas | None, breaker: Breaker, shadows: ShadowRunner,
+                 metrics: RequestMetrics, registry: CollectorRegistry) -> None:
         self._open_calls = settings.auth.open_model_calls
         self._router = router
         self._backends = dict(backends)
         self._auth = auth
         self._quotas = quotas
+        self._breaker = breaker
+        self._shadows = shadows
         self._metrics = metrics
+        self._routed = Counter("aios_gateway_routed_requests",
+                               "Model calls by the routing target that served them",
+                               ("model", "target"), registry=registry)
 
     async def ready(self) -> bool:
         """Ready when every backend is."""
@@ -67,35 +105,90 @@ class GatewayPlane:
         return all(checks)
 
     async def _admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
-                     batch: Any) -> Admission:
+                     batch: Callable[[], int]) -> Admission:
         """Authenticate, authorize and take quota; ``batch`` is called only if it counts."""
         if self._auth is None or kind in self._open_calls:
             return OPEN
         principal = await self._auth.authenticate(header_value(headers, "authorization"))
         self._auth.check(principal, f"infer:{model}")
-        identity = {TENANT_HEADER: principal.tenant, SUBJECT_HEADER: principal.subject}
         if kind != "infer" or self._quotas is None:
-            return Admission(identity, None)
+            return Admission(principal, None)
         cost = batch() if self._quotas.cost_is_batch(principal.tenant) else 1
-        return Admission(identity, await self._quotas.acquire(principal.tenant, model, cost))
+        return Admission(principal, await self._quotas.acquire(principal.tenant, model, cost))
 
     def _done(self, admission: Admission) -> None:
         if admission.lease is not None and self._quotas is not None:
             self._quotas.release(admission.lease)
 
+    @staticmethod
+    def _sticky_key(table: ModelTable, admission: Admission,
+                    headers: Iterable[tuple[str, Any]]) -> str | None:
+        if table.sticky == "none":
+            return None
+        principal = admission.principal
+        if table.sticky == "tenant":
+            return principal.tenant if principal else None
+        if table.sticky == "sub":
+            return principal.subject if principal else None
+        return header_value(headers, table.sticky.removeprefix("header:"))
+
+    async def _send(self, model: str, pinned: str, key: str | None,
+                    send: Callable[[Route], Awaitable[R]], failed: Callable[[R], bool],
+                    ) -> tuple[R, Route]:
+        """Route and send; retry once elsewhere if the connection failed (nothing was sent)."""
+        ejected = self._breaker.ejected(model)
+        route = self._router.resolve(model, pinned, key, ejected)
+        try:
+            result = await send(route)
+        except UpstreamConnectFailed as exc:
+            self._breaker.record(model, route.target, False)
+            if pinned:
+                raise
+            try:
+                retry = self._router.resolve(model, pinned, key, ejected | {route.target})
+            except NotReady:
+                raise exc from None  # no other live target: the original error says more
+            if retry.target == route.target:
+                raise
+            route = retry
+            try:
+                result = await send(route)
+            except (UpstreamUnavailable, UpstreamTimeout):
+                self._breaker.record(model, route.target, False)
+                raise
+        except (UpstreamUnavailable, UpstreamTimeout):
+            self._breaker.record(model, route.target, False)
+            raise
+        self._breaker.record(model, route.target, not failed(result))
+        self._routed.labels(model, route.target).inc()
+        return result, route
+
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Admit, route and forward a REST model call."""
-        target = self._router.resolve(call.model, call.version)
+        table = self._router.table(call.model)
         admission = await self._admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
-            if target.version != call.version:
-                call = dataclasses.replace(call, version=target.version)
-            backend = self._backends[target.backend]
-            with self._metrics.track(call.model, target.version, "rest") as outcome:
-                reply = await backend.http.request(call.method, call.upstream_path, call.body,
-                                                   call.headers, admission.identity)
+            key = self._sticky_key(table, admission, call.headers)
+
+            async def send(route: Route) -> HttpReply:
+                backend = self._backends[route.backend]
+                versioned = f"/versions/{route.version}" if route.version else ""
+                path = f"/v2/models/{call.model}{versioned}{call.tail}"
+                return await backend.http.request(
+                    call.method, path, call.body, call.headers,
+                    {**admission.identity(), **route_headers(route)}, route.timeout_s)
+
+            with self._metrics.track(call.model, call.version, "rest") as outcome:
+                reply, route = await self._send(
+                    call.model, call.version, key, send,
+                    lambda r: r.status in UPSTREAM_FAILURE_STATUSES)
                 outcome.code = str(reply.status)
-            return reply
+            if call.kind == "infer" and reply.status == 200 and self._shadows.sampled(
+                    table.shadow):
+                assert table.shadow is not None
+                self._shadows.offer(ShadowJob(call.model, table.shadow, call.body,
+                                              tuple(call.headers), admission.identity(), reply))
+            return HttpReply(reply.status, {**reply.headers, **route_headers(route)}, reply.body)
         finally:
             self._done(admission)
 
@@ -104,25 +197,44 @@ class GatewayPlane:
         model, version = peek_model(payload)
         if not model:
             raise InvalidInput("the request names no model")
-        target = self._router.resolve(model, version)
+        table = self._router.table(model)
         kind = GRPC_CALL_KINDS[method.rsplit("/", 1)[1]]
         admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
-            if target.version != version:
-                payload = with_version(payload, target.version)
-            backend = self._backends[target.backend]
-            with self._metrics.track(model, target.version, "grpc") as outcome:
-                reply = await backend.grpc.call(method, payload, metadata, admission.identity)
+            key = self._sticky_key(table, admission, metadata)
+
+            async def send(route: Route) -> GrpcReply:
+                body = payload if route.version == version else with_model(
+                    payload, version=route.version)
+                return await self._backends[route.backend].grpc.call(
+                    method, body, metadata, {**admission.identity(), **route_headers(route)},
+                    route.timeout_s)
+
+            with self._metrics.track(model, version, "grpc") as outcome:
+                reply, route = await self._send(model, version, key, send, lambda r: False)
                 outcome.code = "OK"
-            return reply
+            if kind == "infer" and self._shadows.sampled(table.shadow):
+                assert table.shadow is not None
+                self._shadows.offer(ShadowJob(model, table.shadow, payload, tuple(metadata),
+                                              admission.identity(), reply, method))
+            return GrpcReply(reply.payload, (*reply.trailing, *route_headers(route).items()))
         finally:
             self._done(admission)
 
 
+async def _route_store(settings: GatewaySettings, stack: AsyncExitStack) -> RouteStore:
+    if settings.routing.store == "file":
+        return FileRouteStore(settings.routing.state_file)
+    # A client of its own: pub/sub waits, and must not share the quota's short timeouts.
+    client = aioredis.Redis.from_url(settings.routing.redis_url)
+    stack.push_async_callback(client.aclose)
+    return RedisRouteStore(client, settings.routing)
+
+
 @asynccontextmanager
 async def open_gateway(settings: GatewaySettings,
-                       registry: CollectorRegistry) -> AsyncIterator[GatewayPlane]:
-    """Open the connections to every backend (and Redis) for the life of the service."""
+                       registry: CollectorRegistry) -> AsyncIterator[ServiceParts]:
+    """Open backends, Redis, the routing store and the shadow workers; close them after."""
     limit = settings.server.max_body_bytes
     async with AsyncExitStack() as stack:
         backends = {
@@ -143,8 +255,23 @@ async def open_gateway(settings: GatewaySettings,
                 primary = RedisLimiter(client, settings.quota.key_prefix,
                                        settings.quota.lease_ttl_s)
             quotas = Quotas(settings.quota, primary, local, registry)
-        yield GatewayPlane(settings, StaticRouter(settings.models), backends, auth, quotas,
-                           RequestMetrics(registry, "gateway"))
+        store = await _route_store(settings, stack)
+        seed = {m: table_from_route(m, r, 1, None) for m, r in settings.models.items()}
+        router = Router(await store.load(seed))
+        watcher = asyncio.create_task(store.watch(router.install))
+        stack.callback(watcher.cancel)
+        res = settings.resilience
+        breaker = Breaker(res.eject_after_failures, res.ejection_s, registry)
+        shadows = await stack.enter_async_context(ShadowRunner(
+            {n: b.http for n, b in backends.items()}, {n: b.grpc for n, b in backends.items()},
+            res.shadow_queue, res.shadow_concurrency, registry))
+        admin = RoutingAdmin(settings, router, store,
+                             BackendVersions({n: b.http for n, b in backends.items()}), breaker)
+        admin_auth = AdminAuth(auth)
+        plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,
+                             RequestMetrics(registry, "gateway"), registry)
+        yield ServiceParts(plane, admin_routes(admin, admin_auth),
+                           [register_admin(RoutingAdminService(admin, admin_auth))])
 
 
 async def run_gateway(settings: GatewaySettings) -> None:

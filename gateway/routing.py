@@ -1,31 +1,200 @@
-"""Which backend, and which model version, serves a call. Pure logic, no I/O."""
+"""Routing tables: weighted targets, sticky assignment, version pins, shadows. Pure logic.
+
+A model's traffic is a line of `SLOTS` slots divided into segments, each owned by one
+target in proportion to its weight. A sticky key hashes to a fixed slot; without one a
+request draws a random slot. When weights change, `rebalance` moves the fewest slots,
+and only from targets that lose weight to targets that gain it: a key stays where it
+was unless its slot changed hands, and then only from a loser to a gainer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import bisect
+import hashlib
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from aios.config import ModelRoute
-from aios.errors import NotFound
+from aios.errors import InvalidInput, NotFound, NotReady
+
+SLOTS = 1 << 20
+
+Segment = tuple[int, int, str]  # [start, end) owned by a target
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """Where a call goes: a backend and the model version to ask it for ("" = its default)."""
+class TargetSpec:
+    """A named target: a backend and the model version to ask it for."""
 
+    name: str
     backend: str
     version: str
+    weight: int
+    timeout_s: float | None = None
 
 
-class StaticRouter:
-    """Routes each configured model to its backend; a version the client pins is kept."""
+@dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    """Mirror a fraction of traffic to a candidate and compare its answers."""
 
-    def __init__(self, models: Mapping[str, ModelRoute]) -> None:
-        self._models = dict(models)
+    backend: str
+    model: str
+    version: str
+    fraction: float
+    # For a classifier: compare decisions at this threshold on this output.
+    output: str = ""
+    threshold: float | None = None
+    timeout_s: float = 5.0
 
-    def resolve(self, model: str, pinned: str) -> Target:
-        """The target for ``model``; NotFound if no route names it."""
-        route = self._models.get(model)
-        if route is None:
+
+@dataclass(frozen=True, slots=True)
+class ModelTable:
+    """The routing table of one model, at one revision."""
+
+    model: str
+    revision: int
+    targets: tuple[TargetSpec, ...]
+    sticky: str = "none"  # none | tenant | sub | header:<name>
+    shadow: ShadowSpec | None = None
+    segments: tuple[Segment, ...] = field(default=(), compare=False)
+
+    def target(self, name: str) -> TargetSpec:
+        """The target called ``name``."""
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise InvalidInput(f"model '{self.model}' has no target '{name}'")
+
+
+def slot_quotas(targets: Sequence[TargetSpec]) -> dict[str, int]:
+    """Slots per target in proportion to weight, summing to SLOTS (largest remainder)."""
+    total = sum(t.weight for t in targets)
+    if total <= 0:
+        raise InvalidInput("targets: at least one weight must be positive")
+    exact = {t.name: t.weight * SLOTS / total for t in targets}
+    quotas = {name: int(v) for name, v in exact.items()}
+    short = SLOTS - sum(quotas.values())
+    for name in sorted(exact, key=lambda n: (quotas[n] - exact[n], n))[:short]:
+        quotas[name] += 1
+    return quotas
+
+
+def _merge(segments: list[Segment]) -> tuple[Segment, ...]:
+    merged: list[Segment] = []
+    for start, end, owner in sorted(segments):
+        if end <= start:
+            continue
+        if merged and merged[-1][2] == owner and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], end, owner)
+        else:
+            merged.append((start, end, owner))
+    return tuple(merged)
+
+
+def rebalance(segments: Sequence[Segment], targets: Sequence[TargetSpec]) -> tuple[Segment, ...]:
+    """Segments for ``targets``' weights, moving as few slots as possible from ``segments``.
+
+    Slots move only from targets over their new quota (or removed) to targets under it.
+    """
+    quotas = slot_quotas(targets)
+    kept: list[Segment] = []
+    free: list[tuple[int, int]] = []
+    owned = dict.fromkeys(quotas, 0)
+    # Walk each owner's segments from the start; whatever is beyond its quota is freed.
+    for start, end, owner in sorted(segments):
+        room = quotas.get(owner, 0) - owned.get(owner, 0)
+        keep = max(0, min(end - start, room))
+        if keep:
+            kept.append((start, start + keep, owner))
+            owned[owner] += keep
+        if start + keep < end:
+            free.append((start + keep, end))
+    if not segments:
+        free = [(0, SLOTS)]
+    for target in targets:
+        need = quotas[target.name] - owned[target.name]
+        while need > 0:
+            start, end = free.pop(0)
+            take = min(need, end - start)
+            kept.append((start, start + take, target.name))
+            need -= take
+            if start + take < end:
+                free.insert(0, (start + take, end))
+    return _merge(kept)
+
+
+def sticky_slot(model: str, key: str) -> int:
+    """A stable slot for ``key`` of ``model`` (the same on every replica and restart)."""
+    digest = hashlib.blake2b(f"{model}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % SLOTS
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one call goes, and why (for the response headers and the decision log)."""
+
+    target: str
+    backend: str
+    version: str
+    revision: int
+    timeout_s: float | None
+
+
+class Router:
+    """Picks a target per call from the current tables; knows which targets are ejected."""
+
+    def __init__(self, tables: Mapping[str, ModelTable],
+                 rng: Callable[[], float] = random.random) -> None:
+        self._tables: dict[str, ModelTable] = {}
+        self._starts: dict[str, list[int]] = {}
+        self._rng = rng
+        for table in tables.values():
+            self.install(table)
+
+    def install(self, table: ModelTable) -> None:
+        """Use ``table`` (with its segments) from now on."""
+        self._tables[table.model] = table
+        self._starts[table.model] = [s for s, _, _ in table.segments]
+
+    def table(self, model: str) -> ModelTable:
+        """The current table of ``model``; NotFound if there is none."""
+        table = self._tables.get(model)
+        if table is None:
             raise NotFound(f"unknown model '{model}'")
-        return Target(route.backend, pinned or route.version or "")
+        return table
+
+    def tables(self) -> dict[str, ModelTable]:
+        """All current tables."""
+        return dict(self._tables)
+
+    def resolve(self, model: str, pinned: str, key: str | None,
+                ejected: frozenset[str] = frozenset()) -> Route:
+        """The route for a call; ``key`` is the sticky key (None: draw at random)."""
+        table = self.table(model)
+        if pinned:
+            # A client-pinned version bypasses the split if a target serves it.
+            pinned_targets = [t for t in table.targets if t.version == pinned]
+            chosen = pinned_targets[0] if pinned_targets else max(
+                table.targets, key=lambda t: t.weight)
+            return Route(chosen.name, chosen.backend, pinned, table.revision, chosen.timeout_s)
+        slot = sticky_slot(model, key) if key is not None else int(self._rng() * SLOTS)
+        starts = self._starts[model]
+        owner = table.segments[bisect.bisect_right(starts, slot) - 1][2]
+        if owner in ejected:
+            owner = self._fallback(table, slot, ejected)
+        t = table.target(owner)
+        return Route(t.name, t.backend, t.version, table.revision, t.timeout_s)
+
+    @staticmethod
+    def _fallback(table: ModelTable, slot: int, ejected: frozenset[str]) -> str:
+        # The ejected target's share goes to the rest, in proportion to their weights.
+        live = [t for t in table.targets if t.name not in ejected and t.weight > 0]
+        if not live:
+            raise NotReady(f"every target of model '{table.model}' is ejected as failing")
+        total = sum(t.weight for t in live)
+        point = slot * total // SLOTS
+        for t in live:
+            if point < t.weight:
+                return t.name
+            point -= t.weight
+        return live[-1].name

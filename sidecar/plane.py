@@ -11,7 +11,7 @@ from aios.config import SidecarSettings
 from aios.kserve import peek_model
 from aios.metrics import RequestMetrics
 from aios.plane import ModelCall
-from aios.serve import run_service
+from aios.serve import ServiceParts, run_service
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 
 
@@ -48,12 +48,12 @@ class SidecarPlane:
 
 @asynccontextmanager
 async def open_sidecar(settings: SidecarSettings,
-                       registry: CollectorRegistry) -> AsyncIterator[SidecarPlane]:
+                       registry: CollectorRegistry) -> AsyncIterator[ServiceParts]:
     """Open the sidecar's connections to Triton for the life of the service."""
     limit = settings.server.max_body_bytes
     async with HttpUpstream("triton", settings.triton) as http, \
             GrpcUpstream("triton", settings.triton, limit) as grpc:
-        yield SidecarPlane(http, grpc, RequestMetrics(registry, "sidecar"))
+        yield ServiceParts(SidecarPlane(http, grpc, RequestMetrics(registry, "sidecar")))
 
 
 async def run_sidecar(settings: SidecarSettings) -> None:

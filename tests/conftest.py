@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     ports = StackPorts.allocate()
     config_path = write_config(tmp / "stack.yaml",
-                               stack_config(ports, test_model_repo(tmp)))
+                               stack_config(ports, tmp, test_model_repo(tmp)))
     log = tmp / "stack.log"
     process = aios("up", "--config", str(config_path), log=log)
     try:

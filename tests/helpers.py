@@ -64,7 +64,7 @@ def test_model_repo(tmp: Path) -> Path:
     return repo
 
 
-def stack_config(ports: StackPorts, model_repo: Path = MODEL_REPO,
+def stack_config(ports: StackPorts, tmp: Path, model_repo: Path = MODEL_REPO,
                  **overrides: Any) -> dict[str, Any]:
     """A stack config for ``ports``, as the YAML mapping."""
     h = "127.0.0.1"
@@ -79,6 +79,7 @@ def stack_config(ports: StackPorts, model_repo: Path = MODEL_REPO,
                                            "grpc": f"{h}:{ports.sidecar_grpc}"}},
                     "models": {"claims_risk": {"backend": "local"},
                                "slow": {"backend": "local"}},
+                    "routing": {"state_file": str(tmp / "routes.json")},
                     # The functional tests must not trip over quotas; test_quota sets its own.
                     "quota": {"tenants": {
                         TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000},
@@ -206,6 +207,10 @@ def listening(port: int) -> bool:
 def running(service: str, config: dict[str, Any], http_port: int,
             tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``aios SERVICE`` on ``config`` until the block ends; then SIGTERM, exit 0."""
+    if service == "gateway":
+        # Each gateway keeps its routing tables in its own file, never the repository's.
+        routing = config["gateway"].setdefault("routing", {})
+        routing.setdefault("state_file", str(tmp / f"routes-{http_port}.json"))
     path = write_config(tmp / f"{service}-{http_port}.yaml", config)
     log = tmp / f"{service}-{http_port}.log"
     process = aios(service, "--config", str(path), log=log)

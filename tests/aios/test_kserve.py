@@ -9,7 +9,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from aios.errors import InvalidInput
-from aios.kserve import json_header_length, peek_model, validate_infer_request, with_version
+from aios.kserve import json_header_length, peek_model, validate_infer_request, with_model
 
 
 def infer_request(**fields: Any) -> bytes:
@@ -55,14 +55,16 @@ def test_peek_model_rejects_malformed(payload: bytes, error: str) -> None:
 
 
 @pytest.mark.parametrize("version", ["1", "2", "12345"])
-def test_with_version_overrides_the_version_field(version: str) -> None:
+def test_with_model_overrides_the_version_field(version: str) -> None:
     original = infer_request(model_name="claims_risk", model_version="1")
-    patched = with_version(original, version)
+    patched = with_model(original, version=version)
     parsed = service_pb2.ModelInferRequest.FromString(patched)
     assert parsed.model_version == version
     assert parsed.raw_input_contents == service_pb2.ModelInferRequest.FromString(
         original).raw_input_contents
     assert peek_model(patched) == ("claims_risk", version)
+    renamed = with_model(original, "other", version)
+    assert peek_model(renamed) == ("other", version)
 
 
 def body(inputs: Any, **extra: Any) -> bytes:

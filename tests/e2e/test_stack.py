@@ -23,7 +23,7 @@ from tests.helpers import (
 
 def test_printed_curl_scores_a_claim_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     ports = StackPorts.allocate()
-    config = write_config(tmp_path / "stack.yaml", stack_config(ports))
+    config = write_config(tmp_path / "stack.yaml", stack_config(ports, tmp_path))
     log = tmp_path / "up.log"
     process = aios("up", "--config", str(config), log=log)
     try:

@@ -1,0 +1,114 @@
+"""gRPC adapter of the routing admin API (`aios.admin.v1.RoutingAdmin`, proto/)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
+from gateway.admin_rest import AdminAuth
+from gateway.auth import header_value
+from proto import routing_admin_pb2 as pb
+from proto import routing_admin_pb2_grpc as pb_grpc
+
+
+def shadow_doc(shadow: pb.Shadow) -> dict[str, Any]:
+    """A proto Shadow as the REST body shape."""
+    doc: dict[str, Any] = {"backend": shadow.backend, "model": shadow.model,
+                           "version": shadow.version, "fraction": shadow.fraction,
+                           "output": shadow.output}
+    if shadow.HasField("threshold"):
+        doc["threshold"] = shadow.threshold
+    if shadow.timeout_s:
+        doc["timeout_s"] = shadow.timeout_s
+    return doc
+
+
+def route_message(view: dict[str, Any]) -> pb.ModelRoute:
+    """The REST view of a table as a proto ModelRoute."""
+    msg = pb.ModelRoute(model=view["model"], revision=view["revision"], sticky=view["sticky"])
+    for name, t in view["targets"].items():
+        msg.targets.add(name=name, backend=t["backend"], version=t["version"],
+                        weight=t["weight"], timeout_s=t.get("timeout_s") or 0.0,
+                        ejected=t["ejected"])
+    if view["shadow"] is not None:
+        s = view["shadow"]
+        msg.shadow.CopyFrom(pb.Shadow(backend=s["backend"], model=s["model"],
+                                      version=s["version"], fraction=s["fraction"],
+                                      output=s["output"], timeout_s=s["timeout_s"]))
+        if s["threshold"] is not None:
+            msg.shadow.threshold = s["threshold"]
+    return msg
+
+
+class RoutingAdminService(pb_grpc.RoutingAdminServicer):
+    """The same operations as REST /admin/routes; errors mapped by ErrorInterceptor."""
+
+    def __init__(self, admin: RoutingAdmin, auth: AdminAuth) -> None:
+        self._admin = admin
+        self._auth = auth
+
+    async def _who(self, context: grpc.aio.ServicerContext, scope: str) -> str:
+        metadata = context.invocation_metadata() or ()
+        return await self._auth.subject(header_value(metadata, "authorization"), scope)
+
+    async def ListRoutes(self, request: pb.ListRoutesRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListRoutesResponse:
+        await self._who(context, "routes:read")
+        return pb.ListRoutesResponse(
+            routes=[route_message(self._admin.view(t)) for t in self._admin.tables()])
+
+    async def GetRoute(self, request: pb.GetRouteRequest,
+                       context: grpc.aio.ServicerContext) -> pb.ModelRoute:
+        await self._who(context, "routes:read")
+        return route_message(self._admin.view(self._admin.get(request.model)))
+
+    async def ReplaceRoute(self, request: pb.ReplaceRouteRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ModelRoute:
+        who = await self._who(context, "routes:write")
+        targets = {t.name: {"backend": t.backend, "version": t.version, "weight": t.weight,
+                            **({"timeout_s": t.timeout_s} if t.timeout_s else {})}
+                   for t in request.targets}
+        body = parse(ReplaceBody, {
+            "base_revision": request.base_revision, "reason": request.reason,
+            "targets": targets, "sticky": request.sticky or "none",
+            "shadow": shadow_doc(request.shadow) if request.HasField("shadow") else None})
+        return route_message(self._admin.view(await self._admin.replace(request.model, body,
+                                                                        who)))
+
+    async def SetWeights(self, request: pb.SetWeightsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelRoute:
+        who = await self._who(context, "routes:write")
+        body = parse(WeightsBody, {"base_revision": request.base_revision,
+                                   "reason": request.reason, "weights": dict(request.weights)})
+        return route_message(self._admin.view(await self._admin.set_weights(request.model,
+                                                                            body, who)))
+
+    async def SetShadow(self, request: pb.SetShadowRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ModelRoute:
+        who = await self._who(context, "routes:write")
+        body = parse(ShadowBody, {
+            "base_revision": request.base_revision, "reason": request.reason,
+            "shadow": shadow_doc(request.shadow) if request.HasField("shadow") else None})
+        return route_message(self._admin.view(await self._admin.set_shadow(request.model,
+                                                                           body, who)))
+
+    async def History(self, request: pb.HistoryRequest,
+                      context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
+        await self._who(context, "routes:read")
+        changes = await self._admin.history(request.model or None, request.limit or None)
+        return pb.HistoryResponse(changes=[
+            pb.Change(model=c.model, revision=c.revision, who=c.who, at=c.at, action=c.action,
+                      reason=c.reason, before_json=json.dumps(c.before) if c.before else "",
+                      after_json=json.dumps(c.after))
+            for c in changes])
+
+
+def register_admin(service: RoutingAdminService) -> Callable[[grpc.aio.Server], None]:
+    """A registrar that adds the admin service to the gateway's gRPC server."""
+    return lambda server: pb_grpc.add_RoutingAdminServicer_to_server(  # type: ignore[no-untyped-call]
+        service, server)

@@ -1,0 +1,98 @@
+"""REST adapter of the routing admin API, under /admin (scopes routes:read / routes:write)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from aios.errors import Forbidden, InvalidInput
+from aios.rest import read_body
+from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
+from gateway.auth import Authenticator
+
+MAX_ADMIN_BODY = 1 << 20
+
+
+class AdminAuth:
+    """Who may read and change routes; admin calls always need a token."""
+
+    def __init__(self, auth: Authenticator | None) -> None:
+        self._auth = auth
+
+    async def subject(self, authorization: str | None, scope: str) -> str:
+        """The caller's subject if it holds ``scope``."""
+        if self._auth is None:
+            raise Forbidden("the admin API needs auth, which is disabled")
+        principal = await self._auth.authenticate(authorization)
+        self._auth.check(principal, scope)
+        return principal.subject
+
+
+async def _json(request: Request) -> Any:
+    body = await read_body(request, MAX_ADMIN_BODY)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+
+
+def _limit(request: Request) -> int | None:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+        raise InvalidInput("limit: must be an integer between 1 and 10000")
+    return int(raw)
+
+
+def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
+    """The /admin/routes endpoints."""
+
+    async def who(request: Request, scope: str) -> str:
+        return await auth.subject(request.headers.get("authorization"), scope)
+
+    async def list_routes(request: Request) -> Response:
+        await who(request, "routes:read")
+        return JSONResponse({"routes": [admin.view(t) for t in admin.tables()]})
+
+    async def get_route(request: Request) -> Response:
+        await who(request, "routes:read")
+        return JSONResponse(admin.view(admin.get(request.path_params["model"])))
+
+    async def replace(request: Request) -> Response:
+        subject = await who(request, "routes:write")
+        body = parse(ReplaceBody, await _json(request))
+        return JSONResponse(admin.view(
+            await admin.replace(request.path_params["model"], body, subject)))
+
+    async def weights(request: Request) -> Response:
+        subject = await who(request, "routes:write")
+        body = parse(WeightsBody, await _json(request))
+        return JSONResponse(admin.view(
+            await admin.set_weights(request.path_params["model"], body, subject)))
+
+    async def shadow(request: Request) -> Response:
+        subject = await who(request, "routes:write")
+        body = parse(ShadowBody, await _json(request))
+        return JSONResponse(admin.view(
+            await admin.set_shadow(request.path_params["model"], body, subject)))
+
+    async def history(request: Request) -> Response:
+        await who(request, "routes:read")
+        changes = await admin.history(request.path_params.get("model"), _limit(request))
+        return JSONResponse({"changes": [asdict(c) for c in changes]})
+
+    return [
+        Route("/admin/routes", list_routes, methods=["GET"]),
+        Route("/admin/history", history, methods=["GET"]),
+        Route("/admin/routes/{model}", get_route, methods=["GET"]),
+        Route("/admin/routes/{model}", replace, methods=["PUT"]),
+        Route("/admin/routes/{model}/weights", weights, methods=["PUT"]),
+        Route("/admin/routes/{model}/shadow", shadow, methods=["PUT"]),
+        Route("/admin/routes/{model}/history", history, methods=["GET"]),
+    ]

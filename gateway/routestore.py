@@ -1,0 +1,251 @@
+"""Where routing tables live: a JSON file (embedded default) or Redis (shared by replicas).
+
+Every change is committed against the revision it was based on (a stale one is a
+Conflict) and recorded with who made it, when, why, and the table before and after.
+With Redis, a change is published and every replica also polls revisions, so a replica
+that missed the message catches up within one poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from aios.config import ModelRoute, RoutingSettings
+from aios.errors import Conflict, NotReady
+from gateway.routing import ModelTable, ShadowSpec, TargetSpec, rebalance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One recorded change of a model's routing table."""
+
+    model: str
+    revision: int
+    who: str
+    at: float
+    action: str
+    reason: str
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+
+
+def route_of(table: ModelTable) -> dict[str, Any]:
+    """The table in the config / admin API shape (what `ModelRoute` validates)."""
+    doc: dict[str, Any] = {
+        "targets": {t.name: {k: v for k, v in (("backend", t.backend), ("version", t.version),
+                                               ("weight", t.weight), ("timeout_s", t.timeout_s))
+                             if v is not None}
+                    for t in table.targets},
+        "sticky": table.sticky,
+        "shadow": None if table.shadow is None else asdict(table.shadow),
+    }
+    return doc
+
+
+def table_from_route(model: str, route: ModelRoute, revision: int,
+                     previous: ModelTable | None) -> ModelTable:
+    """A table for ``route``, its slots rebalanced from ``previous`` (fewest keys moved)."""
+    targets = tuple(TargetSpec(name, t.backend, t.version, t.weight, t.timeout_s)
+                    for name, t in route.targets.items())
+    shadow = None
+    if route.shadow is not None:
+        s = route.shadow
+        shadow = ShadowSpec(s.backend, s.model or model, s.version, s.fraction, s.output,
+                            s.threshold, s.timeout_s)
+    segments = rebalance(previous.segments if previous else (), targets)
+    return ModelTable(model, revision, targets, route.sticky, shadow, segments)
+
+
+def _encode(table: ModelTable) -> dict[str, Any]:
+    return {"model": table.model, "revision": table.revision, "route": route_of(table),
+            "segments": [list(s) for s in table.segments]}
+
+
+def _decode(doc: Mapping[str, Any]) -> ModelTable:
+    table = table_from_route(doc["model"], ModelRoute.model_validate(doc["route"]),
+                             int(doc["revision"]), None)
+    segments = tuple((int(a), int(b), str(o)) for a, b, o in doc["segments"])
+    return ModelTable(table.model, table.revision, table.targets, table.sticky, table.shadow,
+                      segments)
+
+
+class RouteStore(Protocol):
+    """Persistence and change notification for routing tables."""
+
+    async def load(self, seed: Mapping[str, ModelTable]) -> dict[str, ModelTable]:
+        """The stored tables; ``seed`` fills in models the store does not know yet."""
+        ...
+
+    async def commit(self, table: ModelTable, base_revision: int, change: Change) -> None:
+        """Store ``table`` if the stored revision is still ``base_revision``; else Conflict."""
+        ...
+
+    async def history(self, model: str | None, limit: int) -> list[Change]:
+        """The latest changes, newest first."""
+        ...
+
+    async def watch(self, apply: Callable[[ModelTable], None]) -> None:
+        """Call ``apply`` with every newer table another replica commits (runs until cancelled)."""
+        ...
+
+
+class FileRouteStore:
+    """Tables in a JSON file (written atomically), history in a JSON-lines file beside it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._history = path.with_name(path.stem + "-history.jsonl")
+        self._tables: dict[str, ModelTable] = {}
+
+    async def load(self, seed: Mapping[str, ModelTable]) -> dict[str, ModelTable]:
+        if self._path.exists():
+            docs = json.loads(self._path.read_text())
+            self._tables = {m: _decode(d) for m, d in docs.items()}
+        for model, table in seed.items():
+            self._tables.setdefault(model, table)
+        self._write()
+        return dict(self._tables)
+
+    def _write(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({m: _encode(t) for m, t in self._tables.items()}, indent=1))
+        os.replace(tmp, self._path)
+
+    async def commit(self, table: ModelTable, base_revision: int, change: Change) -> None:
+        current = self._tables.get(table.model)
+        if current is None or current.revision != base_revision:
+            raise Conflict(f"routing table of '{table.model}' is at revision "
+                           f"{current.revision if current else 0}, not {base_revision}")
+        self._tables[table.model] = table
+        self._write()
+        with self._history.open("a") as out:
+            out.write(json.dumps(asdict(change)) + "\n")
+
+    async def history(self, model: str | None, limit: int) -> list[Change]:
+        if not self._history.exists():
+            return []
+        changes = [Change(**json.loads(line)) for line in self._history.read_text().splitlines()]
+        return [c for c in reversed(changes) if model is None or c.model == model][:limit]
+
+    async def watch(self, apply: Callable[[ModelTable], None]) -> None:
+        # One process owns the file: there is nobody else to hear from.
+        await asyncio.Event().wait()
+
+
+# KEYS: table key, revisions hash, history list. ARGV: model, base revision, table JSON,
+# change JSON, history limit, channel. Checks the revision and commits in one step.
+_COMMIT = """
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if current ~= tonumber(ARGV[2]) then return current end
+local doc = cjson.decode(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], doc['revision'])
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+redis.call('PUBLISH', ARGV[6], ARGV[1])
+return -1
+"""
+
+
+class RedisRouteStore:
+    """Tables, revisions and history in Redis; changes announced on a channel."""
+
+    def __init__(self, client: aioredis.Redis, settings: RoutingSettings) -> None:
+        self._client = client
+        self._settings = settings
+        p = settings.key_prefix
+        self._revisions, self._history_key, self._channel = f"{p}revisions", f"{p}history", \
+            f"{p}changed"
+        self._commit = client.register_script(_COMMIT)
+        self._known: dict[str, int] = {}
+
+    def _table_key(self, model: str) -> str:
+        return f"{self._settings.key_prefix}table:{model}"
+
+    async def load(self, seed: Mapping[str, ModelTable]) -> dict[str, ModelTable]:
+        try:
+            for model, table in seed.items():
+                # First replica up seeds the table; the others take what is there.
+                if await self._client.set(self._table_key(model), json.dumps(_encode(table)),
+                                          nx=True):
+                    await self._client.hsetnx(self._revisions, model, table.revision)
+            tables = {}
+            for model in seed:
+                raw = await self._client.get(self._table_key(model))
+                if raw is None:
+                    raise NotReady(f"routing table of '{model}' vanished while loading")
+                tables[model] = _decode(json.loads(raw))
+                self._known[model] = tables[model].revision
+            return tables
+        except RedisError as exc:
+            raise NotReady(f"routing store unavailable: {exc}") from exc
+
+    async def commit(self, table: ModelTable, base_revision: int, change: Change) -> None:
+        try:
+            result = await self._commit(
+                keys=[self._table_key(table.model), self._revisions, self._history_key],
+                args=[table.model, base_revision, json.dumps(_encode(table)),
+                      json.dumps(asdict(change)), self._settings.history_limit, self._channel])
+        except RedisError as exc:
+            raise NotReady(f"routing store unavailable: {exc}") from exc
+        if int(result) != -1:
+            raise Conflict(f"routing table of '{table.model}' is at revision {int(result)}, "
+                           f"not {base_revision}")
+        self._known[table.model] = table.revision
+
+    async def history(self, model: str | None, limit: int) -> list[Change]:
+        try:
+            raw = await self._client.lrange(self._history_key, 0, self._settings.history_limit)
+        except RedisError as exc:
+            raise NotReady(f"routing store unavailable: {exc}") from exc
+        changes = [Change(**json.loads(r)) for r in raw]
+        return [c for c in changes if model is None or c.model == model][:limit]
+
+    async def _catch_up(self, apply: Callable[[ModelTable], None]) -> None:
+        revisions = await self._client.hgetall(self._revisions)
+        for key, value in revisions.items():
+            model = key.decode() if isinstance(key, bytes) else str(key)
+            if int(value) > self._known.get(model, 0):
+                raw = await self._client.get(self._table_key(model))
+                if raw is not None:
+                    table = _decode(json.loads(raw))
+                    self._known[model] = table.revision
+                    apply(table)
+
+    async def watch(self, apply: Callable[[ModelTable], None]) -> None:
+        """Apply newer tables as they are announced, and poll in case a message is lost."""
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+            while True:
+                try:
+                    # A message or the poll interval, whichever first; then catch up.
+                    await pubsub.get_message(ignore_subscribe_messages=True,
+                                             timeout=self._settings.poll_interval_s)
+                    await self._catch_up(apply)
+                except (RedisError, OSError) as exc:
+                    logger.warning("routing store: %s; retrying", exc)
+                    await asyncio.sleep(self._settings.poll_interval_s)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def new_change(model: str, revision: int, who: str, action: str, reason: str,
+               before: ModelTable | None, after: ModelTable) -> Change:
+    """A change record for the history."""
+    return Change(model, revision, who, time.time(), action, reason,
+                  route_of(before) if before else None, route_of(after))

@@ -1,0 +1,151 @@
+"""Shadow traffic: copies of sampled calls go to a candidate, off the hot path.
+
+The primary's answer never waits for the shadow: `offer` only enqueues (a full queue
+drops the copy, counted). Workers send each copy with its own timeout and compare the
+shadow's outputs with the primary's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from aios.errors import AiosError
+from aios.kserve import with_model
+from aios.metrics import LATENCY_BUCKETS
+from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
+from gateway.compare import compare, grpc_outputs, rest_outputs
+from gateway.routing import ShadowSpec
+
+logger = logging.getLogger(__name__)
+
+SHADOW_HEADER = "x-aios-shadow"
+DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowJob:
+    """One mirrored call: what the primary was sent and what it answered."""
+
+    model: str
+    spec: ShadowSpec
+    payload: bytes
+    headers: tuple[tuple[str, Any], ...]
+    identity: Mapping[str, str]
+    primary: HttpReply | GrpcReply
+    grpc_method: str = ""  # set for gRPC calls
+
+
+class ShadowMetrics:
+    """What the shadows did and how they compared, per model and shadow target."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("model", "shadow")
+        self.requests = Counter("aios_gateway_shadow_requests", "Shadow calls by outcome",
+                                (*labels, "outcome"), registry=registry)
+        self.dropped = Counter("aios_gateway_shadow_dropped",
+                               "Shadow copies dropped because the queue was full", ("model",),
+                               registry=registry)
+        self.decisions = Counter("aios_gateway_shadow_decisions",
+                                 "Decisions compared with the primary, by agreement",
+                                 (*labels, "agree"), registry=registry)
+        self.abs_diff = Histogram("aios_gateway_shadow_abs_diff",
+                                  "Max absolute output difference shadow vs primary", labels,
+                                  buckets=DIFF_BUCKETS, registry=registry)
+        self.latency = Histogram("aios_gateway_shadow_latency_seconds", "Shadow call latency",
+                                 labels, buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def shadow_label(spec: ShadowSpec) -> str:
+    """The shadow target as a metric label: backend/model/version."""
+    return f"{spec.backend}/{spec.model}/{spec.version or 'default'}"
+
+
+class ShadowRunner:
+    """A bounded queue and a few workers that send and compare shadow copies."""
+
+    def __init__(self, http: Mapping[str, HttpUpstream], grpc: Mapping[str, GrpcUpstream],
+                 queue_size: int, concurrency: int, registry: CollectorRegistry,
+                 rng: Callable[[], float] = random.random) -> None:
+        self._http = http
+        self._grpc = grpc
+        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
+        self._concurrency = concurrency
+        self._rng = rng
+        self._workers: list[asyncio.Task[None]] = []
+        self.metrics = ShadowMetrics(registry)
+
+    def sampled(self, spec: ShadowSpec | None) -> bool:
+        """Whether this call gets a shadow copy."""
+        return spec is not None and self._rng() < spec.fraction
+
+    def offer(self, job: ShadowJob) -> None:
+        """Enqueue without waiting; a full queue drops the copy (counted)."""
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.dropped.labels(job.model).inc()
+
+    async def __aenter__(self) -> ShadowRunner:
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._run(job)
+            except Exception:
+                logger.exception("shadow comparison failed for %s", job.model)
+
+    async def _run(self, job: ShadowJob) -> None:
+        spec, label = job.spec, shadow_label(job.spec)
+        extra = {**job.identity, SHADOW_HEADER: "1"}
+        start = time.perf_counter()
+        try:
+            if isinstance(job.primary, HttpReply):
+                versioned = f"/versions/{spec.version}" if spec.version else ""
+                reply = await asyncio.wait_for(self._http[spec.backend].request(
+                    "POST", f"/v2/models/{spec.model}{versioned}/infer", job.payload,
+                    job.headers, extra), spec.timeout_s)
+                if reply.status != 200:
+                    self.metrics.requests.labels(job.model, label, "error").inc()
+                    return
+                ours, theirs = rest_outputs(job.primary.body, job.primary.headers), \
+                    rest_outputs(reply.body, reply.headers)
+            else:
+                payload = with_model(job.payload, spec.model, spec.version)
+                greply = await asyncio.wait_for(self._grpc[spec.backend].call(
+                    job.grpc_method, payload, job.headers, extra), spec.timeout_s)
+                ours, theirs = grpc_outputs(job.primary.payload), grpc_outputs(greply.payload)
+        except TimeoutError:
+            self.metrics.requests.labels(job.model, label, "timeout").inc()
+            return
+        except AiosError:
+            self.metrics.requests.labels(job.model, label, "error").inc()
+            return
+        finally:
+            self.metrics.latency.labels(job.model, label).observe(time.perf_counter() - start)
+        try:
+            result = compare(ours, theirs, spec.output, spec.threshold)
+        except ValueError:
+            self.metrics.requests.labels(job.model, label, "mismatch").inc()
+            return
+        self.metrics.requests.labels(job.model, label, "ok").inc()
+        self.metrics.abs_diff.labels(job.model, label).observe(result.max_abs)
+        if result.rows:
+            self.metrics.decisions.labels(job.model, label, "true").inc(result.agreed)
+            self.metrics.decisions.labels(job.model, label, "false").inc(
+                result.rows - result.agreed)

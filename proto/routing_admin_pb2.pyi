@@ -1,0 +1,152 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Target(_message.Message):
+    __slots__ = ("name", "backend", "version", "weight", "timeout_s", "ejected")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    backend: str
+    version: str
+    weight: int
+    timeout_s: float
+    ejected: bool
+    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., weight: _Optional[int] = ..., timeout_s: _Optional[float] = ..., ejected: _Optional[bool] = ...) -> None: ...
+
+class Shadow(_message.Message):
+    __slots__ = ("backend", "model", "version", "fraction", "output", "threshold", "timeout_s")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    model: str
+    version: str
+    fraction: float
+    output: str
+    threshold: float
+    timeout_s: float
+    def __init__(self, backend: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., fraction: _Optional[float] = ..., output: _Optional[str] = ..., threshold: _Optional[float] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class ModelRoute(_message.Message):
+    __slots__ = ("model", "revision", "targets", "sticky", "shadow")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    STICKY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    revision: int
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    sticky: str
+    shadow: Shadow
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., sticky: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ...) -> None: ...
+
+class ListRoutesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRoutesResponse(_message.Message):
+    __slots__ = ("routes",)
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[ModelRoute]
+    def __init__(self, routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ...) -> None: ...
+
+class GetRouteRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ReplaceRouteRequest(_message.Message):
+    __slots__ = ("model", "base_revision", "targets", "sticky", "shadow", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    STICKY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    base_revision: int
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    sticky: str
+    shadow: Shadow
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., base_revision: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., sticky: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetWeightsRequest(_message.Message):
+    __slots__ = ("model", "base_revision", "weights", "reason")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    base_revision: int
+    weights: _containers.ScalarMap[str, int]
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., base_revision: _Optional[int] = ..., weights: _Optional[_Mapping[str, int]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetShadowRequest(_message.Message):
+    __slots__ = ("model", "base_revision", "shadow", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    base_revision: int
+    shadow: Shadow
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., base_revision: _Optional[int] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("model", "limit")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    limit: int
+    def __init__(self, model: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("model", "revision", "who", "at", "action", "reason", "before_json", "after_json")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
+    AFTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    revision: int
+    who: str
+    at: float
+    action: str
+    reason: str
+    before_json: str
+    after_json: str
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., who: _Optional[str] = ..., at: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
