@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= deploy/local/stack.yaml
 MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
 
-.PHONY: setup run test lint models clean help tools
+.PHONY: setup run test lint models clean help tools proto
 
 help:
 	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
@@ -47,3 +47,7 @@ test: $(STAMP) $(MODELS) tools lint
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Regenerate the project's own gRPC code (committed) from proto/*.proto.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/*.proto

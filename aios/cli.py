@@ -11,11 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_config
+from aios.routes_cli import add_routes_parser
 
 logger = logging.getLogger("aios")
 
 ENV_CONFIG = "AIOS_CONFIG"
 ENV_LOG_LEVEL = "AIOS_LOG_LEVEL"
+ENV_TOKEN = "AIOS_TOKEN"
 DEFAULT_WORKDIR = Path("var")
 
 Command = Callable[[argparse.Namespace, StackConfig], int]
@@ -121,6 +123,8 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
                 models_sub)
     build.add_argument("--model-repo", type=Path, help="model repository (default: config)")
 
+    add_routes_parser(sub, common)
+
     token = add("token", cmd_token, "mint a development JWT signed with the HS256 secret")
     token.add_argument("--sub", default="dev", help="subject (default: dev)")
     token.add_argument("--tenant", default="dev", help="tenant (default: dev)")
@@ -133,6 +137,8 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `aios` command line."""
     args = build_parser(dict(os.environ)).parse_args(argv)
+    if getattr(args, "routes_command", None) and not args.token:
+        args.token = os.environ.get(ENV_TOKEN)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,13 @@ Outputs = dict[str, NDArray[Any]]
 
 
 def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
-    """Numeric outputs of a KServe v2 REST response, JSON or binary-extension."""
+    """Numeric outputs of a KServe v2 REST response, JSON or binary-extension (compressed
+    as the client asked, or not)."""
+    encoding = headers.get("content-encoding", "")
+    if encoding == "gzip":
+        body = gzip.decompress(body)
+    elif encoding == "deflate":
+        body = zlib.decompress(body)
     header_len = int(headers.get("inference-header-content-length", len(body)))
     doc = json.loads(body[:header_len])
     out: Outputs = {}

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from aios.errors import AiosError
 from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
-from gateway.compare import compare, grpc_outputs, rest_outputs
+from gateway.compare import Outputs, compare, grpc_outputs, rest_outputs
 from gateway.routing import ShadowSpec
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ class ShadowMetrics:
 def shadow_label(spec: ShadowSpec) -> str:
     """The shadow target as a metric label: backend/model/version."""
     return f"{spec.backend}/{spec.model}/{spec.version or 'default'}"
+
+
+def _outputs(reply: HttpReply | GrpcReply) -> Outputs:
+    if isinstance(reply, HttpReply):
+        return rest_outputs(reply.body, reply.headers)
+    return grpc_outputs(reply.payload)
 
 
 class ShadowRunner:
@@ -123,13 +130,11 @@ class ShadowRunner:
                 if reply.status != 200:
                     self.metrics.requests.labels(job.model, label, "error").inc()
                     return
-                ours, theirs = rest_outputs(job.primary.body, job.primary.headers), \
-                    rest_outputs(reply.body, reply.headers)
+                pair: tuple[HttpReply | GrpcReply, HttpReply | GrpcReply] = (job.primary, reply)
             else:
                 payload = with_model(job.payload, spec.model, spec.version)
-                greply = await asyncio.wait_for(self._grpc[spec.backend].call(
-                    job.grpc_method, payload, job.headers, extra), spec.timeout_s)
-                ours, theirs = grpc_outputs(job.primary.payload), grpc_outputs(greply.payload)
+                pair = (job.primary, await asyncio.wait_for(self._grpc[spec.backend].call(
+                    job.grpc_method, payload, job.headers, extra), spec.timeout_s))
         except TimeoutError:
             self.metrics.requests.labels(job.model, label, "timeout").inc()
             return
@@ -139,8 +144,10 @@ class ShadowRunner:
         finally:
             self.metrics.latency.labels(job.model, label).observe(time.perf_counter() - start)
         try:
+            ours, theirs = (_outputs(r) for r in pair)
             result = compare(ours, theirs, spec.output, spec.threshold)
-        except ValueError:
+        except (ValueError, KeyError, zlib.error, OSError):
+            # Undecodable or differently shaped answers: counted, not compared.
             self.metrics.requests.labels(job.model, label, "mismatch").inc()
             return
         self.metrics.requests.labels(job.model, label, "ok").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
@@ -71,7 +72,7 @@ def test_slot_quotas_cover_the_line(weights: dict[str, int]) -> None:
     assert sum(quotas.values()) == SLOTS
     segments = rebalance((), targets)
     assert segments[0][0] == 0 and segments[-1][1] == SLOTS
-    assert all(a[1] == b[0] for a, b in zip(segments, segments[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(segments))
 
 
 def test_all_zero_weights_are_refused() -> None:

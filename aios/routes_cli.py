@@ -1,0 +1,113 @@
+"""`aios routes …`: the routing admin API from the command line (REST, stdlib only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from aios.config import StackConfig
+from aios.tokens import mint_token
+
+TIMEOUT_S = 10.0
+
+
+class AdminError(Exception):
+    """The gateway refused the call; the message is its error."""
+
+
+def _call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers={
+        "authorization": f"Bearer {token}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise AdminError(f"{exc.code}: {message}") from exc
+    except urllib.error.URLError as exc:
+        raise AdminError(f"cannot reach the gateway at {url}: {exc.reason}") from exc
+
+
+def parse_weights(pairs: list[str]) -> dict[str, int]:
+    """``["stable=90", "canary=10"]`` → ``{"stable": 90, "canary": 10}``."""
+    weights = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value.lstrip("-").isdigit():
+            raise AdminError(f"weights are NAME=INTEGER, got {pair!r}")
+        weights[name] = int(value)
+    return weights
+
+
+def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
+    """Run one `aios routes` subcommand; print the gateway's JSON answer."""
+    server = config.gateway.server
+    url = args.url or f"http://{server.host}:{server.http_port}"
+    token = args.token or mint_token(config.gateway.auth, "aios-cli", "ops",
+                                     "routes:read routes:write", 300)
+    try:
+        if args.routes_command == "list":
+            result = _call(url, token, "GET", "/admin/routes")
+        elif args.routes_command == "get":
+            result = _call(url, token, "GET", f"/admin/routes/{args.model}")
+        elif args.routes_command == "history":
+            path = f"/admin/routes/{args.model}/history" if args.model else "/admin/history"
+            result = _call(url, token, "GET", f"{path}?limit={args.limit}")
+        else:
+            current = _call(url, token, "GET", f"/admin/routes/{args.model}")
+            base = {"base_revision": current["revision"], "reason": args.reason}
+            if args.routes_command == "set":
+                result = _call(url, token, "PUT", f"/admin/routes/{args.model}/weights",
+                               {**base, "weights": parse_weights(args.weights)})
+            else:
+                shadow = None if args.clear else {
+                    "backend": args.backend, "version": args.version,
+                    "fraction": args.fraction, "output": args.output,
+                    "threshold": args.threshold}
+                result = _call(url, token, "PUT", f"/admin/routes/{args.model}/shadow",
+                               {**base, "shadow": shadow})
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_routes_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `aios routes …` to the CLI."""
+    routes = sub.add_parser("routes", help="read and change routing tables (admin API)",
+                            description="read and change routing tables (admin API)")
+    routes.set_defaults(handler=run_routes)
+    rsub = routes.add_subparsers(dest="routes_command", required=True, metavar="COMMAND")
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument("--url", help="gateway REST URL (default: from the config)")
+    client.add_argument("--token", help="bearer token with routes:read/routes:write "
+                        "(default: $AIOS_TOKEN, else a dev token from the config's secret)")
+    rsub.add_parser("list", parents=[client], help="every model's routing table")
+    get = rsub.add_parser("get", parents=[client], help="one model's routing table")
+    get.add_argument("model")
+    set_ = rsub.add_parser("set", parents=[client], help="set target weights, e.g. "
+                           "`aios routes set claims_risk stable=90 canary=10`")
+    set_.add_argument("model")
+    set_.add_argument("weights", nargs="+", metavar="TARGET=WEIGHT")
+    set_.add_argument("--reason", default="", help="why (kept in the history)")
+    shadow = rsub.add_parser("shadow", parents=[client], help="set or clear a shadow target")
+    shadow.add_argument("model")
+    shadow.add_argument("--backend", default="local")
+    shadow.add_argument("--version", default="")
+    shadow.add_argument("--fraction", type=float, default=0.1)
+    shadow.add_argument("--output", default="", help="output to compare decisions on")
+    shadow.add_argument("--threshold", type=float, help="decision threshold")
+    shadow.add_argument("--clear", action="store_true", help="remove the shadow")
+    shadow.add_argument("--reason", default="")
+    history = rsub.add_parser("history", parents=[client], help="recorded changes, newest first")
+    history.add_argument("model", nargs="?")
+    history.add_argument("--limit", type=int, default=20)
