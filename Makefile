@@ -50,4 +50,5 @@ clean:
 
 # Regenerate the project's own gRPC code (committed) from proto/*.proto.
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/*.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/routing_admin.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/decision_record.proto

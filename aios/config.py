@@ -81,6 +81,44 @@ class ServerSettings(_Frozen):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
 
 
+Redaction = Literal["keep", "hash", "drop"]
+
+
+class DecisionLogSettings(_Frozen):
+    """The sidecar's tamper-evident decision log."""
+
+    enabled: bool = True
+    directory: Path = Path("var/decisions")
+    # sync: a response is released only once its record is on disk (regulated default).
+    # async: records are queued; a full queue drops them, counted and alarmed.
+    mode: Literal["sync", "async"] = "sync"
+    max_segment_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    queue_size: int = Field(10_000, ge=1)
+    max_batch: int = Field(512, ge=1)
+    # Per model, per input name: keep the values, keep only their hash, or drop them.
+    redaction: dict[str, dict[str, Redaction]] = Field(default_factory=dict)
+    default_redaction: Redaction = "keep"
+    # Optional fan-out of every record to a capped Redis stream.
+    redis_stream_url: str | None = None
+    redis_stream_key: str = "aios:decisions"
+    redis_stream_maxlen: int = Field(100_000, ge=1)
+
+
+class ParitySettings(_Frozen):
+    """Checks against each version's training profile and golden set."""
+
+    enabled: bool = True
+    model_repository: Path = Path("model_repo")
+    # observe: count and flag the record; enforce: reject with 422.
+    mode: dict[str, Literal["observe", "enforce"]] = Field(default_factory=dict)
+    drift_window: int = Field(1000, ge=50)
+    drift_every: int = Field(250, ge=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    # KS catches a half-std shift of a normal feature that 10 bins blunt for PSI.
+    ks_threshold: float = Field(0.12, gt=0)
+    golden_interval_s: float = Field(300.0, gt=0)
+
+
 class SidecarSettings(_Frozen):
     """The sidecar beside one Triton."""
 
@@ -88,6 +126,8 @@ class SidecarSettings(_Frozen):
                                             grpc_port=SIDECAR_GRPC_PORT)
     triton: UpstreamSettings = UpstreamSettings(
         http=f"{DEFAULT_HOST}:{TRITON_HTTP_PORT}", grpc=f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}")
+    decision_log: DecisionLogSettings = DecisionLogSettings()
+    parity: ParitySettings = ParitySettings()
 
 
 STICKY_PATTERN = r"^(none|tenant|sub|header:[a-z0-9][a-z0-9_\-]*)$"

@@ -46,6 +46,13 @@ class Forbidden(AiosError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unprocessable(AiosError):
+    """Well-formed, but refused: an input outside what the model was trained on."""
+
+    http_status = 422
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 class NotFound(AiosError):
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND
@@ -129,3 +136,7 @@ class Conflict(AiosError):
 
     http_status = 409
     grpc_code = grpc.StatusCode.ABORTED
+
+
+class LogUnavailable(NotReady):
+    """The decision could not be recorded, so it is not released (sync mode)."""

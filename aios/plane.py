@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aios.upstream import GrpcReply, HttpReply, Metadata
 
@@ -59,3 +59,11 @@ class KServePlane(Protocol):
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         """Answer a model-level gRPC call given as serialized bytes."""
         ...
+
+
+def header_value(items: Iterable[tuple[str, Any]], name: str) -> str | None:
+    """The first value of header/metadata ``name`` (lower-case) in ``items``."""
+    for key, value in items:
+        if key == name:
+            return value if isinstance(value, str) else bytes(value).decode("latin-1")
+    return None

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from aios.plane import header_value
 from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
 from gateway.admin_rest import AdminAuth
-from gateway.auth import header_value
 from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
 

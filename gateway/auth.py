@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -250,14 +250,6 @@ class Authenticator:
         except Forbidden:
             self._failures.labels("missing scope").inc()
             raise
-
-
-def header_value(items: Iterable[tuple[str, Any]], name: str) -> str | None:
-    """The first value of header/metadata ``name`` (lower-case) in ``items``."""
-    for key, value in items:
-        if key == name:
-            return value if isinstance(value, str) else bytes(value).decode("latin-1")
-    return None
 
 
 def build_authenticator(settings: AuthSettings, registry: CollectorRegistry) -> Authenticator:

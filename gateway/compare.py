@@ -1,62 +1,12 @@
-"""Decode inference outputs (off the hot path) and compare a shadow's with the primary's."""
+"""Compare a shadow's outputs with the primary's (off the hot path)."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
-from tritonclient.grpc import service_pb2
 
-NUMPY_DTYPES = {
-    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
-    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
-    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
-}
-
-Outputs = dict[str, NDArray[Any]]
-
-
-def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
-    """Numeric outputs of a KServe v2 REST response, JSON or binary-extension (compressed
-    as the client asked, or not)."""
-    encoding = headers.get("content-encoding", "")
-    if encoding == "gzip":
-        body = gzip.decompress(body)
-    elif encoding == "deflate":
-        body = zlib.decompress(body)
-    header_len = int(headers.get("inference-header-content-length", len(body)))
-    doc = json.loads(body[:header_len])
-    out: Outputs = {}
-    offset = header_len
-    for o in doc.get("outputs", []):
-        dtype = NUMPY_DTYPES.get(o["datatype"])
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            if dtype is not None:
-                out[o["name"]] = np.frombuffer(body[offset:offset + size], dtype=dtype).reshape(
-                    o["shape"])
-            offset += size
-        elif dtype is not None:
-            out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
-    return out
-
-
-def grpc_outputs(payload: bytes) -> Outputs:
-    """Numeric outputs of a serialized ModelInferResponse (raw contents)."""
-    resp = service_pb2.ModelInferResponse.FromString(payload)
-    out: Outputs = {}
-    for i, o in enumerate(resp.outputs):
-        dtype = NUMPY_DTYPES.get(o.datatype)
-        if dtype is not None and i < len(resp.raw_output_contents):
-            out[o.name] = np.frombuffer(resp.raw_output_contents[i], dtype=dtype).reshape(
-                list(o.shape))
-    return out
+from aios.tensors import Outputs
 
 
 @dataclass(frozen=True, slots=True)

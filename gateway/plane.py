@@ -22,13 +22,13 @@ from aios.errors import (
 )
 from aios.kserve import peek_batch, peek_model, with_model
 from aios.metrics import RequestMetrics
-from aios.plane import GRPC_CALL_KINDS, ModelCall
+from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
 from aios.serve import ServiceParts, run_service
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from gateway.admin import BackendVersions, RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
 from gateway.admin_rest import AdminAuth, admin_routes
-from gateway.auth import Authenticator, Principal, build_authenticator, header_value
+from gateway.auth import Authenticator, Principal, build_authenticator
 from gateway.breaker import Breaker
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.routestore import FileRouteStore, RedisRouteStore, RouteStore, table_from_route

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from aios.errors import AiosError
 from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
+from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
-from gateway.compare import Outputs, compare, grpc_outputs, rest_outputs
+from gateway.compare import compare
 from gateway.routing import ShadowSpec
 
 logger = logging.getLogger(__name__)

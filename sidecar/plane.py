@@ -1,59 +1,305 @@
-"""The sidecar's data plane: forward to its Triton, measure every model call."""
+"""The sidecar's data plane: forward to its Triton; record, check and measure every decision.
+
+For an infer call: decode the inputs, check them against the version's training profile
+(flag, or refuse with 422 in enforce mode), forward the bytes unchanged, decode the
+outputs, feed the drift windows, and write a decision record. In `sync` mode the answer
+is released only once its record is durable; if it cannot be recorded the client gets
+503, never a 200 for an unrecorded decision.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from aios.config import SidecarSettings
-from aios.kserve import peek_model
+from aios.errors import AiosError, NotReady
+from aios.kserve import json_header_length, peek_model
 from aios.metrics import RequestMetrics
-from aios.plane import ModelCall
+from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
 from aios.serve import ServiceParts, run_service
+from aios.tensors import (
+    Tensors,
+    grpc_outputs,
+    grpc_request_inputs,
+    rest_outputs,
+    rest_request_inputs,
+)
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
+from proto.decision_record_pb2 import DecisionRecord
+from sidecar.decisionlog import DecisionLog
+from sidecar.parity import Parity, VersionProfile, load_profiles
+from sidecar.records import tensors, trace_id
+
+logger = logging.getLogger(__name__)
+
+SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class CostCollector(Collector):
+    """Process CPU seconds per answered request: the cost of a prediction."""
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        total = sum(s.value for m in self._metrics.requests.collect() for s in m.samples
+                    if s.name.endswith("_total"))
+        cpu = time.process_time()
+        yield GaugeMetricFamily("aios_sidecar_cpu_seconds_per_request",
+                                "Process CPU seconds over requests answered",
+                                value=cpu / total if total else 0.0)
 
 
 class SidecarPlane:
-    """Pass-through to one Triton, over the protocol the call came in on."""
+    """Pass-through to one Triton, with a decision record for every inference."""
 
     server_name = "aios-sidecar"
 
-    def __init__(self, http: HttpUpstream, grpc: GrpcUpstream, metrics: RequestMetrics) -> None:
+    def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
+                 log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
+                 ) -> None:
+        self._settings = settings
         self._http = http
         self._grpc = grpc
-        self._metrics = metrics
+        self._log = log
+        self._parity = parity
+        self._metrics = RequestMetrics(registry, "sidecar")
+        registry.register(CostCollector(self._metrics))
+        labels = ("model", "version", "protocol")
+        self._payload = Histogram("aios_sidecar_payload_bytes", "Request and response sizes",
+                                  (*labels, "direction"), buckets=SIZE_BUCKETS,
+                                  registry=registry)
+        self._batch = Histogram("aios_sidecar_batch_size", "Rows per inference request",
+                                labels, buckets=BATCH_BUCKETS, registry=registry)
+        self._golden_done = asyncio.Event()
+        if parity is None:
+            self._golden_done.set()
 
     async def ready(self) -> bool:
-        """Ready when Triton is."""
-        return await self._http.ready()
+        """Ready when Triton is and every version reproduces its golden set."""
+        if not self._golden_done.is_set() or not await self._http.ready():
+            return False
+        return self._parity is None or all(self._parity.golden_ok.values())
+
+    # -- golden replay -------------------------------------------------------------------
+
+    async def replay_golden(self) -> None:
+        """Replay every version's golden set through Triton and judge it."""
+        assert self._parity is not None
+        for profile in self._parity.profiles.values():
+            body = json.dumps({"inputs": [{
+                "name": profile.input_name, "datatype": "FP32",
+                "shape": list(profile.golden_inputs.shape),
+                "data": profile.golden_inputs.ravel().tolist()}]}).encode()
+            path = f"/v2/models/{profile.model}/versions/{profile.version}/infer"
+            try:
+                reply = await self._http.request("POST", path, body, ())
+                outputs = rest_outputs(reply.body, reply.headers).get(profile.output_name) \
+                    if reply.status == 200 else None
+                error = "" if reply.status == 200 else f"Triton answered {reply.status}"
+            except AiosError as exc:
+                outputs, error = None, exc.message
+            self._parity.record_golden(profile, outputs, error)
+        self._golden_done.set()
+
+    async def golden_loop(self) -> None:
+        """Replay at start (readiness waits for it) and then on a schedule."""
+        assert self._parity is not None
+        while True:
+            if await self._http.ready():
+                await self.replay_golden()
+                await asyncio.sleep(self._parity_interval)
+            else:
+                await asyncio.sleep(0.5)
+
+    @property
+    def _parity_interval(self) -> float:
+        return self._settings.parity.golden_interval_s
+
+    # -- the data path -------------------------------------------------------------------
+
+    def _record(self, protocol: str, model: str, version: str, headers: Iterable[tuple[str, Any]],
+                request_id: str, inputs: Tensors, outputs: Tensors, flags: list[str],
+                outcome: str, error: str, started: float) -> DecisionRecord:
+        log = self._settings.decision_log
+        rules = log.redaction.get(model, {})
+        revision = header_value(headers, "x-aios-route-revision") or "0"
+        return DecisionRecord(
+            time_unix_nanos=time.time_ns(),
+            request_id=request_id or header_value(headers, "x-request-id") or uuid.uuid4().hex,
+            tenant=header_value(headers, "x-aios-tenant") or "",
+            subject=header_value(headers, "x-aios-subject") or "",
+            model=model, version=version,
+            route_target=header_value(headers, "x-aios-target") or "",
+            route_revision=int(revision) if revision.isdigit() else 0,
+            protocol=protocol,
+            inputs=tensors(inputs, rules, log.default_redaction),
+            outputs=tensors(outputs, rules, log.default_redaction),
+            latency_micros=int((time.perf_counter() - started) * 1e6),
+            trace_id=trace_id(header_value(headers, "traceparent")),
+            parity_flags=flags, outcome=outcome, error=error[:1000],
+            shadow=header_value(headers, "x-aios-shadow") == "1")
+
+    def _check(self, model: str, version: str, inputs: Tensors,
+               ) -> tuple[VersionProfile | None, list[str]]:
+        if self._parity is None:
+            return None, []
+        profile = self._parity.profile(model, version)
+        if profile is None:
+            return None, []
+        return profile, self._parity.check(profile, inputs)
+
+    def _observe(self, profile: VersionProfile | None, inputs: Tensors,
+                 outputs: Tensors) -> None:
+        if self._parity is None or profile is None:
+            return
+        x = inputs.get(profile.input_name)
+        if x is not None and x.ndim == 2:
+            y = outputs.get(profile.output_name)
+            self._parity.observe(profile, x, None if y is None else np.asarray(y))
+
+    async def _write(self, record: DecisionRecord) -> None:
+        if self._log is not None:
+            await self._log.append(record)
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
-        """Forward a REST model call to Triton unchanged."""
+        """Forward a REST model call; record and check it if it is an inference."""
         with self._metrics.track(call.model, call.version, "rest") as outcome:
-            reply = await self._http.request(call.method, call.upstream_path, call.body,
-                                             call.headers)
+            if call.kind != "infer":
+                reply = await self._http.request(call.method, call.upstream_path, call.body,
+                                                 call.headers)
+                outcome.code = str(reply.status)
+                return reply
+            reply = await self._infer_rest(call)
             outcome.code = str(reply.status)
+            return reply
+
+    async def _infer_rest(self, call: ModelCall) -> HttpReply:
+        started = time.perf_counter()
+        headers = list(call.headers)
+        header_len = json_header_length(header_value(headers, "inference-header-content-length"),
+                                        len(call.body))
+        doc, inputs = rest_request_inputs(call.body, header_len)
+        request_id = doc.get("id", "") if isinstance(doc.get("id"), str) else ""
+        labels = (call.model, call.version or "default", "rest")
+        self._payload.labels(*labels, "request").observe(len(call.body))
+        self._batch.labels(*labels).observe(call.batch)
+        profile, flags = self._check(call.model, call.version, inputs)
+        try:
+            reply = await self._http.request(call.method, call.upstream_path, call.body, headers)
+        except AiosError as exc:
+            await self._write(self._record("rest", call.model, call.version, headers,
+                                           request_id, inputs, {}, flags,
+                                           str(exc.http_status), exc.message, started))
+            raise
+        self._payload.labels(*labels, "response").observe(len(reply.body))
+        outputs: Tensors = {}
+        version, error = call.version, ""
+        if reply.status == 200:
+            outputs = rest_outputs(reply.body, reply.headers)
+            version = _rest_version(reply) or version
+        else:
+            error = _rest_error(reply)
+        self._observe(profile, inputs, outputs)
+        await self._write(self._record("rest", call.model, version, headers, request_id,
+                                       inputs, outputs, flags,
+                                       "ok" if reply.status == 200 else str(reply.status),
+                                       error, started))
         return reply
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
-        """Forward a serialized gRPC model call to Triton unchanged."""
+        """Forward a gRPC model call; record and check it if it is an inference."""
         model, version = peek_model(payload)
         with self._metrics.track(model, version, "grpc") as outcome:
-            reply = await self._grpc.call(method, payload, metadata)
+            if GRPC_CALL_KINDS.get(method.rsplit("/", 1)[1]) != "infer":
+                reply = await self._grpc.call(method, payload, metadata)
+            else:
+                reply = await self._infer_grpc(method, payload, metadata, model, version)
             outcome.code = "OK"
+            return reply
+
+    async def _infer_grpc(self, method: str, payload: bytes, metadata: Metadata, model: str,
+                          version: str) -> GrpcReply:
+        started = time.perf_counter()
+        request, inputs = grpc_request_inputs(payload)
+        labels = (model, version or "default", "grpc")
+        self._payload.labels(*labels, "request").observe(len(payload))
+        first = next(iter(inputs.values()), None)
+        self._batch.labels(*labels).observe(len(first) if first is not None and first.ndim
+                                            else 1)
+        profile, flags = self._check(model, version, inputs)
+        try:
+            reply = await self._grpc.call(method, payload, metadata)
+        except AiosError as exc:
+            await self._write(self._record("grpc", model, version, metadata, request.id,
+                                           inputs, {}, flags, exc.grpc_code.name, exc.message,
+                                           started))
+            raise
+        self._payload.labels(*labels, "response").observe(len(reply.payload))
+        outputs = grpc_outputs(reply.payload)
+        served = _grpc_version(reply.payload) or version
+        self._observe(profile, inputs, outputs)
+        await self._write(self._record("grpc", model, served, metadata, request.id, inputs,
+                                       outputs, flags, "ok", "", started))
         return reply
+
+
+def _rest_version(reply: HttpReply) -> str:
+    header_len = int(reply.headers.get("inference-header-content-length", len(reply.body)))
+    try:
+        return str(json.loads(reply.body[:header_len]).get("model_version", ""))
+    except ValueError:
+        return ""
+
+
+def _rest_error(reply: HttpReply) -> str:
+    try:
+        return str(json.loads(reply.body).get("error", ""))
+    except ValueError:
+        return reply.body[:200].decode("utf-8", "replace")
+
+
+def _grpc_version(payload: bytes) -> str:
+    from tritonclient.grpc import service_pb2
+
+    return str(service_pb2.ModelInferResponse.FromString(payload).model_version)
 
 
 @asynccontextmanager
 async def open_sidecar(settings: SidecarSettings,
                        registry: CollectorRegistry) -> AsyncIterator[ServiceParts]:
-    """Open the sidecar's connections to Triton for the life of the service."""
+    """Open the connections to Triton, the decision log and the parity checks."""
     limit = settings.server.max_body_bytes
-    async with HttpUpstream("triton", settings.triton) as http, \
-            GrpcUpstream("triton", settings.triton, limit) as grpc:
-        yield ServiceParts(SidecarPlane(http, grpc, RequestMetrics(registry, "sidecar")))
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(HttpUpstream("triton", settings.triton))
+        grpc = await stack.enter_async_context(GrpcUpstream("triton", settings.triton, limit))
+        log = None
+        if settings.decision_log.enabled:
+            log = await stack.enter_async_context(DecisionLog(settings.decision_log, registry))
+        parity = None
+        if settings.parity.enabled:
+            profiles = load_profiles(settings.parity.model_repository)
+            if not profiles:
+                raise NotReady(f"no training profiles under {settings.parity.model_repository}")
+            parity = Parity(settings.parity, profiles, registry)
+        plane = SidecarPlane(settings, http, grpc, log, parity, registry)
+        if parity is not None:
+            task = asyncio.create_task(plane.golden_loop())
+            stack.callback(task.cancel)
+        yield ServiceParts(plane)
 
 
 async def run_sidecar(settings: SidecarSettings) -> None:

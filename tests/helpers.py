@@ -73,7 +73,9 @@ def stack_config(ports: StackPorts, tmp: Path, model_repo: Path = MODEL_REPO,
                    "grpc_port": ports.triton_grpc, "metrics_port": ports.triton_metrics},
         "sidecar": {"server": {"http_port": ports.sidecar_http, "grpc_port": ports.sidecar_grpc},
                     "triton": {"http": f"{h}:{ports.triton_http}",
-                               "grpc": f"{h}:{ports.triton_grpc}"}},
+                               "grpc": f"{h}:{ports.triton_grpc}"},
+                    "decision_log": {"directory": str(tmp / "decisions")},
+                    "parity": {"model_repository": str(model_repo)}},
         "gateway": {"server": {"http_port": ports.gateway_http, "grpc_port": ports.gateway_grpc},
                     "backends": {"local": {"http": f"{h}:{ports.sidecar_http}",
                                            "grpc": f"{h}:{ports.sidecar_grpc}"}},
@@ -207,10 +209,14 @@ def listening(port: int) -> bool:
 def running(service: str, config: dict[str, Any], http_port: int,
             tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``aios SERVICE`` on ``config`` until the block ends; then SIGTERM, exit 0."""
+    # Each service keeps its state (routing tables, decision log) in the test's own
+    # folder, never in the repository's var/.
     if service == "gateway":
-        # Each gateway keeps its routing tables in its own file, never the repository's.
         routing = config["gateway"].setdefault("routing", {})
         routing.setdefault("state_file", str(tmp / f"routes-{http_port}.json"))
+    else:
+        log = config["sidecar"].setdefault("decision_log", {})
+        log.setdefault("directory", str(tmp / f"decisions-{http_port}"))
     path = write_config(tmp / f"{service}-{http_port}.yaml", config)
     log = tmp / f"{service}-{http_port}.log"
     process = aios(service, "--config", str(path), log=log)

@@ -59,7 +59,7 @@ CASES = {
                                 "data": CLAIM[:3]}]}).encode(),
         400, "input 'features': shape [1, 8] needs 8 values, 'data' has 3",
         grpc_request(nbytes=12), grpc.StatusCode.INVALID_ARGUMENT,
-        "[request id: <id_unknown>] input byte size mismatch for input 'features'"),
+        "input 'features': raw_input_contents has 12 bytes; shape [1, 8] of FP32 needs 32"),
     "unknown datatype": Case(
         "/v2/models/claims_risk/infer",
         json.dumps({"inputs": [{"name": "features", "datatype": "FLOAT", "shape": [1, 8],

@@ -1,0 +1,116 @@
+"""Decode KServe v2 tensors where a service must look at them (sidecar records, shadow
+comparisons): REST JSON, REST binary extension and gRPC raw contents, into numpy arrays."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+from numpy.typing import NDArray
+from tritonclient.grpc import service_pb2
+
+from aios.errors import InvalidInput
+
+NUMPY_DTYPES = {
+    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}
+
+Tensors = dict[str, NDArray[Any]]
+Outputs = Tensors
+
+
+def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
+    """Numeric outputs of a KServe v2 REST response, JSON or binary-extension (compressed
+    as the client asked, or not)."""
+    encoding = headers.get("content-encoding", "")
+    if encoding == "gzip":
+        body = gzip.decompress(body)
+    elif encoding == "deflate":
+        body = zlib.decompress(body)
+    header_len = int(headers.get("inference-header-content-length", len(body)))
+    return _rest_tensors(json.loads(body[:header_len]), "outputs", body, header_len)
+
+
+def grpc_outputs(payload: bytes) -> Outputs:
+    """Numeric outputs of a serialized ModelInferResponse (raw contents)."""
+    resp = service_pb2.ModelInferResponse.FromString(payload)
+    out: Outputs = {}
+    for i, o in enumerate(resp.outputs):
+        dtype = NUMPY_DTYPES.get(o.datatype)
+        if dtype is not None and i < len(resp.raw_output_contents):
+            out[o.name] = np.frombuffer(resp.raw_output_contents[i], dtype=dtype).reshape(
+                list(o.shape))
+    return out
+
+
+
+
+def _rest_tensors(doc: Mapping[str, Any], key: str, body: bytes, offset: int) -> Tensors:
+    out: Tensors = {}
+    for t in doc.get(key, []):
+        dtype = NUMPY_DTYPES.get(t["datatype"])
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if dtype is not None:
+                out[t["name"]] = np.frombuffer(body[offset:offset + size],
+                                               dtype=dtype).reshape(t["shape"])
+            offset += size
+        elif dtype is not None:
+            out[t["name"]] = np.asarray(t["data"], dtype=dtype).reshape(t["shape"])
+    return out
+
+
+def rest_request_inputs(body: bytes, header_length: int) -> tuple[dict[str, Any], Tensors]:
+    """The JSON header and numeric inputs of a (validated) REST infer request."""
+    doc = json.loads(body[:header_length])
+    return doc, _rest_tensors(doc, "inputs", body, header_length)
+
+
+_TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+                   "INT64": "int64_contents", "BOOL": "bool_contents",
+                   "UINT32": "uint_contents", "UINT64": "uint64_contents"}
+
+
+def grpc_request_inputs(payload: bytes) -> tuple[service_pb2.ModelInferRequest, Tensors]:
+    """The parsed ModelInferRequest and its numeric inputs, checked against their shapes.
+
+    Raises InvalidInput for a message that does not parse, a negative dim, or contents
+    whose size does not match shape x datatype.
+    """
+    try:
+        req = service_pb2.ModelInferRequest.FromString(payload)
+    except DecodeError as exc:
+        raise InvalidInput("malformed protobuf: not a ModelInferRequest") from exc
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs")
+    out: Tensors = {}
+    for i, t in enumerate(req.inputs):
+        shape = list(t.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"input '{t.name}': shape {shape} has a negative dim")
+        count = math.prod(shape)
+        dtype = NUMPY_DTYPES.get(t.datatype)
+        if dtype is None:
+            continue
+        if raw:
+            need = count * np.dtype(dtype).itemsize
+            if len(raw[i]) != need:
+                raise InvalidInput(f"input '{t.name}': raw_input_contents has {len(raw[i])} "
+                                   f"bytes; shape {shape} of {t.datatype} needs {need}")
+            out[t.name] = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
+        elif t.datatype in _TYPED_CONTENTS:
+            values = getattr(t.contents, _TYPED_CONTENTS[t.datatype])
+            if len(values) != count:
+                raise InvalidInput(f"input '{t.name}': contents has {len(values)} values; "
+                                   f"shape {shape} needs {count}")
+            out[t.name] = np.asarray(values, dtype=dtype).reshape(shape)
+    return req, out

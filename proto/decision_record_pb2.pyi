@@ -1,0 +1,67 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TensorRecord(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "redaction", "contents", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    REDACTION_FIELD_NUMBER: _ClassVar[int]
+    CONTENTS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    redaction: str
+    contents: bytes
+    sha256: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., redaction: _Optional[str] = ..., contents: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class DecisionRecord(_message.Message):
+    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MICROS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARITY_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    time_unix_nanos: int
+    request_id: str
+    tenant: str
+    subject: str
+    model: str
+    version: str
+    route_target: str
+    route_revision: int
+    protocol: str
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorRecord]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorRecord]
+    latency_micros: int
+    trace_id: str
+    parity_flags: _containers.RepeatedScalarFieldContainer[str]
+    outcome: str
+    error: str
+    shadow: bool
+    prev_hash: bytes
+    hash: bytes
+    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,236 @@
+"""The decision log: append-only hash-chained segments, group commit, nothing lost silently.
+
+One writer task owns the chain. Callers hand it records; it takes everything queued (up
+to a batch), chains and frames them, writes them with one `write` + one `fdatasync` in a
+worker thread, then updates the HEAD marker. In `sync` mode each caller waits for its
+batch to be durable, so a response is released only for a recorded decision; a failed
+write fails those callers (503), it never acknowledges. In `async` mode callers do not
+wait; when the queue is full a record is dropped, counted and alarmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import RedisError
+
+from aios.config import DecisionLogSettings
+from aios.errors import LogUnavailable
+from aios.metrics import LATENCY_BUCKETS
+from proto.decision_record_pb2 import DecisionRecord
+from sidecar.audit import HEAD_FILE, segments
+from sidecar.chain import GENESIS, read_frames, seal
+
+logger = logging.getLogger(__name__)
+
+ALARM_INTERVAL_S = 5.0
+
+Pending = tuple[DecisionRecord, "asyncio.Future[None] | None"]
+
+
+class LogMetrics:
+    """Write latency, batch sizes, records, drops and queue depth."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter("aios_sidecar_log_records", "Decision records made durable",
+                               registry=registry)
+        self.dropped = Counter("aios_sidecar_log_dropped",
+                               "Decision records dropped (async mode, queue full)",
+                               registry=registry)
+        self.failures = Counter("aios_sidecar_log_write_failures",
+                                "Batches that could not be written", registry=registry)
+        self.write_seconds = Histogram("aios_sidecar_log_write_seconds",
+                                       "Time to write and fsync one batch",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch = Histogram("aios_sidecar_log_batch_records", "Records per group commit",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                               registry=registry)
+        self.queue = Gauge("aios_sidecar_log_queue_depth", "Records waiting to be written",
+                           registry=registry)
+        self.fanout_failures = Counter("aios_sidecar_log_fanout_failures",
+                                       "Records not published to the Redis stream",
+                                       registry=registry)
+
+
+def _recover(directory: Path) -> tuple[int, bytes]:
+    """The last complete record's (sequence, hash): where the chain continues."""
+    sequence, last = 0, GENESIS
+    for path in segments(directory):
+        for frame in read_frames(path.read_bytes()):
+            if frame.record is None:
+                break
+            sequence, last = frame.record.sequence, frame.record.hash
+    return sequence, last
+
+
+class DecisionLog:
+    """The sidecar's decision log (see the module docstring)."""
+
+    def __init__(self, settings: DecisionLogSettings, registry: CollectorRegistry) -> None:
+        self._settings = settings
+        self._dir = settings.directory
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue(settings.queue_size)
+        self.metrics = LogMetrics(registry)
+        self._sequence, self._last = 0, GENESIS
+        self._fd = -1
+        self._segment: Path | None = None
+        self._size = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._redis: aioredis.Redis | None = None
+        self._last_alarm = 0.0
+        self._dropped = 0
+
+    @property
+    def sync(self) -> bool:
+        """Whether callers wait for durability."""
+        return self._settings.mode == "sync"
+
+    async def __aenter__(self) -> DecisionLog:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._sequence, self._last = await asyncio.to_thread(_recover, self._dir)
+        # Always a fresh segment: never append after a tail a crash may have torn.
+        self._open_segment(self._sequence + 1)
+        if self._settings.redis_stream_url:
+            self._redis = aioredis.Redis.from_url(self._settings.redis_stream_url,
+                                                  socket_timeout=1.0)
+        self._writer = asyncio.create_task(self._write_loop())
+        logger.info("decision log in %s (%s), continuing after record %d", self._dir,
+                    self._settings.mode, self._sequence)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        # Flush what is queued, then stop.
+        await self._queue.join()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def _open_segment(self, first: int) -> None:
+        """Start the segment whose first record will be number ``first``."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._segment = self._dir / f"segment-{first:016d}.log"
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._size = os.fstat(self._fd).st_size
+
+    async def append(self, record: DecisionRecord) -> None:
+        """Log ``record``; in sync mode return only once it is durable (else LogUnavailable)."""
+        if not self.sync:
+            try:
+                self._queue.put_nowait((record, None))
+            except asyncio.QueueFull:
+                self._drop(1)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((record, future))
+        self.metrics.queue.set(self._queue.qsize())
+        await future
+
+    def _drop(self, count: int) -> None:
+        """Count dropped records and raise the alarm (at most every few seconds)."""
+        self._dropped += count
+        self.metrics.dropped.inc(count)
+        now = time.monotonic()
+        if now - self._last_alarm >= ALARM_INTERVAL_S:
+            self._last_alarm = now
+            logger.error("decision log: records are being DROPPED (%d so far)", self._dropped)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._settings.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self.metrics.queue.set(self._queue.qsize())
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        sequence, last = self._sequence, self._last
+        frames = []
+        for record, _ in batch:
+            sequence += 1
+            frames.append(seal(record, sequence, last))
+            last = record.hash
+        data = b"".join(frames)
+        start = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._write, data, sequence, last)
+        except OSError as exc:
+            self.metrics.failures.inc()
+            logger.error("decision log write failed (%s): %d record(s) not recorded",
+                         exc.strerror or exc, len(batch))
+            error = LogUnavailable(f"decision log unavailable ({exc.strerror or exc}); "
+                                   "the decision was not recorded")
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(error)
+            unacknowledged = sum(1 for _, future in batch if future is None)
+            if unacknowledged:
+                self._drop(unacknowledged)
+            return
+        self._sequence, self._last = sequence, last
+        self.metrics.write_seconds.observe(time.perf_counter() - start)
+        self.metrics.batch.observe(len(batch))
+        self.metrics.records.inc(len(batch))
+        for _, future in batch:
+            if future is not None and not future.done():
+                future.set_result(None)
+        if self._redis is not None:
+            await self._publish([record for record, _ in batch])
+
+    def _write(self, data: bytes, sequence: int, last: bytes) -> None:
+        """In a worker thread: append, fsync, update HEAD; undo a partial append on error."""
+        if self._fd < 0:
+            self._open_segment(self._sequence + 1)
+        try:
+            os.write(self._fd, data)
+            os.fdatasync(self._fd)
+        except OSError:
+            # Leave no half batch behind: the chain continues from the last good record.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._open_segment(self._sequence + 1)
+            raise
+        self._size += len(data)
+        assert self._segment is not None
+        head = self._dir / HEAD_FILE
+        tmp = head.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sequence": sequence, "hash": last.hex(),
+                                   "segment": self._segment.name}))
+        os.replace(tmp, head)
+        if self._size >= self._settings.max_segment_bytes:
+            self._open_segment(sequence + 1)
+
+    async def _publish(self, batch: list[DecisionRecord]) -> None:
+        assert self._redis is not None
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for record in batch:
+                pipe.xadd(self._settings.redis_stream_key, {
+                    "sequence": record.sequence, "request_id": record.request_id,
+                    "hash": record.hash.hex(),
+                    "record": base64.b64encode(record.SerializeToString(deterministic=True)),
+                }, maxlen=self._settings.redis_stream_maxlen, approximate=True)
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.metrics.fanout_failures.inc(len(batch))
+            logger.warning("decision fan-out to Redis failed: %s", exc)

@@ -1,0 +1,173 @@
+"""The decision log on real files: group commit, rotation, tamper detection, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from aios.config import DecisionLogSettings
+from aios.errors import LogUnavailable
+from proto.decision_record_pb2 import DecisionRecord
+from sidecar.audit import segments, show, verify
+from sidecar.chain import read_frames
+from sidecar.decisionlog import DecisionLog
+from tests.helpers import REPO
+
+
+def settings(directory: Path, **overrides: object) -> DecisionLogSettings:
+    return DecisionLogSettings.model_validate({"directory": str(directory), **overrides})
+
+
+async def write(directory: Path, n: int, concurrent: bool = True,
+                **overrides: object) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    async with DecisionLog(settings(directory, **overrides), registry) as log:
+        records = [DecisionRecord(request_id=f"req-{i}", model="claims_risk", version="2")
+                   for i in range(n)]
+        if concurrent:
+            await asyncio.gather(*(log.append(r) for r in records))
+        else:
+            for r in records:
+                await log.append(r)
+    return registry
+
+
+async def test_group_commit_and_an_intact_chain(tmp_path: Path) -> None:
+    registry = await write(tmp_path, 300)
+    report = verify(tmp_path)
+    assert report.intact, report.problem
+    assert (report.records, report.last_sequence, report.warnings) == (300, 300, [])
+    batches = registry.get_sample_value("aios_sidecar_log_batch_records_count")
+    assert batches is not None and batches < 300, "concurrent appends share an fsync"
+    assert registry.get_sample_value("aios_sidecar_log_records_total") == 300
+    assert show(tmp_path, "req-42")[0]["sequence"] == "43"
+
+
+async def test_rotation_and_restart_continue_the_chain(tmp_path: Path) -> None:
+    await write(tmp_path, 200, concurrent=False, max_segment_bytes=4096)
+    await write(tmp_path, 50, concurrent=False, max_segment_bytes=4096)  # a restart
+    report = verify(tmp_path)
+    assert report.intact, report.problem
+    assert report.records == 250 and report.segments > 3
+
+
+def _frames(path: Path) -> list[tuple[int, int]]:
+    data = path.read_bytes()
+    offsets = [f.offset for f in read_frames(data)]
+    return list(zip(offsets, [*offsets[1:], len(data)], strict=True))
+
+
+def edit_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    start, end = _frames(path)[5]
+    data[(start + end) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def delete_record(path: Path) -> None:
+    data = path.read_bytes()
+    start, end = _frames(path)[5]
+    path.write_bytes(data[:start] + data[end:])
+
+
+def swap_records(path: Path) -> None:
+    data = path.read_bytes()
+    (a0, a1), (b0, b1) = _frames(path)[5:7]
+    path.write_bytes(data[:a0] + data[b0:b1] + data[a0:a1] + data[b1:])
+
+
+def cut_segment(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:_frames(path)[5][0]])
+
+
+TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
+    "one byte changed": (edit_byte, "record 6 (request req-5)"),
+    "a record removed": (delete_record, "expected sequence 6"),
+    "two records swapped": (swap_records, "expected sequence 6"),
+    "a segment truncated": (cut_segment, "expected sequence 6"),
+}
+
+
+@pytest.mark.parametrize(("tamper", "named"), TAMPERING.values(), ids=TAMPERING.keys())
+async def test_tampering_is_detected_and_named(tmp_path: Path,
+                                               tamper: Callable[[Path], None],
+                                               named: str) -> None:
+    for batch in range(2):  # two segments: the damage is in the first, not at the end
+        async with DecisionLog(settings(tmp_path), CollectorRegistry()) as log:
+            for i in range(10):
+                await log.append(DecisionRecord(request_id=f"req-{batch * 10 + i}"))
+    tamper(segments(tmp_path)[0])
+    out = subprocess.run([sys.executable, "-m", "aios", "audit", "verify", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stdout.startswith("TAMPERED: ")
+    assert named in out.stdout, out.stdout
+
+
+async def test_records_cut_from_the_end_are_caught_by_head(tmp_path: Path) -> None:
+    await write(tmp_path, 10)
+    last = segments(tmp_path)[-1]
+    last.write_bytes(last.read_bytes()[:_frames(last)[8][0]])
+    report = verify(tmp_path)
+    assert not report.intact
+    assert "HEAD records sequence 10 but the log ends at 8" in report.problem
+
+
+async def test_a_torn_last_record_is_a_crash_not_tampering(tmp_path: Path) -> None:
+    await write(tmp_path, 10)
+    last = segments(tmp_path)[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[:-7])  # the write of record 10 was cut short
+    head = tmp_path / "HEAD"
+    doc = json.loads(head.read_text())
+    head.write_text(json.dumps({**doc, "sequence": 9, "hash": _hash_of(tmp_path, 9)}))
+    out = subprocess.run([sys.executable, "-m", "aios", "audit", "verify", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+    assert "the last record is truncated" in out.stdout
+    assert "intact: 9 records" in out.stdout
+
+
+def _hash_of(directory: Path, sequence: int) -> str:
+    for path in segments(directory):
+        for frame in read_frames(path.read_bytes()):
+            if frame.record is not None and frame.record.sequence == sequence:
+                return str(frame.record.hash.hex())
+    raise AssertionError(sequence)
+
+
+async def test_a_full_disk_fails_sync_appends_and_records_nothing(tmp_path: Path) -> None:
+    # A real ENOSPC: the next segment is /dev/full.
+    (tmp_path / "segment-0000000000000001.log").symlink_to("/dev/full")
+    registry = CollectorRegistry()
+    async with DecisionLog(settings(tmp_path), registry) as log:
+        with pytest.raises(LogUnavailable, match="No space left on device"):
+            await log.append(DecisionRecord(request_id="lost"))
+    assert registry.get_sample_value("aios_sidecar_log_write_failures_total") == 1
+
+
+async def test_async_mode_drops_are_counted_never_silent(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture,
+                                                         ) -> None:
+    (tmp_path / "segment-0000000000000001.log").symlink_to("/dev/full")
+    registry = CollectorRegistry()
+    async with DecisionLog(settings(tmp_path, mode="async", queue_size=5), registry) as log:
+        for i in range(20):
+            await log.append(DecisionRecord(request_id=f"r{i}"))  # returns at once
+    dropped = registry.get_sample_value("aios_sidecar_log_dropped_total")
+    assert dropped == 20, "queue overflow and failed writes are both counted"
+    assert "records are being DROPPED" in caplog.text
+
+
+def test_segment_files_are_not_world_readable(tmp_path: Path) -> None:
+    asyncio.run(write(tmp_path, 1))
+    assert os.stat(segments(tmp_path)[0]).st_mode & 0o007 == 0
