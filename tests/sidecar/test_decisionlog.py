@@ -59,6 +59,12 @@ async def test_rotation_and_restart_continue_the_chain(tmp_path: Path) -> None:
     assert report.records == 250 and report.segments > 3
 
 
+def audit_verify(directory: Path) -> subprocess.CompletedProcess[str]:
+    """`aios audit verify DIR`, as an auditor runs it."""
+    return subprocess.run([sys.executable, "-m", "aios", "audit", "verify", str(directory)],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+
+
 def _frames(path: Path) -> list[tuple[int, int]]:
     data = path.read_bytes()
     offsets = [f.offset for f in read_frames(data)]
@@ -106,8 +112,7 @@ async def test_tampering_is_detected_and_named(tmp_path: Path,
             for i in range(10):
                 await log.append(DecisionRecord(request_id=f"req-{batch * 10 + i}"))
     tamper(segments(tmp_path)[0])
-    out = subprocess.run([sys.executable, "-m", "aios", "audit", "verify", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True)
+    out = audit_verify(tmp_path)
     assert out.returncode == 1
     assert out.stdout.startswith("TAMPERED: ")
     assert named in out.stdout, out.stdout
@@ -130,8 +135,7 @@ async def test_a_torn_last_record_is_a_crash_not_tampering(tmp_path: Path) -> No
     head = tmp_path / "HEAD"
     doc = json.loads(head.read_text())
     head.write_text(json.dumps({**doc, "sequence": 9, "hash": _hash_of(tmp_path, 9)}))
-    out = subprocess.run([sys.executable, "-m", "aios", "audit", "verify", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True)
+    out = audit_verify(tmp_path)
     assert out.returncode == 0, out.stdout
     assert "the last record is truncated" in out.stdout
     assert "intact: 9 records" in out.stdout
