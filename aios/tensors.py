@@ -27,16 +27,28 @@ Tensors = dict[str, NDArray[Any]]
 Outputs = Tensors
 
 
-def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
-    """Numeric outputs of a KServe v2 REST response, JSON or binary-extension (compressed
-    as the client asked, or not)."""
+def plain_body(body: bytes, headers: Mapping[str, str]) -> bytes:
+    """A response body as sent before any content encoding the client asked for."""
     encoding = headers.get("content-encoding", "")
     if encoding == "gzip":
-        body = gzip.decompress(body)
-    elif encoding == "deflate":
-        body = zlib.decompress(body)
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    return body
+
+
+def rest_response(body: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any], Outputs]:
+    """The JSON header and numeric outputs of a KServe v2 REST response (JSON or binary
+    extension, compressed or not)."""
+    body = plain_body(body, headers)
     header_len = int(headers.get("inference-header-content-length", len(body)))
-    return _rest_tensors(json.loads(body[:header_len]), "outputs", body, header_len)
+    doc = json.loads(body[:header_len])
+    return doc, _rest_tensors(doc, "outputs", body, header_len)
+
+
+def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
+    """Numeric outputs of a KServe v2 REST response."""
+    return rest_response(body, headers)[1]
 
 
 def grpc_outputs(payload: bytes) -> Outputs:

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -35,6 +36,7 @@ from aios.tensors import (
     grpc_request_inputs,
     rest_outputs,
     rest_request_inputs,
+    rest_response,
 )
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from proto.decision_record_pb2 import DecisionRecord
@@ -208,11 +210,14 @@ class SidecarPlane:
         self._payload.labels(*labels, "response").observe(len(reply.body))
         outputs: Tensors = {}
         version, error = call.version, ""
+        try:
+            doc, outputs = rest_response(reply.body, reply.headers)
+        except (ValueError, KeyError, OSError, zlib.error):
+            doc, outputs = {}, {}
         if reply.status == 200:
-            outputs = rest_outputs(reply.body, reply.headers)
-            version = _rest_version(reply) or version
+            version = str(doc.get("model_version", "")) or version
         else:
-            error = _rest_error(reply)
+            error = str(doc.get("error", ""))
         self._observe(profile, inputs, outputs)
         await self._write(self._record("rest", call.model, version, headers, request_id,
                                        inputs, outputs, flags,
@@ -255,21 +260,6 @@ class SidecarPlane:
         await self._write(self._record("grpc", model, served, metadata, request.id, inputs,
                                        outputs, flags, "ok", "", started))
         return reply
-
-
-def _rest_version(reply: HttpReply) -> str:
-    header_len = int(reply.headers.get("inference-header-content-length", len(reply.body)))
-    try:
-        return str(json.loads(reply.body[:header_len]).get("model_version", ""))
-    except ValueError:
-        return ""
-
-
-def _rest_error(reply: HttpReply) -> str:
-    try:
-        return str(json.loads(reply.body).get("error", ""))
-    except ValueError:
-        return reply.body[:200].decode("utf-8", "replace")
 
 
 def _grpc_version(payload: bytes) -> str:

@@ -1,0 +1,201 @@
+"""Decision records on the real stack: what they hold, crashes, enforcement, golden parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from sidecar.audit import records, verify
+from tests.conftest import Stack
+from tests.e2e.test_errors import INFER, grpc_request
+from tests.helpers import (
+    MODEL_REPO,
+    REPO,
+    aios,
+    bearer,
+    free_ports,
+    infer_json,
+    listening,
+    running,
+    wait_until,
+)
+
+CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def decisions(stack: Stack) -> Path:
+    return stack.config_path.parent / "decisions"
+
+
+def find(directory: Path, request_id: str) -> Any:
+    found = [r for r in records(directory) if r.request_id == request_id]
+    assert len(found) == 1, f"{len(found)} records of {request_id}"
+    return found[0]
+
+
+def test_rest_decision_is_recorded_with_who_what_and_why(stack: Stack) -> None:
+    resp = httpx.post(f"http://{stack.gateway_http}/v2/models/claims_risk/infer",
+                      content=infer_json([CLAIM, CLAIM]), headers={
+                          **bearer(), "x-request-id": "rest-decision-1",
+                          "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+    assert resp.status_code == 200
+    record = find(decisions(stack), "rest-decision-1")
+    assert (record.tenant, record.subject, record.model, record.version) == (
+        "tests", "pytest", "claims_risk", "2")
+    assert (record.route_target, record.route_revision) == ("default", 1)
+    assert (record.protocol, record.outcome, record.trace_id) == ("rest", "ok", TRACE)
+    assert [t.name for t in record.inputs] == ["features"]
+    assert list(record.inputs[0].shape) == [2, 8]
+    np.testing.assert_array_equal(np.frombuffer(record.inputs[0].contents, "<f4"),
+                                  np.asarray(CLAIM * 2, dtype=np.float32))
+    served = resp.json()["outputs"][0]["data"]
+    np.testing.assert_allclose(np.frombuffer(record.outputs[0].contents, "<f4"), served,
+                               rtol=1e-6)
+    assert record.latency_micros > 0 and record.parity_flags == []
+    out = subprocess.run([sys.executable, "-m", "aios", "audit", "show",
+                          str(decisions(stack)), "--request-id", "rest-decision-1"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["tenant"] == "tests"
+
+
+def test_binary_and_grpc_decisions_are_recorded(stack: Stack) -> None:
+    client = httpclient.InferenceServerClient(stack.gateway_http)
+    x = np.asarray([CLAIM], dtype=np.float32)
+    inp = httpclient.InferInput("features", [1, 8], "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    client.infer("claims_risk", [inp], model_version="1", request_id="binary-decision-1",
+                 headers=bearer())
+    assert find(decisions(stack), "binary-decision-1").version == "1"
+    with grpc.insecure_channel(stack.gateway_grpc) as channel:
+        channel.unary_unary(INFER)(grpc_request(), timeout=10,
+                                   metadata=(*bearer().items(), ("x-request-id", "grpc-1")))
+    record = find(decisions(stack), "grpc-1")
+    assert (record.protocol, record.version, record.tenant) == ("grpc", "2", "tests")
+
+
+def test_out_of_profile_inputs_are_flagged(stack: Stack) -> None:
+    odd = [*CLAIM[:4], 140.0, *CLAIM[5:]]  # a 140-year-old claimant
+    resp = httpx.post(f"http://{stack.gateway_http}/v2/models/claims_risk/infer",
+                      content=infer_json([odd]),
+                      headers={**bearer(), "x-request-id": "odd-1"})
+    assert resp.status_code == 200, "observe mode serves and flags"
+    assert list(find(decisions(stack), "odd-1").parity_flags) == ["out_of_range:claimant_age"]
+    assert verify(decisions(stack)).intact
+
+
+def sidecar_config(stack: Stack, http_port: int, grpc_port: int, tmp: Path,
+                   **extra: Any) -> dict[str, Any]:
+    return {"sidecar": {"server": {"http_port": http_port, "grpc_port": grpc_port},
+                        "triton": {"http": stack.triton_http, "grpc": stack.triton_grpc},
+                        "decision_log": {"directory": str(tmp / "decisions")}, **extra}}
+
+
+def test_enforce_mode_refuses_with_422_naming_the_bound(stack: Stack, tmp_path: Path) -> None:
+    http_port, grpc_port = free_ports(2)
+    config = sidecar_config(stack, http_port, grpc_port, tmp_path,
+                            parity={"mode": {"claims_risk": "enforce"}})
+    with running("sidecar", config, http_port, tmp_path):
+        odd = [*CLAIM[:4], 140.0, *CLAIM[5:]]
+        resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                          content=infer_json([odd]))
+        assert resp.status_code == 422
+        assert resp.json() == {"error": "feature 'claimant_age' = 140 is above the training "
+                                        "maximum 90"}
+        ok = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                        content=infer_json([CLAIM]))
+        assert ok.status_code == 200
+
+
+def test_kill_9_loses_no_acknowledged_decision(stack: Stack, tmp_path: Path) -> None:
+    http_port, grpc_port = free_ports(2)
+    config = sidecar_config(stack, http_port, grpc_port, tmp_path)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    with running("sidecar", config, http_port, tmp_path) as sidecar:
+        wait_until(lambda: httpx.get(
+            f"http://127.0.0.1:{http_port}/v2/health/ready").status_code == 200, 30,
+            "sidecar ready")
+        stop = time.monotonic() + 3
+
+        def load(worker: int) -> None:
+            with httpx.Client() as client:
+                n = 0
+                while time.monotonic() < stop:
+                    rid = f"w{worker}-{n}"
+                    n += 1
+                    try:
+                        resp = client.post(
+                            f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                            content=infer_json([CLAIM]), headers={"x-request-id": rid},
+                            timeout=5)
+                    except httpx.TransportError:
+                        return
+                    if resp.status_code == 200:
+                        with lock:
+                            acknowledged.append(rid)
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(load, i) for i in range(8)]
+            time.sleep(1.5)
+            os.kill(sidecar.pid, signal.SIGKILL)
+            for f in futures:
+                f.result()
+    directory = tmp_path / "decisions"
+    report = verify(directory)
+    assert report.intact, report.problem
+    recorded = {r.request_id for r in records(directory)}
+    assert len(acknowledged) > 100
+    missing = [rid for rid in acknowledged if rid not in recorded]
+    assert not missing, f"{len(missing)} acknowledged decisions have no record"
+
+
+def test_a_swapped_model_fails_the_golden_replay(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(MODEL_REPO, repo, symlinks=True)
+    # Version 1 now serves version 2's weights: training/serving skew.
+    shutil.copy(repo / "claims_risk" / "2" / "model.pt", repo / "claims_risk" / "1" / "model.pt")
+    t_http, t_grpc, t_metrics, s_http, s_grpc = free_ports(5)
+    triton = {"triton": {"model_repository": str(repo), "http_port": t_http,
+                         "grpc_port": t_grpc, "metrics_port": t_metrics}}
+    config = tmp_path / "triton.yaml"
+    config.write_text(json.dumps(triton))
+    log = tmp_path / "triton.log"
+    process = aios("triton", "--config", str(config), log=log)
+    try:
+        wait_until(lambda: "Triton ready" in log.read_text(), 180, "triton", process, log)
+        sidecar = {"sidecar": {
+            "server": {"http_port": s_http, "grpc_port": s_grpc},
+            "triton": {"http": f"127.0.0.1:{t_http}", "grpc": f"127.0.0.1:{t_grpc}"},
+            "decision_log": {"directory": str(tmp_path / "decisions")},
+            "parity": {"model_repository": str(repo)}}}
+        with running("sidecar", sidecar, s_http, tmp_path):
+            base = f"http://127.0.0.1:{s_http}"
+            wait_until(lambda: "aios_sidecar_parity_ok" in httpx.get(f"{base}/metrics").text,
+                       30, "golden replay")
+            metrics = httpx.get(f"{base}/metrics").text
+            assert 'aios_sidecar_parity_ok{model="claims_risk",version="1"} 0.0' in metrics
+            assert 'aios_sidecar_parity_ok{model="claims_risk",version="2"} 1.0' in metrics
+            assert httpx.get(f"{base}/v2/health/ready").status_code == 503
+            text = (tmp_path / f"sidecar-{s_http}.log").read_text()
+            assert "claims_risk v1 does not reproduce its golden set" in text
+            assert "worst input #" in text
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+    assert listening(t_http) is False
