@@ -6,13 +6,15 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= deploy/local/stack.yaml
 MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
 
-.PHONY: setup run test lint models clean help tools proto
+.PHONY: setup run test lint models clean help tools proto bench loadtest
 
 help:
 	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
 	@echo "make test    set up, then run the lint checks and the test suite"
 	@echo "make lint    ruff + mypy --strict"
 	@echo "make models  retrain claims_risk v1/v2 into model_repo/"
+	@echo "make bench   measure gateway + sidecar overhead against direct Triton"
+	@echo "make loadtest SCENARIO=steady|canary|noisy|shadow  Locust against make run's stack"
 
 setup: $(STAMP)
 
@@ -39,7 +41,7 @@ tools:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server"; exit 1; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check aios gateway sidecar tests
+	$(BIN)/ruff check aios gateway sidecar tests loadtests
 	$(BIN)/mypy
 
 test: $(STAMP) $(MODELS) tools lint
@@ -52,3 +54,17 @@ clean:
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/routing_admin.proto
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/decision_record.proto
+
+# The overhead benchmark: starts its own Triton, Redis, sidecars, gateways and nginx.
+bench: $(STAMP) $(MODELS) tools
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
+	@command -v nginx >/dev/null || echo "nginx not found (apt-get install -y nginx-light): the nginx path is skipped"
+	$(BIN)/python -m loadtests.bench --out results
+
+# A short headless Locust run against `make run`'s stack (start it first).
+SCENARIO ?= steady
+loadtest: $(STAMP)
+	@mkdir -p results
+	$(BIN)/locust -f loadtests/locustfile.py --headless --users 20 --spawn-rate 10 \
+		--run-time 30s --tags $(SCENARIO) --host http://127.0.0.1:8080 \
+		--csv results/locust --html results/locust.html

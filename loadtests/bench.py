@@ -1,0 +1,546 @@
+"""`make bench`: what the gateway and sidecar cost over calling Triton directly.
+
+Starts a real Triton, Redis, sidecars (async and sync decision log), gateways (bare; auth +
+Redis quota; everything on) and an nginx `proxy_pass` hop, then measures every path side
+by side in one run, with one load generator per protocol for all paths:
+
+- throughput at a fixed concurrency (wrk for REST; an asyncio gRPC generator);
+- latency at a fixed offered rate (an open-loop asyncio generator, REST and gRPC);
+- CPU microseconds per request of each of our processes (from /proc) and peak RSS.
+
+Writes results/bench.json, results/bench.md and results/bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import grpc.aio
+import numpy as np
+import yaml
+from tritonclient.grpc import service_pb2
+
+from aios.claims import synthesize_claims
+from aios.config import AuthSettings
+from aios.tokens import mint_token
+
+REPO = Path(__file__).resolve().parent.parent
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODEL = "claims_risk"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_ready(url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready in {timeout_s}s")
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    ours: bool  # a process of ours, whose CPU and RSS we report
+
+
+@dataclass(frozen=True)
+class Path_:
+    """A way to reach the model."""
+
+    name: str
+    http: str
+    grpc: str | None
+    processes: tuple[str, ...]  # our services on this path
+    auth: bool = False
+
+
+@dataclass
+class Run:
+    path: str
+    protocol: str
+    batch: int
+    mode: str  # "throughput" (fixed concurrency) | "rate" (fixed offered rate)
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)
+
+
+class Stack:
+    """Everything the benchmark runs, started and stopped together."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.services: dict[str, Service] = {}
+        self.ports: dict[str, int] = {}
+
+    def port(self, name: str) -> int:
+        if name not in self.ports:
+            self.ports[name] = free_ports(1)[0]
+        return self.ports[name]
+
+    def start(self, name: str, argv: list[str], ours: bool, ready_url: str | None,
+              ) -> None:
+        log = (self.workdir / f"{name}.log").open("wb")
+        process = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.services[name] = Service(name, process, ours)
+        if ready_url:
+            wait_ready(ready_url)
+
+    def aios(self, name: str, command: str, config: dict[str, Any], ready_port: int) -> None:
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.start(name, [sys.executable, "-m", "aios", command, "--config", str(path)],
+                   command != "triton", f"http://127.0.0.1:{ready_port}/v2/health/ready")
+
+    def stop(self) -> None:
+        for service in reversed(list(self.services.values())):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGINT)
+        for service in self.services.values():
+            try:
+                service.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(service.process.pid, signal.SIGKILL)
+
+    def cpu_seconds(self, name: str) -> float:
+        fields = Path(f"/proc/{self.services[name].process.pid}/stat").read_text().rsplit(
+            ")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def peak_rss_mib(self, name: str) -> float:
+        for line in Path(f"/proc/{self.services[name].process.pid}/status").read_text(
+        ).splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def build(stack: Stack, redis_server: str) -> list[Path_]:
+    """Start every service; return the paths to measure."""
+    h = "127.0.0.1"
+    t_http, t_grpc = stack.port("triton_http"), stack.port("triton_grpc")
+    stack.aios("triton", "triton", {"triton": {
+        "model_repository": str(REPO / "model_repo"), "http_port": t_http,
+        "grpc_port": t_grpc, "metrics_port": stack.port("triton_metrics")}}, t_http)
+    triton = {"http": f"{h}:{t_http}", "grpc": f"{h}:{t_grpc}"}
+    for mode in ("async", "sync"):
+        name = f"sidecar_{mode}"
+        stack.aios(name, "sidecar", {"sidecar": {
+            "server": {"http_port": stack.port(f"{name}_http"),
+                       "grpc_port": stack.port(f"{name}_grpc")},
+            "triton": triton,
+            "decision_log": {"directory": str(stack.workdir / f"decisions-{mode}"),
+                             "mode": mode},
+            "parity": {"model_repository": str(REPO / "model_repo")}}},
+            stack.port(f"{name}_http"))
+    bare_quota = {"enabled": False}
+    redis_quota = {"backend": "redis", "redis_url": redis_server,
+                   "default": {"rate_per_s": 1e6, "burst": 1_000_000}}
+    canary = {"targets": {"stable": {"backend": "b", "version": "2", "weight": 90},
+                          "canary": {"backend": "b", "version": "1", "weight": 10}},
+              "sticky": "tenant"}
+    shadow = {**canary, "shadow": {"backend": "b", "version": "1", "fraction": 0.1,
+                                   "output": "risk_score", "threshold": 0.5}}
+    gateways = {
+        "gateway_bare": (triton, {"backend": "b"}, False, bare_quota),
+        "gateway_auth_quota": (triton, {"backend": "b"}, True, redis_quota),
+        "gateway_full_async": (_addr(stack, "sidecar_async"), shadow, True, redis_quota),
+        "gateway_full_sync": (_addr(stack, "sidecar_sync"), shadow, True, redis_quota),
+    }
+    for name, (backend, route, auth, quota) in gateways.items():
+        stack.aios(name, "gateway", {"gateway": {
+            "server": {"http_port": stack.port(f"{name}_http"),
+                       "grpc_port": stack.port(f"{name}_grpc")},
+            "backends": {"b": backend}, "models": {MODEL: route},
+            "auth": {"enabled": auth}, "quota": quota,
+            "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")}}},
+            stack.port(f"{name}_http"))
+    paths = [
+        Path_("triton (direct)", f"{h}:{t_http}", f"{h}:{t_grpc}", ()),
+        _path(stack, "sidecar -> triton", "sidecar_async", ("sidecar_async",)),
+        _path(stack, "gateway -> triton", "gateway_bare", ("gateway_bare",)),
+        _path(stack, "gateway +auth +redis quota -> triton", "gateway_auth_quota",
+              ("gateway_auth_quota",), True),
+        _path(stack, "full: gateway -> sidecar (async log)", "gateway_full_async",
+              ("gateway_full_async", "sidecar_async"), True),
+        _path(stack, "full: gateway -> sidecar (sync log)", "gateway_full_sync",
+              ("gateway_full_sync", "sidecar_sync"), True),
+    ]
+    if shutil.which("nginx"):
+        port = stack.port("nginx")
+        conf = stack.workdir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(port=port, upstream=f"{h}:{t_http}",
+                                          dir=stack.workdir))
+        stack.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"], False,
+                    f"http://{h}:{port}/v2/health/ready")
+        paths.insert(1, Path_("nginx -> triton", f"{h}:{port}", None, ()))
+    else:
+        print("nginx not found: apt-get install -y nginx-light (skipping the nginx path)")
+    return paths
+
+
+def _addr(stack: Stack, name: str) -> dict[str, str]:
+    return {"http": f"127.0.0.1:{stack.port(f'{name}_http')}",
+            "grpc": f"127.0.0.1:{stack.port(f'{name}_grpc')}"}
+
+
+def _path(stack: Stack, label: str, service: str, processes: tuple[str, ...],
+          auth: bool = False) -> Path_:
+    address = _addr(stack, service)
+    return Path_(label, address["http"], address["grpc"], processes, auth)
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/nginx-body;
+  proxy_temp_path {dir}/nginx-proxy;
+  upstream triton {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://triton;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def bodies(batch: int) -> tuple[bytes, bytes]:
+    """A JSON REST body and a serialized gRPC request scoring ``batch`` claims."""
+    x, _ = synthesize_claims(batch, seed=batch)
+    rest = json.dumps({"inputs": [{"name": "features", "datatype": "FP32",
+                                   "shape": list(x.shape), "data": x.ravel().tolist()}]})
+    req = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = req.inputs.add(name="features", datatype="FP32")
+    tensor.shape.extend(x.shape)
+    req.raw_input_contents.append(x.astype("<f4").tobytes())
+    return rest.encode(), req.SerializeToString()
+
+
+WRK_LUA = """
+local f = io.open("{body}", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCH {{"requests":%d,"duration_us":%d,"errors":%d,' ..
+    '"p50":%d,"p95":%d,"p99":%d}}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def wrk(path: Path_, body: bytes, headers: dict[str, str], connections: int, seconds: float,
+        workdir: Path) -> Run:
+    body_file = workdir / "body.json"
+    body_file.write_bytes(body)
+    auth = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    script = workdir / "bench.lua"
+    script.write_text(WRK_LUA.format(body=body_file, auth=auth))
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d",
+                          f"{max(1, round(seconds))}s",
+                          "-s", str(script), f"http://{path.http}/v2/models/{MODEL}/infer"],
+                         capture_output=True, text=True, check=True)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("BENCH "))
+    doc = json.loads(line[6:])
+    run = Run(path.name, "rest", 0, "throughput", doc["requests"], doc["errors"],
+              doc["duration_us"] / 1e6)
+    run.rps = run.requests / run.seconds
+    run.p50_ms, run.p95_ms, run.p99_ms = (doc[k] / 1000 for k in ("p50", "p95", "p99"))
+    return run
+
+
+async def _grpc_loop(path: Path_, payload: bytes, metadata: tuple[tuple[str, str], ...],
+                     connections: int, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(path.grpc or "") as channel:
+        call = channel.unary_unary(INFER)
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                start = time.perf_counter()
+                try:
+                    await call(payload, metadata=metadata, timeout=10)
+                    latencies.append(time.perf_counter() - start)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return latencies, errors
+
+
+async def _rate_loop(path: Path_, protocol: str, rest: bytes, payload: bytes,
+                     headers: dict[str, str], rate: float, seconds: float,
+                     ) -> tuple[list[float], int]:
+    """Open loop: a request every 1/rate seconds whatever the answers do."""
+    latencies: list[float] = []
+    errors = 0
+    metadata = tuple(headers.items())
+    async with aiohttp.ClientSession() as session, \
+            grpc.aio.insecure_channel(path.grpc or "127.0.0.1:1") as channel:
+        call = channel.unary_unary(INFER)
+        url = f"http://{path.http}/v2/models/{MODEL}/infer"
+
+        async def one() -> None:
+            nonlocal errors
+            start = time.perf_counter()
+            try:
+                if protocol == "rest":
+                    async with session.post(url, data=rest, headers={
+                            **headers, "content-type": "application/json"}) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            errors += 1
+                            return
+                else:
+                    await call(payload, metadata=metadata, timeout=10)
+                latencies.append(time.perf_counter() - start)
+            except (aiohttp.ClientError, grpc.aio.AioRpcError):
+                errors += 1
+
+        tasks = []
+        begin = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = begin + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def _summarise(run: Run, latencies: list[float], errors: int, seconds: float) -> Run:
+    run.requests, run.errors, run.seconds = len(latencies), errors, seconds
+    run.rps = len(latencies) / seconds
+    if latencies:
+        run.p50_ms, run.p95_ms, run.p99_ms = (float(np.percentile(latencies, q)) * 1000
+                                              for q in (50, 95, 99))
+    return run
+
+
+def measure(stack: Stack, paths: list[Path_], seconds: float, rate: float,
+            connections: int) -> list[Run]:
+    token = mint_token(AuthSettings(), "bench", "bench", f"infer:{MODEL}", 7200)
+    runs = []
+    for batch in (1, 32):
+        rest, payload = bodies(batch)
+        for path in paths:
+            headers = {"authorization": f"Bearer {token}"} if path.auth else {}
+            for protocol in ("rest", "grpc"):
+                if protocol == "grpc" and path.grpc is None:
+                    continue
+                for mode in ("throughput", "rate"):
+                    before = {p: stack.cpu_seconds(p) for p in path.processes}
+                    if mode == "throughput" and protocol == "rest" and shutil.which("wrk"):
+                        run = wrk(path, rest, headers, connections, seconds, stack.workdir)
+                    elif mode == "throughput":
+                        lat, err = asyncio.run(_grpc_loop(
+                            path, payload, tuple(headers.items()), connections, seconds))
+                        run = _summarise(Run(path.name, protocol, 0, mode), lat, err, seconds)
+                    else:
+                        lat, err = asyncio.run(_rate_loop(path, protocol, rest, payload,
+                                                          headers, rate, seconds))
+                        run = _summarise(Run(path.name, protocol, 0, mode), lat, err, seconds)
+                    run.protocol, run.batch, run.mode = protocol, batch, mode
+                    for p in path.processes:
+                        used = stack.cpu_seconds(p) - before[p]
+                        run.cpu_us_per_request[p] = used / max(run.requests, 1) * 1e6
+                    runs.append(run)
+                    print(f"{path.name:42s} {protocol:4s} b{batch:<2d} {mode:10s} "
+                          f"{run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+                          f"p99 {run.p99_ms:6.2f} ms  errors {run.errors}", flush=True)
+    return runs
+
+
+def _find(runs: list[Run], path: str, protocol: str, batch: int, mode: str) -> Run | None:
+    for r in runs:
+        if (r.path, r.protocol, r.batch, r.mode) == (path, protocol, batch, mode):
+            return r
+    return None
+
+
+def targets(runs: list[Run], rss: dict[str, float]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    direct, full = "triton (direct)", "full: gateway -> sidecar (async log)"
+    out = []
+    t_direct = _find(runs, direct, "rest", 1, "throughput")
+    t_full = _find(runs, full, "rest", 1, "throughput")
+    if t_direct and t_full:
+        ratio = t_full.rps / t_direct.rps
+        out.append({"target": "full path throughput vs direct (REST, batch 1, 16 conns)",
+                    "goal": ">= 50% (resolves at >= 30%)", "value": f"{ratio:.0%}",
+                    "met": ratio >= 0.5})
+    r_direct = _find(runs, direct, "rest", 1, "rate")
+    r_full = _find(runs, full, "rest", 1, "rate")
+    if r_direct and r_full:
+        p50 = r_full.p50_ms - r_direct.p50_ms
+        p99 = r_full.p99_ms - r_direct.p99_ms
+        out.append({"target": "added p50 at fixed rate (gateway + sidecar)", "goal": "<= 1 ms",
+                    "value": f"{p50:.2f} ms", "met": p50 <= 1.0})
+        out.append({"target": "added p99 at fixed rate (gateway + sidecar)", "goal": "<= 3 ms",
+                    "value": f"{p99:.2f} ms", "met": p99 <= 3.0})
+    if t_full:
+        for process in ("gateway_full_async", "sidecar_async"):
+            cpu = t_full.cpu_us_per_request.get(process, 0.0)
+            out.append({"target": f"CPU per request, {process}", "goal": "<= 150 us",
+                        "value": f"{cpu:.0f} us", "met": cpu <= 150})
+    for process in ("gateway_full_async", "sidecar_async"):
+        out.append({"target": f"peak RSS, {process}", "goal": "<= 150 MiB",
+                    "value": f"{rss[process]:.0f} MiB", "met": rss[process] <= 150})
+    a_off = _find(runs, "gateway -> triton", "rest", 1, "rate")
+    a_on = _find(runs, "gateway +auth +redis quota -> triton", "rest", 1, "rate")
+    if a_off and a_on:
+        out.append({"target": "added p50 of auth + Redis quota (on vs off)", "goal": "reported",
+                    "value": f"{a_on.p50_ms - a_off.p50_ms:.2f} ms", "met": True})
+    return out
+
+
+def markdown(runs: list[Run], goals: list[dict[str, Any]], machine: str) -> str:
+    lines = [f"Machine: {machine}", "",
+             "| path | proto | batch | mode | req/s | vs direct | p50 ms | p95 ms | p99 ms "
+             "| errors | our CPU µs/req |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        base = _find(runs, "triton (direct)", r.protocol, r.batch, r.mode)
+        ratio = f"{r.rps / base.rps:.0%}" if base and base.rps else "-"
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in r.cpu_us_per_request.items()) or "-"
+        lines.append(f"| {r.path} | {r.protocol} | {r.batch} | {r.mode} | {r.rps:.0f} | "
+                     f"{ratio} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | "
+                     f"{r.errors} | {cpu} |")
+    lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {g['target']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else 'no'} |"
+              for g in goals]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    for ax, (protocol, batch) in zip(axes.flat, [("rest", 1), ("rest", 32), ("grpc", 1),
+                                                 ("grpc", 32)], strict=True):
+        chosen = [r for r in runs if (r.protocol, r.batch, r.mode) == (protocol, batch, "rate")]
+        x = np.arange(len(chosen))
+        for i, (q, label) in enumerate([("p50_ms", "p50"), ("p95_ms", "p95"),
+                                        ("p99_ms", "p99")]):
+            ax.bar(x + (i - 1) * 0.27, [getattr(r, q) for r in chosen], 0.27, label=label)
+        ax.set_xticks(x, [r.path.replace(" -> ", "\n-> ") for r in chosen], fontsize=7)
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{protocol.upper()} batch {batch} at a fixed offered rate")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+@contextlib.contextmanager
+def redis(workdir: Path) -> Iterator[str]:
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server not found: apt-get install -y redis-server")
+    port = free_ports(1)[0]
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                               stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get(
+        "BENCH_SECONDS", "5")), help="duration of each measurement")
+    parser.add_argument("--rate", type=float, default=200, help="fixed offered rate, req/s")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=REPO / "results")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk (REST throughput falls back to nothing)")
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="aios-bench-"))
+    stack = Stack(workdir)
+    try:
+        with redis(workdir) as redis_url:
+            paths = build(stack, redis_url)
+            runs = measure(stack, paths, args.seconds, args.rate, args.connections)
+            rss = {name: stack.peak_rss_mib(name) for name, s in stack.services.items()
+                   if s.ours}
+    finally:
+        stack.stop()
+    machine = (f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    goals = targets(runs, rss)
+    (args.out / "bench.json").write_text(json.dumps({
+        "machine": machine, "seconds": args.seconds, "rate": args.rate,
+        "connections": args.connections, "runs": [asdict(r) for r in runs],
+        "peak_rss_mib": rss, "targets": goals}, indent=1))
+    (args.out / "bench.md").write_text(markdown(runs, goals, machine))
+    plot(runs, args.out / "bench.png")
+    print((args.out / "bench.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

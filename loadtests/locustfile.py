@@ -1,0 +1,185 @@
+"""Locust scenarios against the gateway: realistic claims, several tenants, both protocols.
+
+Select a scenario by tag (``--tags steady`` …):
+- ``steady``: REST (JSON and binary tensors) and gRPC users scoring batches of 1-64 claims
+  for several tenants;
+- ``canary``: an ops user moves the canary weight during the run through the admin API;
+- ``noisy``: one tenant hammers its quota (429s are expected for it and counted as
+  such), while the others keep their latency;
+- ``shadow``: turns on a 10% shadow to version 1 at the start.
+
+Settings come from the environment: ``AIOS_CONFIG`` (the stack file whose secret signs
+the tokens), ``AIOS_GRPC`` (gateway gRPC address), ``AIOS_LOADTEST_TENANTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+from locust import HttpUser, User, between, events, tag, task  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+
+from aios.claims import synthesize_claims  # noqa: E402
+from aios.config import load_config  # noqa: E402
+from aios.tokens import mint_token  # noqa: E402
+
+CONFIG = load_config(Path(os.environ.get("AIOS_CONFIG", "deploy/local/stack.yaml")))
+GRPC_ADDRESS = os.environ.get(
+    "AIOS_GRPC", f"{CONFIG.gateway.server.host}:{CONFIG.gateway.server.grpc_port}")
+TENANTS = os.environ.get("AIOS_LOADTEST_TENANTS", "acme,globex,initech").split(",")
+NOISY_TENANT = os.environ.get("AIOS_LOADTEST_NOISY", "noisy")
+MODEL = "claims_risk"
+CLAIMS, _ = synthesize_claims(20_000, seed=2026)
+
+
+def token(tenant: str, scope: str = f"infer:{MODEL}") -> str:
+    """A token for ``tenant`` signed with the stack's development secret."""
+    return mint_token(CONFIG.gateway.auth, f"locust-{tenant}", tenant, scope, 3600)
+
+
+def batch() -> NDArray[Any]:
+    """A realistic batch: 1-64 claims drawn from the synthetic book."""
+    size = random.choice((1, 1, 1, 2, 4, 8, 16, 32, 64))
+    start = random.randrange(len(CLAIMS) - size)
+    return CLAIMS[start:start + size]
+
+
+def json_body(x: NDArray[Any]) -> dict[str, Any]:
+    return {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(x.shape),
+                        "data": x.ravel().tolist()}]}
+
+
+def binary_body(x: NDArray[Any]) -> tuple[bytes, int]:
+    import json
+
+    header = json.dumps({"inputs": [{"name": "features", "datatype": "FP32",
+                                     "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "risk_score",
+                                      "parameters": {"binary_data": True}}]}).encode()
+    return header + x.astype("<f4").tobytes(), len(header)
+
+
+class RestUser(HttpUser):
+    """Scores claims over REST, JSON or binary tensors, as one of several tenants."""
+
+    wait_time = between(0.01, 0.05)
+
+    def on_start(self) -> None:
+        self.tenant = random.choice(TENANTS)
+        self.auth = {"authorization": f"Bearer {token(self.tenant)}"}
+
+    @tag("steady", "canary", "shadow", "noisy")
+    @task(3)
+    def score_json(self) -> None:
+        x = batch()
+        self.client.post(f"/v2/models/{MODEL}/infer", json=json_body(x),
+                         headers={**self.auth, "x-claim-id": str(random.randrange(10**6))},
+                         name="rest json")
+
+    @tag("steady", "canary", "shadow", "noisy")
+    @task(2)
+    def score_binary(self) -> None:
+        body, header_len = binary_body(batch())
+        self.client.post(f"/v2/models/{MODEL}/infer", data=body, name="rest binary",
+                         headers={**self.auth, "content-type": "application/octet-stream",
+                                  "inference-header-content-length": str(header_len)})
+
+
+class GrpcUser(User):
+    """Scores claims over gRPC with tritonclient, reporting to Locust's statistics."""
+
+    wait_time = between(0.01, 0.05)
+
+    def on_start(self) -> None:
+        self.client = grpcclient.InferenceServerClient(GRPC_ADDRESS)
+        self.metadata = {"authorization": f"Bearer {token(random.choice(TENANTS))}"}
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @tag("steady", "canary", "shadow", "noisy")
+    @task
+    def score(self) -> None:
+        x = batch()
+        inp = grpcclient.InferInput("features", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        start = time.perf_counter()
+        exception = None
+        try:
+            self.client.infer(MODEL, [inp], headers=self.metadata)
+        except Exception as exc:  # reported to Locust, which counts it as a failure
+            exception = exc
+        events.request.fire(  # type: ignore[no-untyped-call]
+            request_type="grpc", name="grpc infer",
+                            response_time=(time.perf_counter() - start) * 1000,
+                            response_length=x.nbytes, exception=exception, context={})
+
+
+class NoisyTenant(HttpUser):
+    """One tenant saturating its quota: its 429s are expected, and marked as such."""
+
+    wait_time = between(0.0, 0.002)
+
+    def on_start(self) -> None:
+        self.auth = {"authorization": f"Bearer {token(NOISY_TENANT)}"}
+
+    @tag("noisy")
+    @task
+    def hammer(self) -> None:
+        with self.client.post(f"/v2/models/{MODEL}/infer", json=json_body(batch()),
+                              headers=self.auth, name="noisy tenant",
+                              catch_response=True) as resp:
+            if resp.status_code in (200, 429):
+                resp.success()
+
+
+class Ops(HttpUser):
+    """An operator: moves the canary weight step by step (``canary``), or turns on a
+    10% shadow of version 1 and watches the table (``shadow``), through the admin API."""
+
+    wait_time = between(2, 3)
+
+    def on_start(self) -> None:
+        self.auth = {"authorization": f"Bearer {token('ops', 'routes:read routes:write')}"}
+        self.weight = 0
+        self.shadowing = False
+
+    def _table(self) -> dict[str, Any]:
+        table: dict[str, Any] = self.client.get(f"/admin/routes/{MODEL}", headers=self.auth,
+                                                name="admin get").json()
+        return table
+
+    def _put(self, what: str, revision: int, body: dict[str, Any]) -> None:
+        self.client.put(f"/admin/routes/{MODEL}/{what}", headers=self.auth,
+                        name=f"admin {what}",
+                        json={"base_revision": revision, **body, "reason": "locust"})
+
+    @tag("canary")
+    @task
+    def move_weight(self) -> None:
+        table = self._table()
+        names = sorted(table["targets"])
+        if len(names) >= 2:
+            self.weight = min(self.weight + 10, 100)
+            self._put("weights", table["revision"],
+                      {"weights": {names[0]: 100 - self.weight, names[1]: self.weight}})
+
+    @tag("shadow")
+    @task
+    def shadow(self) -> None:
+        table = self._table()
+        if not self.shadowing:
+            self._put("shadow", table["revision"], {"shadow": {
+                "backend": "local", "version": "1", "fraction": 0.1,
+                "output": "risk_score", "threshold": 0.5}})
+            self.shadowing = True
