@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_config
 from aios.routes_cli import add_routes_parser
@@ -31,6 +32,16 @@ def _config(args: argparse.Namespace) -> StackConfig:
     return load_config(path)
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service on uvloop where it is installed (uvicorn[standard] brings it)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
     from aios.stack import run_stack
 
@@ -40,14 +51,14 @@ def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
 def cmd_gateway(_: argparse.Namespace, config: StackConfig) -> int:
     from gateway.plane import run_gateway
 
-    asyncio.run(run_gateway(config.gateway))
+    _run(run_gateway(config.gateway))
     return 0
 
 
 def cmd_sidecar(_: argparse.Namespace, config: StackConfig) -> int:
     from sidecar.plane import run_sidecar
 
-    asyncio.run(run_sidecar(config.sidecar))
+    _run(run_sidecar(config.sidecar))
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -18,11 +18,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aios import __version__
 from aios.errors import AiosError, NotFound, PayloadTooLarge
 from aios.kserve import error_body, json_header_length, validate_infer_request
-from aios.plane import CALL_KINDS, KServePlane, ModelCall
+from aios.plane import CALL_KINDS, KServePlane, ModelCall, header_value
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,16 @@ def parse_model_path(rest: str) -> tuple[str, str, str]:
     return match["model"], match["version"] or "", match["tail"] or ""
 
 
+def error_parts(exc: AiosError) -> tuple[int, dict[str, str], bytes]:
+    """The REST rendering of an AiosError: status, headers, KServe JSON body."""
+    return exc.http_status, {**exc.headers(), "content-type": JSON_ERROR}, \
+        error_body(exc.message)
+
+
 def error_response(exc: AiosError) -> Response:
-    """The REST rendering of an AiosError."""
-    return Response(error_body(exc.message), status_code=exc.http_status,
-                    headers=exc.headers(), media_type=JSON_ERROR)
+    """An AiosError as a Starlette response."""
+    status, headers, body = error_parts(exc)
+    return Response(body, status_code=status, headers=headers)
 
 
 async def _aios_error(_: Request, exc: Exception) -> Response:
@@ -61,11 +68,14 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return Response(error_body("internal error"), status_code=500, media_type=JSON_ERROR)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing (413) past ``limit`` bytes without buffering beyond it."""
-    declared = request.headers.get("content-length")
+def _check_declared(declared: str | None, limit: int) -> None:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing (413) past ``limit`` bytes without buffering beyond it."""
+    _check_declared(request.headers.get("content-length"), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -75,9 +85,77 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def kserve_routes(plane: KServePlane, max_body_bytes: int,
-                  registry: CollectorRegistry) -> list[BaseRoute]:
-    """The KServe v2 REST surface (health, server metadata, model calls) and /metrics."""
+async def _receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    _check_declared(declared, limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+class ModelCalls:
+    """Plain ASGI for /v2/models/...: the hot path skips Starlette's routing and
+    middleware layers; everything else goes to ``app``."""
+
+    PREFIX = "/v2/models/"
+
+    def __init__(self, app: ASGIApp, plane: KServePlane, max_body_bytes: int) -> None:
+        self._app = app
+        self._plane = plane
+        self._limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.PREFIX) or scope[
+                "method"] not in ("GET", "POST"):
+            await self._app(scope, receive, send)
+            return
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        try:
+            status, out, body = await self._call(scope, path, headers, receive)
+        except ClientGone:
+            return
+        except AiosError as exc:
+            status, out, body = error_parts(exc)
+        except Exception as exc:
+            logger.error("unhandled error", exc_info=exc)
+            status, out, body = 500, {"content-type": JSON_ERROR}, error_body("internal error")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode("latin-1"), v.encode("latin-1"))
+                                for k, v in out.items()]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _call(self, scope: Scope, path: str, headers: list[tuple[str, str]],
+                    receive: Receive) -> tuple[int, Mapping[str, str], bytes]:
+        model, version, tail = parse_model_path(path[len(self.PREFIX):])
+        method: str = scope["method"]
+        body, batch = b"", 1
+        if method == "POST":
+            body = await _receive_body(receive, header_value(headers, "content-length"),
+                                       self._limit)
+        if tail == "/infer":
+            length = json_header_length(
+                header_value(headers, "inference-header-content-length"), len(body))
+            batch = validate_infer_request(body, length)
+        reply = await self._plane.forward_rest(
+            ModelCall(model, version, tail, method, body, headers, batch))
+        return reply.status, reply.headers, reply.body
+
+
+def kserve_routes(plane: KServePlane, registry: CollectorRegistry) -> list[BaseRoute]:
+    """Health, server metadata and /metrics (model calls are `ModelCalls`)."""
 
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})
@@ -90,18 +168,6 @@ def kserve_routes(plane: KServePlane, max_body_bytes: int,
         return JSONResponse({"name": plane.server_name, "version": __version__,
                              "extensions": ["binary_tensor_data"]})
 
-    async def model_call(request: Request) -> Response:
-        model, version, tail = parse_model_path(request.path_params["rest"])
-        body = await read_body(request, max_body_bytes) if request.method == "POST" else b""
-        batch = 1
-        if tail == "/infer":
-            header = request.headers.get("inference-header-content-length")
-            batch = validate_infer_request(body, json_header_length(header, len(body)))
-        call = ModelCall(model, version, tail, request.method, body, request.headers.items(),
-                         batch)
-        reply = await plane.forward_rest(call)
-        return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
-
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -109,7 +175,6 @@ def kserve_routes(plane: KServePlane, max_body_bytes: int,
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/models/{rest:path}", model_call, methods=["GET", "POST"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from aios.config import ServerSettings
 from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
 from aios.plane import KServePlane
-from aios.rest import create_rest_app, kserve_routes
+from aios.rest import ModelCalls, create_rest_app, kserve_routes
 from aios.upstream import grpc_options
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ async def run_service(name: str, open_parts: AbstractAsyncContextManager[Service
     """Open a service, serve it over REST and gRPC until a signal, close it."""
     async with open_parts as parts:
         handler = kserve_grpc_handler(parts.plane)
-        app = create_rest_app([*kserve_routes(parts.plane, settings.max_body_bytes, registry),
-                               *parts.routes])
+        app = ModelCalls(create_rest_app([*kserve_routes(parts.plane, registry),
+                                          *parts.routes]),
+                         parts.plane, settings.max_body_bytes)
         await serve(app, [lambda s: s.add_generic_rpc_handlers((handler,)), *parts.grpc],
                     settings, name)

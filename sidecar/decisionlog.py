@@ -5,7 +5,8 @@ to a batch), chains and frames them, writes them with one `write` + one `fdatasy
 worker thread, then updates the HEAD marker. In `sync` mode each caller waits for its
 batch to be durable, so a response is released only for a recorded decision; a failed
 write fails those callers (503), it never acknowledges. In `async` mode callers do not
-wait; when the queue is full a record is dropped, counted and alarmed.
+wait, and a batch's fsync may wait up to ASYNC_FSYNC_INTERVAL_S for the next one; when the
+queue is full a record is dropped, counted and alarmed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from sidecar.chain import GENESIS, read_frames, seal
 logger = logging.getLogger(__name__)
 
 ALARM_INTERVAL_S = 5.0
+# async mode: how long a written record may wait for its fsync.
+ASYNC_FSYNC_INTERVAL_S = 0.05
 
 Pending = tuple[DecisionRecord, "asyncio.Future[None] | None"]
 
@@ -88,6 +91,7 @@ class DecisionLog:
         self._redis: aioredis.Redis | None = None
         self._last_alarm = 0.0
         self._dropped = 0
+        self._synced_at = 0.0
 
     @property
     def sync(self) -> bool:
@@ -115,6 +119,10 @@ class DecisionLog:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._fd >= 0:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                logger.error("decision log: final fsync failed (%s)", exc.strerror or exc)
             os.close(self._fd)
         if self._redis is not None:
             await self._redis.aclose()
@@ -202,7 +210,10 @@ class DecisionLog:
             self._open_segment(self._sequence + 1)
         try:
             os.write(self._fd, data)
-            os.fdatasync(self._fd)
+            now = time.monotonic()
+            if self.sync or now - self._synced_at >= ASYNC_FSYNC_INTERVAL_S:
+                os.fdatasync(self._fd)
+                self._synced_at = now
         except OSError:
             # Leave no half batch behind: the chain continues from the last good record.
             try:

@@ -186,8 +186,8 @@ def test_a_swapped_model_fails_the_golden_replay(tmp_path: Path) -> None:
             "parity": {"model_repository": str(repo)}}}
         with running("sidecar", sidecar, s_http, tmp_path):
             base = f"http://127.0.0.1:{s_http}"
-            wait_until(lambda: "aios_sidecar_parity_ok" in httpx.get(f"{base}/metrics").text,
-                       30, "golden replay")
+            wait_until(lambda: httpx.get(f"{base}/metrics").text.count(
+                "aios_sidecar_parity_ok{") == 2, 30, "golden replay of both versions")
             metrics = httpx.get(f"{base}/metrics").text
             assert 'aios_sidecar_parity_ok{model="claims_risk",version="1"} 0.0' in metrics
             assert 'aios_sidecar_parity_ok{model="claims_risk",version="2"} 1.0' in metrics
