@@ -222,6 +222,23 @@ class GatewayPlane:
             self._done(admission)
 
 
+def usable_tables(stored: Mapping[str, ModelTable], seed: Mapping[str, ModelTable],
+                  backends: Mapping[str, Any]) -> dict[str, ModelTable]:
+    """Stored tables, except those naming a backend the config no longer has."""
+    tables = dict(stored)
+    for model, table in stored.items():
+        named = {t.backend for t in table.targets} | (
+            {table.shadow.backend} if table.shadow else set())
+        if not named <= set(backends):
+            logger.warning("stored routing table of %s names unknown backends %s; using the "
+                           "configured one", model, sorted(named - set(backends)))
+            if model in seed:
+                tables[model] = seed[model]
+            else:
+                del tables[model]
+    return tables
+
+
 async def _route_store(settings: GatewaySettings, stack: AsyncExitStack) -> RouteStore:
     if settings.routing.store == "file":
         return FileRouteStore(settings.routing.state_file)
@@ -257,7 +274,7 @@ async def open_gateway(settings: GatewaySettings,
             quotas = Quotas(settings.quota, primary, local, registry)
         store = await _route_store(settings, stack)
         seed = {m: table_from_route(m, r, 1, None) for m, r in settings.models.items()}
-        router = Router(await store.load(seed))
+        router = Router(usable_tables(await store.load(seed), seed, settings.backends))
         watcher = asyncio.create_task(store.watch(router.install))
         stack.callback(watcher.cancel)
         res = settings.resilience

@@ -444,6 +444,15 @@ def targets(runs: list[Run], rss: dict[str, float]) -> list[dict[str, Any]]:
     for process in ("gateway_full_async", "sidecar_async"):
         out.append({"target": f"peak RSS, {process}", "goal": "<= 150 MiB",
                     "value": f"{rss[process]:.0f} MiB", "met": rss[process] <= 150})
+    t_sync = _find(runs, "full: gateway -> sidecar (sync log)", "rest", 1, "throughput")
+    r_sync = _find(runs, "full: gateway -> sidecar (sync log)", "rest", 1, "rate")
+    if t_sync and r_sync and r_full:
+        out.append({"target": "sync decision log: records/s (group commit, full path)",
+                    "goal": "reported", "value": f"{t_sync.rps:.0f} records/s", "met": True})
+        out.append({"target": "sync decision log: added p50 / p99 vs async at fixed rate",
+                    "goal": "reported", "value": f"{r_sync.p50_ms - r_full.p50_ms:.2f} / "
+                                                 f"{r_sync.p99_ms - r_full.p99_ms:.2f} ms",
+                    "met": True})
     a_off = _find(runs, "gateway -> triton", "rest", 1, "rate")
     a_on = _find(runs, "gateway +auth +redis quota -> triton", "rest", 1, "rate")
     if a_off and a_on:

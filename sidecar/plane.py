@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -173,9 +173,10 @@ class SidecarPlane:
             y = outputs.get(profile.output_name)
             self._parity.observe(profile, x, None if y is None else np.asarray(y))
 
-    async def _write(self, record: DecisionRecord) -> None:
+    async def _write(self, build: Callable[[], DecisionRecord]) -> None:
+        # Records are built only when there is a log to take them.
         if self._log is not None:
-            await self._log.append(record)
+            await self._log.append(build())
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Forward a REST model call; record and check it if it is an inference."""
@@ -203,9 +204,10 @@ class SidecarPlane:
         try:
             reply = await self._http.request(call.method, call.upstream_path, call.body, headers)
         except AiosError as exc:
-            await self._write(self._record("rest", call.model, call.version, headers,
-                                           request_id, inputs, {}, flags,
-                                           str(exc.http_status), exc.message, started))
+            code, message = str(exc.http_status), exc.message
+            await self._write(lambda: self._record(
+                "rest", call.model, call.version, headers, request_id, inputs, {}, flags,
+                code, message, started))
             raise
         self._payload.labels(*labels, "response").observe(len(reply.body))
         outputs: Tensors = {}
@@ -219,10 +221,9 @@ class SidecarPlane:
         else:
             error = str(doc.get("error", ""))
         self._observe(profile, inputs, outputs)
-        await self._write(self._record("rest", call.model, version, headers, request_id,
-                                       inputs, outputs, flags,
-                                       "ok" if reply.status == 200 else str(reply.status),
-                                       error, started))
+        await self._write(lambda: self._record(
+            "rest", call.model, version, headers, request_id, inputs, outputs, flags,
+            "ok" if reply.status == 200 else str(reply.status), error, started))
         return reply
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
@@ -249,16 +250,18 @@ class SidecarPlane:
         try:
             reply = await self._grpc.call(method, payload, metadata)
         except AiosError as exc:
-            await self._write(self._record("grpc", model, version, metadata, request.id,
-                                           inputs, {}, flags, exc.grpc_code.name, exc.message,
-                                           started))
+            code, message = exc.grpc_code.name, exc.message
+            await self._write(lambda: self._record(
+                "grpc", model, version, metadata, request.id, inputs, {}, flags, code,
+                message, started))
             raise
         self._payload.labels(*labels, "response").observe(len(reply.payload))
         outputs = grpc_outputs(reply.payload)
         served = _grpc_version(reply.payload) or version
         self._observe(profile, inputs, outputs)
-        await self._write(self._record("grpc", model, served, metadata, request.id, inputs,
-                                       outputs, flags, "ok", "", started))
+        await self._write(lambda: self._record(
+            "grpc", model, served, metadata, request.id, inputs, outputs, flags, "ok", "",
+            started))
         return reply
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
-import pytest
 import tritonclient.http as httpclient
 
 from sidecar.audit import records, verify

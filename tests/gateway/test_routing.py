@@ -116,3 +116,14 @@ def test_sticky_slot_is_stable_and_model_scoped() -> None:
     assert sticky_slot("m", "k") == sticky_slot("m", "k")
     assert sticky_slot("m", "k") != sticky_slot("n", "k")
     assert 0 <= sticky_slot("m", "k") < SLOTS
+
+
+def test_stored_tables_naming_unknown_backends_fall_back_to_the_config() -> None:
+    from gateway.plane import usable_tables
+
+    stored = {"claims_risk": table({"stable": 1}), "gone": table({"stable": 1})}
+    seed = {"claims_risk": ModelTable("claims_risk", 1, (TargetSpec("d", "new", "", 1),),
+                                      "none", None, rebalance((), [TargetSpec("d", "new", "",
+                                                                              1)]))}
+    assert usable_tables(stored, seed, {"new": {}}) == {"claims_risk": seed["claims_risk"]}
+    assert usable_tables(stored, seed, {"local": {}}) == stored

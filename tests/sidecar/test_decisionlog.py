@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from aios.config import DecisionLogSettings
@@ -20,6 +22,7 @@ from sidecar.audit import segments, show, verify
 from sidecar.chain import read_frames
 from sidecar.decisionlog import DecisionLog
 from tests.helpers import REPO
+from tests.redis_server import RedisServer
 
 
 def settings(directory: Path, **overrides: object) -> DecisionLogSettings:
@@ -175,3 +178,24 @@ async def test_async_mode_drops_are_counted_never_silent(tmp_path: Path,
 def test_segment_files_are_not_world_readable(tmp_path: Path) -> None:
     asyncio.run(write(tmp_path, 1))
     assert os.stat(segments(tmp_path)[0]).st_mode & 0o007 == 0
+
+
+async def test_records_fan_out_to_a_capped_redis_stream(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        await write(tmp_path / "log", 30, redis_stream_url=server.url,
+                    redis_stream_key="test:decisions", redis_stream_maxlen=1000)
+        client = redis.Redis(port=server.port)
+        entries = client.xrange("test:decisions")
+        assert len(entries) == 30
+        first = entries[0][1]
+        assert first[b"sequence"] == b"1" and first[b"request_id"].startswith(b"req-")
+        record = DecisionRecord.FromString(base64.b64decode(first[b"record"]))
+        assert record.hash.hex() == first[b"hash"].decode()
+        # Consumers use the stream as usual, e.g. in a group.
+        client.xgroup_create("test:decisions", "auditors", id="0")
+        got = client.xreadgroup("auditors", "a1", {"test:decisions": ">"}, count=5)
+        assert len(got[0][1]) == 5
+    finally:
+        server.stop()
