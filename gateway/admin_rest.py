@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -14,6 +16,7 @@ from aios.errors import Forbidden, InvalidInput
 from aios.rest import read_body
 from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
 from gateway.auth import Authenticator
+from gateway.routing import ModelTable
 
 MAX_ADMIN_BODY = 1 << 20
 
@@ -64,23 +67,20 @@ def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
         await who(request, "routes:read")
         return JSONResponse(admin.view(admin.get(request.path_params["model"])))
 
-    async def replace(request: Request) -> Response:
-        subject = await who(request, "routes:write")
-        body = parse(ReplaceBody, await _json(request))
-        return JSONResponse(admin.view(
-            await admin.replace(request.path_params["model"], body, subject)))
+    def change(body_type: type[BaseModel], apply: Callable[[str, Any, str],
+                                                           Awaitable[ModelTable]],
+               ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            subject = await who(request, "routes:write")
+            body = parse(body_type, await _json(request))
+            return JSONResponse(admin.view(
+                await apply(request.path_params["model"], body, subject)))
 
-    async def weights(request: Request) -> Response:
-        subject = await who(request, "routes:write")
-        body = parse(WeightsBody, await _json(request))
-        return JSONResponse(admin.view(
-            await admin.set_weights(request.path_params["model"], body, subject)))
+        return endpoint
 
-    async def shadow(request: Request) -> Response:
-        subject = await who(request, "routes:write")
-        body = parse(ShadowBody, await _json(request))
-        return JSONResponse(admin.view(
-            await admin.set_shadow(request.path_params["model"], body, subject)))
+    replace = change(ReplaceBody, admin.replace)
+    weights = change(WeightsBody, admin.set_weights)
+    shadow = change(ShadowBody, admin.set_shadow)
 
     async def history(request: Request) -> Response:
         await who(request, "routes:read")

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +105,18 @@ def aios(*args: str, log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def http_ready(port: int) -> bool:
-    import urllib.request
-
+def _health(port: int, probe: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/{probe}",
+                                    timeout=1) as r:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+def http_ready(port: int) -> bool:
+    """Whether a KServe server on ``port`` answers ready."""
+    return _health(port, "ready")
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str,
@@ -196,13 +201,7 @@ def infer_json(batch: list[list[float]], parameters: dict[str, Any] | None = Non
 
 def listening(port: int) -> bool:
     """Whether a KServe server answers live on ``port``."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+    return _health(port, "live")
 
 
 @contextlib.contextmanager

@@ -127,6 +127,18 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+async def outcome(quotas: Quotas) -> str:
+    """Take one unit of tenant acme's quota for model m: ok, 429 or 503."""
+    try:
+        await quotas.acquire("acme", "m", 1)
+    except QuotaExceeded:
+        return "429"
+    except QuotaUnavailable as exc:
+        assert "fail_closed" in exc.message
+        return "503"
+    return "ok"
+
+
 @pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
 async def test_redis_outage_follows_the_tenant_policy(own_redis: RedisServer,
                                                       policy: str) -> None:
@@ -140,16 +152,7 @@ async def test_redis_outage_follows_the_tenant_policy(own_redis: RedisServer,
         await quotas.acquire("acme", "m", 1)  # Redis up: shared state
         own_redis.stop()
         started = time.monotonic()
-        outcomes = []
-        for _ in range(4):
-            try:
-                await quotas.acquire("acme", "m", 1)
-                outcomes.append("ok")
-            except QuotaExceeded:
-                outcomes.append("429")
-            except QuotaUnavailable as exc:
-                assert "fail_closed" in exc.message
-                outcomes.append("503")
+        outcomes = [await outcome(quotas) for _ in range(4)]
         assert time.monotonic() - started < 1.0, "each decision is bounded by the timeout"
         if policy == "fail_open":
             # This replica's share of a burst of 4 across 2 replicas is 2.
@@ -164,14 +167,7 @@ async def test_redis_outage_follows_the_tenant_policy(own_redis: RedisServer,
         await asyncio.sleep(0.25)  # past redis_retry_interval_s
         # Back on Redis, which still remembers nothing of the outage (a fresh server):
         # the full burst is available again, proving the shared limiter is in use.
-        results = []
-        for _ in range(5):
-            try:
-                await quotas.acquire("acme", "m", 1)
-                results.append("ok")
-            except QuotaExceeded:
-                results.append("429")
-        assert results == ["ok"] * 4 + ["429"]
+        assert [await outcome(quotas) for _ in range(5)] == ["ok"] * 4 + ["429"]
     finally:
         await client.aclose()
 
