@@ -63,9 +63,21 @@ class PayloadTooLarge(AiosError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class HeadersTooLarge(AiosError):
+    http_status = 431
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class NotReady(AiosError):
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Overloaded(NotReady):
+    """More requests in flight than this process admits: come back in a moment."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class UpstreamUnavailable(AiosError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from aios.errors import InvalidInput
 # ModelConfigRequest and ModelStatisticsRequest: 1 = name, 2 = version.
 _NAME_FIELD = 1
 _VERSION_FIELD = 2
+_PARAMETERS_FIELD = 4  # ModelInferRequest.parameters (map entries: 1 = key)
 _INPUTS_FIELD = 5  # ModelInferRequest.inputs
 _SHAPE_FIELD = 3  # InferInputTensor.shape (packed int64)
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
@@ -33,6 +34,16 @@ DATATYPE_SIZES: dict[str, int] = {
 MAX_DIMS = 16
 MAX_ELEMENTS = 1 << 40
 MAX_NESTING = 32
+# Request parameters that steer Triton's scheduling: set by operators, never by clients.
+RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
+                                 "timeout"})
+
+
+def check_parameters(names: Iterable[str]) -> None:
+    """InvalidInput if a client sets a reserved parameter."""
+    for name in names:
+        if name in RESERVED_PARAMETERS or name.startswith("triton_"):
+            raise InvalidInput(f"parameter '{name}' is reserved and cannot be set by clients")
 
 
 def error_body(message: str) -> bytes:
@@ -99,6 +110,18 @@ def peek_model(message: bytes) -> tuple[str, str]:
             except UnicodeDecodeError as exc:
                 raise InvalidInput("malformed protobuf: model name is not UTF-8") from exc
     return found[_NAME_FIELD], found[_VERSION_FIELD]
+
+
+def peek_parameters(message: bytes) -> list[str]:
+    """The names of a ModelInferRequest's request-level parameters."""
+    names = []
+    for field, wire, start, end in _fields(message):
+        if field == _PARAMETERS_FIELD and wire == _WIRE_LEN:
+            entry = message[start:end]
+            for sub, sub_wire, s_start, s_end in _fields(entry):
+                if sub == 1 and sub_wire == _WIRE_LEN:
+                    names.append(entry[s_start:s_end].decode("utf-8", "replace"))
+    return names
 
 
 def peek_batch(message: bytes) -> int:
@@ -188,6 +211,10 @@ def validate_infer_request(body: bytes, header_length: int) -> int:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
+    parameters = doc.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    check_parameters(parameters)
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list")

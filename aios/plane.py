@@ -52,6 +52,10 @@ class KServePlane(Protocol):
         """Whether the service can serve inference now."""
         ...
 
+    async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
+        """Refuse a call before its body is read (e.g. a bad token), or return."""
+        ...
+
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Answer a REST model call (metadata, readiness, config, infer, stats)."""
         ...

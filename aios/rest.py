@@ -141,6 +141,7 @@ class ModelCalls:
                     receive: Receive) -> tuple[int, Mapping[str, str], bytes]:
         model, version, tail = parse_model_path(path[len(self.PREFIX):])
         method: str = scope["method"]
+        await self._plane.precheck(CALL_KINDS[tail], model, headers)
         body, batch = b"", 1
         if method == "POST":
             body = await _receive_body(receive, header_value(headers, "content-length"),

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from aios.config import ServerSettings
 from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
+from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
 from aios.rest import ModelCalls, create_rest_app, kserve_routes
 from aios.upstream import grpc_options
@@ -26,7 +27,6 @@ from aios.upstream import grpc_options
 logger = logging.getLogger(__name__)
 
 GRPC_GRACE_S = 5.0
-KEEPALIVE_TIMEOUT_S = 5
 
 
 class _Server(uvicorn.Server):
@@ -52,8 +52,12 @@ class ServiceParts:
 async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
                 settings: ServerSettings, name: str) -> None:
     """Serve until SIGINT/SIGTERM, then stop both front doors gracefully."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                             options=grpc_options(settings.max_body_bytes))
+    in_flight = InFlight(settings.max_concurrent_requests)
+    # The limit interceptor runs first, so an overloaded process does no other work.
+    server = grpc.aio.server(
+        interceptors=[GrpcLimits(in_flight), ErrorInterceptor()],
+        options=[*grpc_options(settings.max_body_bytes),
+                 ("grpc.max_metadata_size", settings.max_header_bytes)])
     for register in registrars:
         register(server)
     grpc_address = f"{settings.host}:{settings.grpc_port}"
@@ -61,9 +65,10 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
         raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
     await server.start()
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, lifespan="off",
-        log_level="warning", access_log=False, timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
-        server_header=False, date_header=False,
+        RestLimits(app, settings, in_flight), host=settings.host, port=settings.http_port,
+        lifespan="off", log_level="warning", access_log=False,
+        timeout_keep_alive=int(settings.keepalive_timeout_s), server_header=False,
+        date_header=False, proxy_headers=False, limit_concurrency=None,
     )
     logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
                 settings.http_port, grpc_address)

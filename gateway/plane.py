@@ -20,7 +20,7 @@ from aios.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from aios.kserve import peek_batch, peek_model, with_model
+from aios.kserve import check_parameters, peek_batch, peek_model, peek_parameters, with_model
 from aios.metrics import RequestMetrics
 from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
 from aios.serve import ServiceParts, run_service
@@ -103,6 +103,15 @@ class GatewayPlane:
         """Ready when every backend is."""
         checks = await asyncio.gather(*(b.http.ready() for b in self._backends.values()))
         return all(checks)
+
+    async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
+        """Who is calling, checked before the body is read (so `Expect: 100-continue`
+        with a bad token gets 401 without sending the body). Verified tokens are cached,
+        so `_admit` checking again costs a lookup."""
+        self._router.table(model)
+        if self._auth is not None and kind not in self._open_calls:
+            principal = await self._auth.authenticate(header_value(headers, "authorization"))
+            self._auth.check(principal, f"infer:{model}")
 
     async def _admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
                      batch: Callable[[], int]) -> Admission:
@@ -199,6 +208,8 @@ class GatewayPlane:
             raise InvalidInput("the request names no model")
         table = self._router.table(model)
         kind = GRPC_CALL_KINDS[method.rsplit("/", 1)[1]]
+        if kind == "infer":
+            check_parameters(peek_parameters(payload))
         admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
             key = self._sticky_key(table, admission, metadata)

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from aios.config import SidecarSettings
 from aios.errors import AiosError, NotReady
-from aios.kserve import json_header_length, peek_model
+from aios.kserve import check_parameters, json_header_length, peek_model
 from aios.metrics import RequestMetrics
 from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
 from aios.serve import ServiceParts, run_service
@@ -89,6 +89,9 @@ class SidecarPlane:
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
+
+    async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
+        """Nothing to check before the body: the gateway verified the caller."""
 
     async def ready(self) -> bool:
         """Ready when Triton is and every version reproduces its golden set."""
@@ -241,6 +244,7 @@ class SidecarPlane:
                           version: str) -> GrpcReply:
         started = time.perf_counter()
         request, inputs = grpc_request_inputs(payload)
+        check_parameters(request.parameters.keys())
         labels = (model, version or "default", "grpc")
         self._payload.labels(*labels, "request").observe(len(payload))
         first = next(iter(inputs.values()), None)

@@ -1,0 +1,117 @@
+"""Process-wide edge limits, the same on both front doors, and path normalisation.
+
+REST: a plain ASGI layer in front of everything refuses oversized or too many headers
+(431) and, beyond the in-flight cap, answers a fast 503 with Retry-After. gRPC: an
+interceptor applies the same cap (metadata size is bounded by the server option).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aios.config import ServerSettings
+from aios.errors import AiosError, HeadersTooLarge, InvalidInput, Overloaded
+from aios.rest import error_parts
+
+
+def normalized(scope: Scope) -> Scope:
+    """The scope with repeated slashes collapsed, so that auth, quota keys and routing all
+    see one spelling of a path; dot segments are refused (400)."""
+    path: str = scope["path"]
+    if "//" in path:
+        path = re.sub("/{2,}", "/", path)
+    if any(part in (".", "..") for part in path.split("/")):
+        raise InvalidInput("path must not contain '.' or '..' segments")
+    return scope if path == scope["path"] else {**scope, "path": path}
+
+
+class InFlight:
+    """Counts requests in flight against one cap shared by both protocols."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.now = 0
+
+    def enter(self) -> None:
+        """Admit one request, or raise Overloaded."""
+        if self.now >= self.cap:
+            raise Overloaded(f"more than {self.cap} requests in flight; retry shortly")
+        self.now += 1
+
+    def leave(self) -> None:
+        """One request is done."""
+        self.now -= 1
+
+
+class RestLimits:
+    """Header limits and the in-flight cap, before any other work is done."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, in_flight: InFlight) -> None:
+        self._app = app
+        self._max_bytes = settings.max_header_bytes
+        self._max_count = settings.max_headers
+        self._in_flight = in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        try:
+            scope = normalized(scope)
+            headers = scope["headers"]
+            if len(headers) > self._max_count:
+                raise HeadersTooLarge(f"more than {self._max_count} request headers")
+            size = sum(len(k) + len(v) for k, v in headers)
+            if size > self._max_bytes:
+                raise HeadersTooLarge(f"request headers of {size} bytes exceed the "
+                                      f"{self._max_bytes}-byte limit")
+            self._in_flight.enter()
+        except AiosError as exc:
+            status, out, body = error_parts(exc)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(k.lower().encode(), v.encode()) for k, v in out.items()]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._in_flight.leave()
+
+
+class GrpcLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The in-flight cap for gRPC calls (RESOURCE_EXHAUSTED is for sizes; this is 503's
+    UNAVAILABLE, which clients retry)."""
+
+    def __init__(self, in_flight: InFlight) -> None:
+        self._in_flight = in_flight
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        in_flight = self._in_flight
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                in_flight.enter()
+            except Overloaded as exc:
+                await context.abort(exc.grpc_code, exc.message)
+            try:
+                return await inner(request, context)
+            finally:
+                in_flight.leave()
+
+        return grpc.unary_unary_rpc_method_handler(
+            limited, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)

@@ -1,0 +1,116 @@
+"""Edge limits on a gateway configured small: headers, body and message sizes, in-flight cap."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import pytest
+from tritonclient.grpc import service_pb2
+
+from tests.conftest import Stack
+from tests.e2e.test_errors import INFER
+from tests.helpers import bearer, free_ports, infer_json, running
+
+CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
+LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Small:
+    http: str
+    grpc: str
+
+
+@pytest.fixture(scope="module")
+def small(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Small]:
+    http_port, grpc_port = free_ports(2)
+    config = {"gateway": {
+        "server": {"http_port": http_port, "grpc_port": grpc_port, "max_body_bytes": LIMIT,
+                   "max_header_bytes": 4096, "max_headers": 30,
+                   "max_concurrent_requests": 2},
+        "backends": {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}},
+        "models": {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}},
+        "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}}}
+    with contextlib.ExitStack() as services:
+        services.enter_context(running("gateway", config, http_port,
+                                       tmp_path_factory.mktemp("small")))
+        yield Small(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+
+
+def post(small: Small, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(f"{small.http}/v2/models/claims_risk/infer", content=body,
+                      headers={**bearer(), **headers}, timeout=30)
+
+
+def test_oversized_headers_get_431(small: Small) -> None:
+    resp = post(small, infer_json([CLAIM]), **{"x-filler": "a" * 5000})
+    assert resp.status_code == 431
+    assert resp.json()["error"].endswith("exceed the 4096-byte limit")
+    many = {f"x-h{i}": "1" for i in range(40)}
+    resp = post(small, infer_json([CLAIM]), **many)
+    assert (resp.status_code, resp.json()) == (431, {"error": "more than 30 request headers"})
+
+
+def test_body_over_the_limit_gets_413_without_buffering_it(small: Small) -> None:
+    resp = post(small, b"x" * (LIMIT + 1))
+    assert resp.status_code == 413
+    assert resp.json()["error"] == (f"request body of {LIMIT + 1} bytes exceeds the "
+                                    f"{LIMIT}-byte limit")
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to refuse up front
+        for _ in range(64):
+            yield b"x" * 4096
+
+    streamed = httpx.post(f"{small.http}/v2/models/claims_risk/infer", content=chunks(),
+                          headers=bearer(), timeout=30)
+    assert streamed.status_code == 413
+    assert streamed.json()["error"] == f"request body exceeds the {LIMIT}-byte limit"
+
+
+def padded(size: int) -> bytes:
+    """A well-formed ModelInferRequest of exactly ``size`` bytes: a batch of claims too
+    large for the model (so it is refused downstream, not here), trimmed by its id."""
+    rows = (size - 200) // 32
+    for pad in range(200):
+        req = service_pb2.ModelInferRequest(model_name="claims_risk", id="p" * pad)
+        tensor = req.inputs.add(name="features", datatype="FP32")
+        tensor.shape.extend([rows, 8])
+        req.raw_input_contents.append(bytes(rows * 32))
+        if len(req.SerializeToString()) == size:
+            return bytes(req.SerializeToString())
+    raise AssertionError(f"cannot build a message of {size} bytes")
+
+
+@pytest.mark.parametrize(("size", "exhausted"), [(LIMIT - 1, False), (LIMIT, False),
+                                                 (LIMIT + 1, True)])
+def test_grpc_message_limit(small: Small, size: int, exhausted: bool) -> None:
+    with grpc.insecure_channel(small.grpc, options=[
+            ("grpc.max_send_message_length", LIMIT * 2)]) as channel, \
+            pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary(INFER)(padded(size), metadata=tuple(bearer().items()), timeout=10)
+    # Within the limit the message gets through to Triton, which refuses the batch size.
+    assert (info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED) is exhausted, \
+        info.value.details()
+
+
+def test_in_flight_cap_answers_fast_503(small: Small) -> None:
+    def slow(_: int) -> tuple[int, float, str]:
+        start = time.monotonic()
+        resp = httpx.post(f"{small.http}/v2/models/slow/infer",
+                          content=infer_json([CLAIM], {"delay_ms": 800}), headers=bearer(),
+                          timeout=30)
+        return resp.status_code, time.monotonic() - start, resp.headers.get("retry-after", "")
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(slow, range(6)))
+    served = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 503]
+    assert len(served) == 2 and len(refused) == 4, results
+    assert all(seconds < 0.5 and retry == "1" for _, seconds, retry in refused)
+    assert all(seconds >= 0.8 for _, seconds, _ in served), "admitted calls keep their pace"
