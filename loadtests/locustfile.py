@@ -24,9 +24,10 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
-import tritonclient.grpc as grpcclient  # noqa: E402
+import grpc  # noqa: E402
 from locust import HttpUser, User, between, events, tag, task  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
+from tritonclient.grpc import service_pb2  # noqa: E402
 
 from aios.claims import synthesize_claims  # noqa: E402
 from aios.config import load_config  # noqa: E402
@@ -96,33 +97,38 @@ class RestUser(HttpUser):
 
 
 class GrpcUser(User):
-    """Scores claims over gRPC with tritonclient, reporting to Locust's statistics."""
+    """Scores claims over gRPC (KServe's ModelInfer with raw tensors), reporting to
+    Locust's statistics. A plain grpc channel, closed once: tritonclient's client closes
+    again from __del__, which can hang a gevent process at exit."""
 
     wait_time = between(0.01, 0.05)
 
     def on_start(self) -> None:
-        self.client = grpcclient.InferenceServerClient(GRPC_ADDRESS)
-        self.metadata = {"authorization": f"Bearer {token(random.choice(TENANTS))}"}
+        self.channel = grpc.insecure_channel(GRPC_ADDRESS)
+        self.infer = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        self.metadata = (("authorization", f"Bearer {token(random.choice(TENANTS))}"),)
 
     def on_stop(self) -> None:
-        self.client.close()
+        self.channel.close()
 
     @tag("steady", "canary", "shadow", "noisy")
     @task
     def score(self) -> None:
         x = batch()
-        inp = grpcclient.InferInput("features", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        tensor = request.inputs.add(name="features", datatype="FP32")
+        tensor.shape.extend(x.shape)
+        request.raw_input_contents.append(x.astype("<f4").tobytes())
         start = time.perf_counter()
         exception = None
         try:
-            self.client.infer(MODEL, [inp], headers=self.metadata)
-        except Exception as exc:  # reported to Locust, which counts it as a failure
+            self.infer(request.SerializeToString(), metadata=self.metadata, timeout=10)
+        except grpc.RpcError as exc:  # reported to Locust, which counts it as a failure
             exception = exc
         events.request.fire(  # type: ignore[no-untyped-call]
             request_type="grpc", name="grpc infer",
-                            response_time=(time.perf_counter() - start) * 1000,
-                            response_length=x.nbytes, exception=exception, context={})
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=x.nbytes, exception=exception, context={})
 
 
 class NoisyTenant(HttpUser):

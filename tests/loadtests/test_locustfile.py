@@ -20,7 +20,7 @@ def test_steady_scenario_runs_headless(stack: Stack, tmp_path: Path) -> None:
         [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless",
          "--users", "6", "--spawn-rate", "6", "--run-time", "5s", "--tags", "steady",
          "--host", f"http://{stack.gateway_http}", "--csv", str(tmp_path / "locust"),
-         "--only-summary", "RestUser", "GrpcUser"],
+         "--only-summary", "--stop-timeout", "5", "RestUser", "GrpcUser"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     with (tmp_path / "locust_stats.csv").open() as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
