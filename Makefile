@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= deploy/local/stack.yaml
 MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
 
-.PHONY: setup run test lint models clean help tools proto bench loadtest
+.PHONY: setup run test lint models clean help tools proto bench loadtest fuzz
 
 help:
 	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
@@ -68,3 +68,7 @@ loadtest: $(STAMP)
 	$(BIN)/locust -f loadtests/locustfile.py --headless --users 20 --spawn-rate 10 \
 		--run-time 30s --tags $(SCENARIO) --host http://127.0.0.1:8080 \
 		--csv results/locust --html results/locust.html
+
+# The fuzz properties of the suite, run long (the suite runs them briefly).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/aios/test_fuzz.py -q

@@ -169,7 +169,7 @@ def json_header_length(header_value: str | None, body_length: int) -> int:
     """Length of the JSON part of a REST infer body (binary tensor extension aware)."""
     if header_value is None:
         return body_length
-    if not header_value.isdigit():
+    if not (header_value.isascii() and header_value.isdigit()):
         raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
     length = int(header_value)
     if length > body_length:

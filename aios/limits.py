@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aios.config import ServerSettings
 from aios.errors import AiosError, HeadersTooLarge, InvalidInput, Overloaded
-from aios.rest import error_parts
+from aios.rest import error_parts, send_response
 
 
 def normalized(scope: Scope) -> Scope:
@@ -73,10 +73,7 @@ class RestLimits:
                                       f"{self._max_bytes}-byte limit")
             self._in_flight.enter()
         except AiosError as exc:
-            status, out, body = error_parts(exc)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(k.lower().encode(), v.encode()) for k, v in out.items()]})
-            await send({"type": "http.response.body", "body": body})
+            await send_response(send, *error_parts(exc))
             return
         try:
             await self._app(scope, receive, send)

@@ -69,7 +69,8 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
 
 
 def _check_declared(declared: str | None, limit: int) -> None:
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
 
 
@@ -99,6 +100,15 @@ async def _receive_body(receive: Receive, declared: str | None, limit: int) -> b
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def send_response(send: Send, status: int, headers: Mapping[str, str],
+                        body: bytes) -> None:
+    """Send a complete response (with its length: no chunking) on a plain ASGI path."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ClientGone(Exception):
@@ -132,10 +142,7 @@ class ModelCalls:
         except Exception as exc:
             logger.error("unhandled error", exc_info=exc)
             status, out, body = 500, {"content-type": JSON_ERROR}, error_body("internal error")
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode("latin-1"), v.encode("latin-1"))
-                                for k, v in out.items()]})
-        await send({"type": "http.response.body", "body": body})
+        await send_response(send, status, out, body)
 
     async def _call(self, scope: Scope, path: str, headers: list[tuple[str, str]],
                     receive: Receive) -> tuple[int, Mapping[str, str], bytes]:

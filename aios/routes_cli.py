@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -41,7 +42,7 @@ def parse_weights(pairs: list[str]) -> dict[str, int]:
     weights = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name or not value.lstrip("-").isdigit():
+        if not sep or not name or not re.fullmatch(r"-?[0-9]+", value):
             raise AdminError(f"weights are NAME=INTEGER, got {pair!r}")
         weights[name] = int(value)
     return weights

@@ -48,7 +48,7 @@ def _limit(request: Request) -> int | None:
     raw = request.query_params.get("limit")
     if raw is None:
         return None
-    if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= 10_000:
         raise InvalidInput("limit: must be an integer between 1 and 10000")
     return int(raw)
 

@@ -149,7 +149,8 @@ class SidecarPlane:
             subject=header_value(headers, "x-aios-subject") or "",
             model=model, version=version,
             route_target=header_value(headers, "x-aios-target") or "",
-            route_revision=int(revision) if revision.isdigit() else 0,
+            route_revision=int(revision) if revision.isascii() and revision.isdigit()
+            else 0,
             protocol=protocol,
             inputs=tensors(inputs, rules, log.default_redaction),
             outputs=tensors(outputs, rules, log.default_redaction),

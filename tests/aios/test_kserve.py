@@ -133,6 +133,7 @@ def test_binary_data_shorter_than_declared() -> None:
 @pytest.mark.parametrize(("value", "length", "error"), [
     ("-1", 10, "must be a non-negative integer"),
     ("abc", 10, "must be a non-negative integer"),
+    ("\u00b9", 10, "must be a non-negative integer"),  # a digit to str.isdigit, not to int
     ("11", 10, "Inference-Header-Content-Length 11 exceeds the body of 10 bytes"),
 ])
 def test_header_length_rejects(value: str, length: int, error: str) -> None:

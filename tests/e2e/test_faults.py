@@ -1,0 +1,123 @@
+"""Faults caused for real: a hanging backend, a full disk, SIGTERM under load."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+from tritonclient.grpc import service_pb2
+
+from tests.conftest import Stack
+from tests.helpers import bearer, free_ports, infer_json, listening, running
+
+CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def gateway_for(stack: Stack, models: dict[str, object], tmp: Path,
+                **server: object) -> tuple[dict[str, object], int, int]:
+    http_port, grpc_port = free_ports(2)
+    config = {"gateway": {
+        "server": {"http_port": http_port, "grpc_port": grpc_port, **server},
+        "backends": {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}},
+        "models": models,
+        "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}}}
+    return config, http_port, grpc_port
+
+
+def slow_request() -> bytes:
+    req = service_pb2.ModelInferRequest(model_name="slow")
+    tensor = req.inputs.add(name="features", datatype="FP32")
+    tensor.shape.extend([1, 8])
+    req.raw_input_contents.append(bytes(32))
+    req.parameters["delay_ms"].int64_param = 3000
+    return bytes(req.SerializeToString())
+
+
+def test_a_hanging_backend_times_out_at_the_route_timeout(stack: Stack, tmp_path: Path) -> None:
+    models = {"slow": {"targets": {"only": {"backend": "local", "timeout_s": 0.5}}}}
+    config, http_port, grpc_port = gateway_for(stack, models, tmp_path)
+    with running("gateway", config, http_port, tmp_path):
+        start = time.monotonic()
+        resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/slow/infer",
+                          content=infer_json([CLAIM], {"delay_ms": 3000}), headers=bearer(),
+                          timeout=30)
+        took = time.monotonic() - start
+        assert (resp.status_code, resp.json()) == (
+            504, {"error": "backend 'local' did not answer in time"})
+        assert took < 1.5
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            start = time.monotonic()
+            try:
+                channel.unary_unary(INFER)(slow_request(), metadata=tuple(bearer().items()),
+                                           timeout=30)
+                raise AssertionError("the call should time out")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - start < 1.5
+
+
+def test_sync_log_on_a_full_disk_answers_503_never_200(stack: Stack, tmp_path: Path) -> None:
+    decisions = tmp_path / "full"
+    decisions.mkdir()
+    (decisions / "segment-0000000000000001.log").symlink_to("/dev/full")
+    http_port, grpc_port = free_ports(2)
+    config = {"sidecar": {"server": {"http_port": http_port, "grpc_port": grpc_port},
+                          "triton": {"http": stack.triton_http, "grpc": stack.triton_grpc},
+                          "decision_log": {"directory": str(decisions), "mode": "sync"}}}
+    with running("sidecar", config, http_port, tmp_path):
+        resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                          content=infer_json([CLAIM]))
+        assert resp.status_code == 503
+        assert resp.json() == {"error": "decision log unavailable (No space left on device); "
+                                        "the decision was not recorded"}
+
+
+def test_sigterm_finishes_in_flight_calls_then_exits_0(stack: Stack, tmp_path: Path) -> None:
+    config, http_port, _ = gateway_for(stack, {"slow": {"backend": "local"}}, tmp_path)
+    results: list[int] = []
+    with running("gateway", config, http_port, tmp_path) as gateway:
+        def call() -> None:
+            resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/slow/infer",
+                              content=infer_json([CLAIM], {"delay_ms": 1500}),
+                              headers=bearer(), timeout=30)
+            results.append(resp.status_code)
+
+        callers = [threading.Thread(target=call) for _ in range(3)]
+        for t in callers:
+            t.start()
+        time.sleep(0.5)
+        gateway.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert not listening(http_port), "no new calls once stopping"
+        for t in callers:
+            t.join(30)
+        assert gateway.wait(30) == 0
+    assert results == [200, 200, 200]
+
+
+def test_failing_calls_leak_no_connections(stack: Stack, tmp_path: Path) -> None:
+    dead_http, dead_grpc = free_ports(2)
+    models = {"claims_risk": {"backend": "dead"}}
+    config, http_port, _ = gateway_for(stack, models, tmp_path)
+    config["gateway"]["backends"] = {  # type: ignore[index]
+        "dead": {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}"}}
+    with running("gateway", config, http_port, tmp_path) as gateway, httpx.Client() as client:
+        def fds() -> int:
+            return len(list(Path(f"/proc/{gateway.pid}/fd").iterdir()))
+
+        def burst() -> None:
+            for _ in range(50):
+                resp = client.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                                   content=infer_json([CLAIM]), headers=bearer())
+                assert resp.status_code in (502, 503)
+
+        burst()
+        before = fds()
+        burst()
+        burst()
+        assert fds() <= before + 2
