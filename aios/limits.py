@@ -7,6 +7,7 @@ interceptor applies the same cap (metadata size is bounded by the server option)
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import grpc
 import grpc.aio
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aios.config import ServerSettings
 from aios.errors import AiosError, HeadersTooLarge, InvalidInput, Overloaded
+from aios.kserve import error_body
 from aios.rest import error_parts, send_response
 
 
@@ -112,3 +115,50 @@ class GrpcLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return grpc.unary_unary_rpc_method_handler(
             limited, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
+
+
+_TIMED_OUT = error_body("request headers not received in time")
+_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(_TIMED_OUT)).encode() +
+        b"\r\n\r\n" + _TIMED_OUT)
+
+
+def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol, closing connections whose request headers do not
+    arrive within ``timeout_s`` (uvicorn itself only times idle keep-alive)."""
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.write(_408)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from aios.config import ServerSettings
 from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
-from aios.limits import GrpcLimits, InFlight, RestLimits
+from aios.limits import GrpcLimits, InFlight, RestLimits, header_timeout_protocol
 from aios.plane import KServePlane
 from aios.rest import ModelCalls, create_rest_app, kserve_routes
 from aios.upstream import grpc_options
@@ -69,6 +69,7 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
         lifespan="off", log_level="warning", access_log=False,
         timeout_keep_alive=int(settings.keepalive_timeout_s), server_header=False,
         date_header=False, proxy_headers=False, limit_concurrency=None,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
                 settings.http_port, grpc_address)

@@ -175,9 +175,11 @@ class GrpcUpstream:
                 raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
             if code == grpc.StatusCode.UNAVAILABLE:
                 # grpc reports a refused connection so; then nothing reached the backend.
-                kind = UpstreamConnectFailed if "connect" in details.lower() else \
-                    UpstreamUnavailable
-                raise kind(f"backend {self.name!r} unavailable: {details}") from exc
+                if "connect" in details.lower():
+                    raise UpstreamConnectFailed(
+                        f"backend {self.name!r} unreachable: {details}") from exc
+                raise UpstreamUnavailable(f"backend {self.name!r} unavailable: {details}"
+                                          ) from exc
             raise UpstreamRejected(code, details) from exc
         except asyncio.CancelledError:
             call.cancel()

@@ -135,5 +135,5 @@ def test_dead_backend_grpc(lone: Lone) -> None:
             channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(
                 service_pb2.ServerReadyRequest().SerializeToString(), timeout=10))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "unavailable" in info.value.details()
+    assert "unreachable" in info.value.details()
     assert ready.ready is False

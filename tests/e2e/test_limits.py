@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ def small(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
     config = {"gateway": {
         "server": {"http_port": http_port, "grpc_port": grpc_port, "max_body_bytes": LIMIT,
                    "max_header_bytes": 4096, "max_headers": 30,
-                   "max_concurrent_requests": 2},
+                   "max_concurrent_requests": 2, "header_timeout_s": 1},
         "backends": {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}},
         "models": {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}},
         "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}}}
@@ -114,3 +115,26 @@ def test_in_flight_cap_answers_fast_503(small: Small) -> None:
     assert len(served) == 2 and len(refused) == 4, results
     assert all(seconds < 0.5 and retry == "1" for _, seconds, retry in refused)
     assert all(seconds >= 0.8 for _, seconds, _ in served), "admitted calls keep their pace"
+
+
+def test_slowloris_is_cut_off_with_408(small: Small) -> None:
+    host, port = small.http.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /v2/models/claims_risk/infer HTTP/1.1\r\nHost: x\r\n")
+        start = time.monotonic()
+        time.sleep(0.4)
+        sock.sendall(b"X-Slow: 1\r\n")  # still trickling, never finishing
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert 0.9 < time.monotonic() - start < 3
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert answer.endswith(b'{"error": "request headers not received in time"}')
+
+
+def test_a_prompt_client_is_not_cut_off(small: Small) -> None:
+    with httpx.Client() as client:
+        for _ in range(3):  # keep-alive: each request gets its own header clock
+            assert client.post(f"{small.http}/v2/models/claims_risk/infer",
+                               content=infer_json([CLAIM]), headers=bearer()).status_code == 200
+            time.sleep(0.6)
