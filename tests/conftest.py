@@ -17,7 +17,7 @@ from tests.helpers import (
     http_ready,
     interrupt_and_wait,
     stack_config,
-    test_model_repo,
+    repo_with_test_models,
     wait_until,
     write_config,
 )
@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     ports = StackPorts.allocate()
     config_path = write_config(tmp / "stack.yaml",
-                               stack_config(ports, tmp, test_model_repo(tmp)))
+                               stack_config(ports, tmp, repo_with_test_models(tmp)))
     log = tmp / "stack.log"
     process = aios("up", "--config", str(config_path), log=log)
     try:

@@ -55,7 +55,7 @@ TEST_MODELS = REPO / "tests" / "model_repo"
 TIGHT_QUOTA = {"rate_per_s": 1, "burst": 5}
 
 
-def test_model_repo(tmp: Path) -> Path:
+def repo_with_test_models(tmp: Path) -> Path:
     """A model repository with claims_risk and the test-only models, linked in."""
     repo = tmp / "model_repo"
     repo.mkdir(exist_ok=True)

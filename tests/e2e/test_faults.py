@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import threading
 import time
@@ -11,8 +13,20 @@ import grpc
 import httpx
 from tritonclient.grpc import service_pb2
 
+from sidecar.audit import records, verify
 from tests.conftest import Stack
-from tests.helpers import bearer, free_ports, infer_json, listening, running
+from tests.helpers import (
+    MODEL_REPO,
+    aios,
+    bearer,
+    descendants,
+    free_ports,
+    infer_json,
+    listening,
+    running,
+    repo_with_test_models,
+    wait_until,
+)
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -121,3 +135,69 @@ def test_failing_calls_leak_no_connections(stack: Stack, tmp_path: Path) -> None
         burst()
         burst()
         assert fds() <= before + 2
+
+
+def test_sigterm_flushes_an_async_decision_log(stack: Stack, tmp_path: Path) -> None:
+    http_port, grpc_port = free_ports(2)
+    directory = tmp_path / "async-log"
+    config = {"sidecar": {"server": {"http_port": http_port, "grpc_port": grpc_port},
+                          "triton": {"http": stack.triton_http, "grpc": stack.triton_grpc},
+                          "decision_log": {"directory": str(directory), "mode": "async"}}}
+    acknowledged = []
+    with running("sidecar", config, http_port, tmp_path) as sidecar, httpx.Client() as client:
+        for i in range(100):
+            resp = client.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                               content=infer_json([CLAIM]), headers={"x-request-id": f"a{i}"})
+            assert resp.status_code == 200
+            acknowledged.append(f"a{i}")
+        sidecar.send_signal(signal.SIGTERM)
+        assert sidecar.wait(30) == 0
+    report = verify(directory)
+    assert report.intact and report.warnings == [], report
+    assert {r.request_id for r in records(directory)} == set(acknowledged)
+
+
+def test_triton_killed_mid_request(tmp_path: Path) -> None:
+    t_http, t_grpc, t_metrics, s_http, s_grpc = free_ports(5)
+    triton_config = tmp_path / "triton.yaml"
+    triton_config.write_text(json.dumps({"triton": {
+        "model_repository": str(repo_with_test_models(tmp_path)), "http_port": t_http,
+        "grpc_port": t_grpc, "metrics_port": t_metrics}}))
+    log = tmp_path / "triton.log"
+    triton = aios("triton", "--config", str(triton_config), log=log)
+    try:
+        wait_until(lambda: "Triton ready" in log.read_text(), 180, "triton", triton, log)
+        server = next(p for p in descendants(triton.pid)
+                      if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text())
+        sidecar = {"sidecar": {
+            "server": {"http_port": s_http, "grpc_port": s_grpc},
+            "triton": {"http": f"127.0.0.1:{t_http}", "grpc": f"127.0.0.1:{t_grpc}"},
+            "decision_log": {"directory": str(tmp_path / "decisions")},
+            "parity": {"model_repository": str(MODEL_REPO)}}}
+        with running("sidecar", sidecar, s_http, tmp_path) as side:
+            fds_before = len(list(Path(f"/proc/{side.pid}/fd").iterdir()))
+            codes: list[int] = []
+
+            def call(i: int) -> None:
+                resp = httpx.post(f"http://127.0.0.1:{s_http}/v2/models/slow/infer",
+                                  content=infer_json([CLAIM], {"delay_ms": 3000}),
+                                  headers={"x-request-id": f"k{i}"}, timeout=30)
+                codes.append(resp.status_code)
+
+            callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+            for t in callers:
+                t.start()
+            time.sleep(1.0)
+            os.kill(server, signal.SIGKILL)
+            for t in callers:
+                t.join(30)
+            assert codes == [502] * 4
+            found = {r.request_id: r for r in records(tmp_path / "decisions")}
+            assert all(found[f"k{i}"].outcome == "502" for i in range(4))
+            assert all("unreachable" in found[f"k{i}"].error or "triton" in found[f"k{i}"].error
+                       for i in range(4))
+            time.sleep(0.5)
+            assert len(list(Path(f"/proc/{side.pid}/fd").iterdir())) <= fds_before + 2
+    finally:
+        triton.send_signal(signal.SIGINT)
+        triton.wait(60)

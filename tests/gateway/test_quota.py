@@ -14,6 +14,7 @@ from aios.config import QuotaSettings, TenantQuota
 from aios.errors import QuotaExceeded, QuotaUnavailable
 from gateway.quota import Limit, LocalLimiter, Quotas, RedisLimiter, gcra, redis_client
 from tests.redis_server import RedisServer
+from tests.tcpproxy import DelayProxy
 
 LIMIT = Limit(rate_per_s=10, burst=5, max_concurrent=0)
 
@@ -183,3 +184,24 @@ async def test_cost_beyond_burst_is_refused_outright() -> None:
     assert info.value.headers()["RateLimit-Limit"] == "32"
     assert int(info.value.headers()["Retry-After"]) >= 1
     quotas.release(lease)
+
+
+@pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
+async def test_slow_redis_is_bounded_by_the_timeout(own_redis: RedisServer, policy: str) -> None:
+    tenant = TenantQuota(rate_per_s=1, burst=4, on_redis_error=policy)  # type: ignore[arg-type]
+    async with DelayProxy(own_redis.port, delay_s=0.5) as proxy:
+        s = settings(own_redis, redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+                     redis_timeout_ms=50, default=tenant)
+        client = redis_client(s)
+        quotas = Quotas(s, RedisLimiter(client, s.key_prefix, s.lease_ttl_s), LocalLimiter(),
+                        CollectorRegistry())
+        try:
+            started = time.monotonic()
+            first = await outcome(quotas)
+            assert time.monotonic() - started < 0.3, "not held for Redis' 500 ms"
+            assert first == ("ok" if policy == "fail_open" else "503")
+            proxy.delay_s = 0.0  # Redis answers promptly again
+            await asyncio.sleep(0.25)  # past redis_retry_interval_s
+            assert await outcome(quotas) == "ok"
+        finally:
+            await client.aclose()
