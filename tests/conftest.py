@@ -16,8 +16,8 @@ from tests.helpers import (
     descendants,
     http_ready,
     interrupt_and_wait,
-    stack_config,
     repo_with_test_models,
+    stack_config,
     wait_until,
     write_config,
 )

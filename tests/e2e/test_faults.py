@@ -23,8 +23,8 @@ from tests.helpers import (
     free_ports,
     infer_json,
     listening,
-    running,
     repo_with_test_models,
+    running,
     wait_until,
 )
 
