@@ -62,6 +62,10 @@ class PayloadTooLarge(AiosError):
     http_status = 413
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def headers(self) -> dict[str, str]:
+        # Hang up rather than read (and discard) the rest of an oversized upload.
+        return {"Connection": "close"}
+
 
 class HeadersTooLarge(AiosError):
     http_status = 431

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import httpx
@@ -138,3 +140,49 @@ def test_a_prompt_client_is_not_cut_off(small: Small) -> None:
             assert client.post(f"{small.http}/v2/models/claims_risk/infer",
                                content=infer_json([CLAIM]), headers=bearer()).status_code == 200
             time.sleep(0.6)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_1gib_chunked_upload_gets_413_in_bounded_memory(small: Small) -> None:
+    host, port = small.http.removeprefix("http://").split(":")
+    pid = next(p for p in _listeners(int(port)))
+    before = _rss_mib(pid)
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/claims_risk/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: " + bearer()["authorization"].encode() + b"\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(OSError):  # the server hangs up once it has refused
+            while sent < 1 << 30:
+                sock.sendall(chunk)
+                sent += 1 << 20
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 1 << 30, "the server stopped reading long before 1 GiB"
+    assert _rss_mib(pid) - before < 50
+
+
+def _listeners(port: int) -> list[int]:
+    """PIDs of the processes listening on ``port`` (from /proc/net/tcp and fd links)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            inodes.add(fields[9])
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if any(os.readlink(fd) == f"socket:[{i}]" for i in inodes):
+                    pids.append(int(proc.name))
+                    break
+    return pids
