@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,10 @@ class RequestMetrics:
                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge(f"{prefix}_in_flight_requests", "Model calls being answered",
                                registry=registry)
+        # Read at scrape time, on the event loop: a leak of tasks shows as growth here.
+        tasks = Gauge(f"{prefix}_asyncio_tasks", "Tasks alive on the event loop",
+                      registry=registry)
+        tasks.set_function(lambda: len(asyncio.all_tasks()))
 
     @contextmanager
     def track(self, model: str, version: str, protocol: str) -> Iterator[Outcome]:

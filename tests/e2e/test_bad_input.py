@@ -145,3 +145,4 @@ def test_expect_continue_with_a_bad_token_is_refused_before_the_body(stack: Stac
     assert answer.startswith("HTTP/1.1 401"), answer
     assert "100 Continue" not in answer
     assert '{"error": "token expired"}' in answer
+

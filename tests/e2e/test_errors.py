@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +119,11 @@ def lone(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_dead_backend_rest(lone: Lone) -> None:
+    started = time.monotonic()
     resp = httpx.post(f"http://{lone.http}/v2/models/claims_risk/infer",
                       content=infer_json([CLAIM]), headers=bearer())
     assert resp.status_code == 502
+    assert time.monotonic() - started < 1.0, "a refused connection fails fast"
     assert "unreachable" in resp.json()["error"]
     assert not http_ready(int(lone.http.rsplit(":", 1)[1]))
     assert httpx.get(f"http://{lone.http}/v2/health/ready").json() == {"ready": False}

@@ -176,6 +176,7 @@ def test_triton_killed_mid_request(tmp_path: Path) -> None:
             "parity": {"model_repository": str(MODEL_REPO)}}}
         with running("sidecar", sidecar, s_http, tmp_path) as side:
             fds_before = len(list(Path(f"/proc/{side.pid}/fd").iterdir()))
+            tasks_before = _tasks(s_http)
             codes: list[int] = []
 
             def call(i: int) -> None:
@@ -198,6 +199,14 @@ def test_triton_killed_mid_request(tmp_path: Path) -> None:
                        for i in range(4))
             time.sleep(0.5)
             assert len(list(Path(f"/proc/{side.pid}/fd").iterdir())) <= fds_before + 2
+            assert _tasks(s_http) <= tasks_before
     finally:
         triton.send_signal(signal.SIGINT)
         triton.wait(60)
+
+
+def _tasks(port: int) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+        if line.startswith("aios_sidecar_asyncio_tasks "):
+            return float(line.split()[1])
+    raise AssertionError("no task gauge")

@@ -106,7 +106,7 @@ ATTACKS = {
     "HS256 signed with the RSA public key": (
         forge_hs256(claims(), RSA_PUBLIC_PEM, kid="rsa-1"), "token signature is invalid"),
     "expired": (hs(claims(exp=NOW - 120)), "token expired"),
-    "not yet valid": (hs(claims(nbf=NOW + 120)), "token not yet valid"),
+    "not yet valid": (hs(claims(nbf=NOW + TTL, exp=NOW + 2 * TTL)), "token not yet valid"),
     "wrong issuer": (hs(claims(iss="evil")), "token issuer is not accepted"),
     "wrong audience": (hs(claims(aud="other-service")), "token audience is not accepted"),
     "tampered payload": (tamper_payload(rs(claims())), "token signature is invalid"),
