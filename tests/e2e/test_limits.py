@@ -36,7 +36,8 @@ def small(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
     config = {"gateway": {
         "server": {"http_port": http_port, "grpc_port": grpc_port, "max_body_bytes": LIMIT,
                    "max_header_bytes": 4096, "max_headers": 30,
-                   "max_concurrent_requests": 2, "header_timeout_s": 1},
+                   "max_concurrent_requests": 2, "header_timeout_s": 1,
+                   "keepalive_timeout_s": 1},
         "backends": {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}},
         "models": {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}},
         "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}}}
@@ -186,3 +187,17 @@ def _listeners(port: int) -> list[int]:
                     pids.append(int(proc.name))
                     break
     return pids
+
+
+def test_idle_keep_alive_connections_are_closed(small: Small) -> None:
+    host, port = small.http.removeprefix("http://").split(":")
+    body = infer_json([CLAIM])
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/claims_risk/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: " + bearer()["authorization"].encode() + b"\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        idle_since = time.monotonic()
+        while sock.recv(65536):
+            pass
+        assert 0.8 < time.monotonic() - idle_since < 3, "closed after the keep-alive timeout"
