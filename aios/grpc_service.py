@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -69,8 +70,15 @@ def kserve_grpc_handler(plane: KServePlane) -> grpc.GenericRpcHandler:
         SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps AiosError to its gRPC status; anything unexpected to INTERNAL, logged here."""
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """An interceptor that wraps each unary handler with `wrap`."""
+
+    def wrap(self, inner: Handler, method: str) -> Handler:
+        """The handler to run instead of ``inner`` for ``method``."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -80,21 +88,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
-
-        async def guarded(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            try:
-                result: bytes = await inner(request, context)
-                return result
-            except AiosError as exc:
-                await context.abort(exc.grpc_code, exc.message)
-            except Exception:
-                logger.exception("unhandled error in %s", handler_call_details.method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            raise AssertionError("unreachable: abort raises")
-
         return grpc.unary_unary_rpc_method_handler(
-            guarded,
+            self.wrap(handler.unary_unary, handler_call_details.method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class ErrorInterceptor(UnaryInterceptor):
+    """Maps AiosError to its gRPC status; anything unexpected to INTERNAL, logged here."""
+
+    def wrap(self, inner: Handler, method: str) -> Handler:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except AiosError as exc:
+                await context.abort(exc.grpc_code, exc.message)
+            except Exception:
+                logger.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise AssertionError("unreachable: abort raises")
+
+        return guarded

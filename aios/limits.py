@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -19,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aios.config import ServerSettings
 from aios.errors import AiosError, HeadersTooLarge, InvalidInput, Overloaded
+from aios.grpc_service import Handler, UnaryInterceptor
 from aios.kserve import error_body
 from aios.rest import error_parts, send_response
 
@@ -84,22 +84,14 @@ class RestLimits:
             self._in_flight.leave()
 
 
-class GrpcLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class GrpcLimits(UnaryInterceptor):
     """The in-flight cap for gRPC calls (RESOURCE_EXHAUSTED is for sizes; this is 503's
     UNAVAILABLE, which clients retry)."""
 
     def __init__(self, in_flight: InFlight) -> None:
         self._in_flight = in_flight
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
+    def wrap(self, inner: Handler, method: str) -> Handler:
         in_flight = self._in_flight
 
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -112,9 +104,7 @@ class GrpcLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 in_flight.leave()
 
-        return grpc.unary_unary_rpc_method_handler(
-            limited, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return limited
 
 
 _TIMED_OUT = error_body("request headers not received in time")
