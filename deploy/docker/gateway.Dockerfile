@@ -1,0 +1,16 @@
+# The gateway image: slim, non-root, no torch and no Triton in it.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY aios aios
+COPY gateway gateway
+COPY sidecar sidecar
+COPY proto proto
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin aios
+COPY --from=build /install /usr/local
+USER 10001
+EXPOSE 8080 8081
+ENTRYPOINT ["aios", "gateway", "--config", "/etc/aios/stack.yaml"]
