@@ -143,7 +143,7 @@ def test_config_addresses_point_where_they_should(objects: list[dict[str, Any]])
 
 
 def test_our_containers_are_locked_down(objects: list[dict[str, Any]]) -> None:
-    for name, d in by_kind(objects, "Deployment").items():
+    for _name, d in by_kind(objects, "Deployment").items():
         spec = d["spec"]["template"]["spec"]
         for c in spec["containers"]:
             if c["name"] in ("gateway", "sidecar"):
