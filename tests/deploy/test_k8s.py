@@ -138,7 +138,8 @@ def test_config_addresses_point_where_they_should(objects: list[dict[str, Any]])
     triton_ports = {p["containerPort"] for p in triton["ports"]}
     for address in (sidecar.sidecar.triton.http, sidecar.sidecar.triton.grpc):
         host, port = address.rsplit(":", 1)
-        assert host == "127.0.0.1" and int(port) in triton_ports, "the sidecar calls its pod's Triton"
+        # The sidecar calls the Triton in its own pod.
+        assert host == "127.0.0.1" and int(port) in triton_ports
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
