@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ from aios.tensors import grpc_request_inputs
 from gateway.admin import ReplaceBody, ShadowBody, WeightsBody, parse
 from gateway.auth import JwtVerifier, bearer_token
 
-settings.register_profile("ci", max_examples=150, deadline=None,
+# Bounded time: any single input that takes longer than the deadline fails the property.
+DEADLINE = timedelta(seconds=2)
+settings.register_profile("ci", max_examples=150, deadline=DEADLINE,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz", max_examples=20_000, deadline=None,
+settings.register_profile("fuzz", max_examples=20_000, deadline=DEADLINE,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
