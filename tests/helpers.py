@@ -226,3 +226,18 @@ def running(service: str, config: dict[str, Any], http_port: int,
         if process.poll() is None:
             process.terminate()
             assert process.wait(30) == 0, log.read_text()[-3000:]
+
+
+def gateway_config(sidecar_http: str, sidecar_grpc: str, models: dict[str, Any],
+                   server: dict[str, Any] | None = None,
+                   **extra: Any) -> tuple[dict[str, Any], int, int]:
+    """A gateway config on free ports in front of a sidecar (backend "local"), with the
+    test tenant's quota out of the way; extra sections (and backends) as given."""
+    http_port, grpc_port = free_ports(2)
+    backends = {"local": {"http": sidecar_http, "grpc": sidecar_grpc},
+                **extra.pop("backends", {})}
+    section = {"server": {"http_port": http_port, "grpc_port": grpc_port, **(server or {})},
+               "backends": backends, "models": models,
+               "quota": {"tenants": {TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000}}},
+               **extra}
+    return {"gateway": section}, http_port, grpc_port

@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER, grpc_request
-from tests.helpers import free_ports, infer_json, running, token
+from tests.helpers import free_ports, gateway_config, infer_json, running, token
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 LIMIT = 64 * 1024
@@ -28,20 +28,19 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    http_port, grpc_port, dead_http, dead_grpc, dead_redis = free_ports(5)
-    local = {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}
-    config = {"gateway": {
-        "server": {"http_port": http_port, "grpc_port": grpc_port, "max_body_bytes": LIMIT},
-        "backends": {"local": local, "dead": {"http": f"127.0.0.1:{dead_http}",
-                                              "grpc": f"127.0.0.1:{dead_grpc}"}},
-        "models": {"claims_risk": {"backend": "local"},
-                   "slow": {"targets": {"t": {"backend": "local", "timeout_s": 0.5}}},
-                   "gone": {"backend": "dead"}},
+    dead_http, dead_grpc, dead_redis = free_ports(3)
+    config, http_port, grpc_port = gateway_config(
+        stack.sidecar_http, stack.sidecar_grpc,
+        {"claims_risk": {"backend": "local"},
+         "slow": {"targets": {"t": {"backend": "local", "timeout_s": 0.5}}},
+         "gone": {"backend": "dead"}},
+        server={"max_body_bytes": LIMIT},
+        backends={"dead": {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}"}},
         # Redis is down for good here: fail_open tenants pass, fail_closed ones get 503.
-        "quota": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{dead_redis}/0",
-                  "default": {"rate_per_s": 1e6, "burst": 100000},
-                  "tenants": {"tight": {"rate_per_s": 0.001, "burst": 1},
-                              "closed": {"on_redis_error": "fail_closed"}}}}}
+        quota={"backend": "redis", "redis_url": f"redis://127.0.0.1:{dead_redis}/0",
+               "default": {"rate_per_s": 1e6, "burst": 100000},
+               "tenants": {"tight": {"rate_per_s": 0.001, "burst": 1},
+                           "closed": {"on_redis_error": "fail_closed"}}})
     with contextlib.ExitStack() as services:
         services.enter_context(running("gateway", config, http_port,
                                        tmp_path_factory.mktemp("table")))

@@ -21,6 +21,7 @@ from tests.helpers import (
     bearer,
     descendants,
     free_ports,
+    gateway_config,
     infer_json,
     listening,
     repo_with_test_models,
@@ -30,17 +31,6 @@ from tests.helpers import (
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-
-
-def gateway_for(stack: Stack, models: dict[str, object], tmp: Path,
-                **server: object) -> tuple[dict[str, object], int, int]:
-    http_port, grpc_port = free_ports(2)
-    config = {"gateway": {
-        "server": {"http_port": http_port, "grpc_port": grpc_port, **server},
-        "backends": {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}},
-        "models": models,
-        "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}}}
-    return config, http_port, grpc_port
 
 
 def slow_request() -> bytes:
@@ -54,7 +44,8 @@ def slow_request() -> bytes:
 
 def test_a_hanging_backend_times_out_at_the_route_timeout(stack: Stack, tmp_path: Path) -> None:
     models = {"slow": {"targets": {"only": {"backend": "local", "timeout_s": 0.5}}}}
-    config, http_port, grpc_port = gateway_for(stack, models, tmp_path)
+    config, http_port, grpc_port = gateway_config(stack.sidecar_http, stack.sidecar_grpc,
+                                                  models)
     with running("gateway", config, http_port, tmp_path):
         start = time.monotonic()
         resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/slow/infer",
@@ -92,7 +83,8 @@ def test_sync_log_on_a_full_disk_answers_503_never_200(stack: Stack, tmp_path: P
 
 
 def test_sigterm_finishes_in_flight_calls_then_exits_0(stack: Stack, tmp_path: Path) -> None:
-    config, http_port, _ = gateway_for(stack, {"slow": {"backend": "local"}}, tmp_path)
+    config, http_port, _ = gateway_config(stack.sidecar_http, stack.sidecar_grpc,
+                                          {"slow": {"backend": "local"}})
     results: list[int] = []
     with running("gateway", config, http_port, tmp_path) as gateway:
         def call() -> None:
@@ -117,7 +109,7 @@ def test_sigterm_finishes_in_flight_calls_then_exits_0(stack: Stack, tmp_path: P
 def test_failing_calls_leak_no_connections(stack: Stack, tmp_path: Path) -> None:
     dead_http, dead_grpc = free_ports(2)
     models = {"claims_risk": {"backend": "dead"}}
-    config, http_port, _ = gateway_for(stack, models, tmp_path)
+    config, http_port, _ = gateway_config(stack.sidecar_http, stack.sidecar_grpc, models)
     config["gateway"]["backends"] = {  # type: ignore[index]
         "dead": {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}"}}
     with running("gateway", config, http_port, tmp_path) as gateway, httpx.Client() as client:

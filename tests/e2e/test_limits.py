@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER
-from tests.helpers import bearer, free_ports, infer_json, running
+from tests.helpers import bearer, gateway_config, infer_json, running
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 LIMIT = 64 * 1024
@@ -32,15 +32,12 @@ class Small:
 
 @pytest.fixture(scope="module")
 def small(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Small]:
-    http_port, grpc_port = free_ports(2)
-    config = {"gateway": {
-        "server": {"http_port": http_port, "grpc_port": grpc_port, "max_body_bytes": LIMIT,
-                   "max_header_bytes": 4096, "max_headers": 30,
-                   "max_concurrent_requests": 2, "header_timeout_s": 1,
-                   "keepalive_timeout_s": 1},
-        "backends": {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}},
-        "models": {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}},
-        "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}}}
+    config, http_port, grpc_port = gateway_config(
+        stack.sidecar_http, stack.sidecar_grpc,
+        {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}},
+        server={"max_body_bytes": LIMIT, "max_header_bytes": 4096, "max_headers": 30,
+                "max_concurrent_requests": 2, "header_timeout_s": 1,
+                "keepalive_timeout_s": 1})
     with contextlib.ExitStack() as services:
         services.enter_context(running("gateway", config, http_port,
                                        tmp_path_factory.mktemp("small")))

@@ -23,7 +23,16 @@ from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER, grpc_request
-from tests.helpers import MODEL_REPO, REPO, bearer, free_ports, infer_json, running, token
+from tests.helpers import (
+    MODEL_REPO,
+    REPO,
+    bearer,
+    free_ports,
+    gateway_config,
+    infer_json,
+    running,
+    token,
+)
 from tests.redis_server import RedisServer
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
@@ -44,21 +53,11 @@ class Gateway:
         return f"http://{self.http}"
 
 
-def gateway_config(stack: Stack, models: dict[str, Any], **extra: Any) -> tuple[
-        dict[str, Any], int, int]:
-    http_port, grpc_port = free_ports(2)
-    backends = {"local": {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc},
-                **extra.pop("backends", {})}
-    section = {"server": {"http_port": http_port, "grpc_port": grpc_port},
-               "backends": backends, "models": models,
-               "quota": {"tenants": {"tests": {"rate_per_s": 1e6, "burst": 100000}}}, **extra}
-    return {"gateway": section}, http_port, grpc_port
-
-
 def start_gateway(services: contextlib.ExitStack, stack: Stack, models: dict[str, Any],
                   tmp: Path, **extra: Any) -> Gateway:
     """A gateway in front of the session's sidecar, stopped when ``services`` closes."""
-    config, http_port, grpc_port = gateway_config(stack, models, **extra)
+    config, http_port, grpc_port = gateway_config(stack.sidecar_http, stack.sidecar_grpc,
+                                                  models, **extra)
     process = services.enter_context(running("gateway", config, http_port, tmp))
     return Gateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process)
 
