@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -198,12 +199,20 @@ def _element_count(shape: Any, where: str) -> int:
     return count
 
 
-def validate_infer_request(body: bytes, header_length: int) -> int:
-    """Check a REST infer body is a well-formed KServe v2 request; return its batch size.
+@dataclass(frozen=True, slots=True)
+class InferHeader:
+    """The validated JSON header of a REST infer request, parsed once for every later use."""
+
+    doc: dict[str, Any]
+    length: int  # bytes of JSON before any binary tensor data
+    batch: int  # the first dim of the first input (1 for a scalar)
+
+
+def validate_infer_request(body: bytes, header_length: int) -> InferHeader:
+    """Check a REST infer body is a well-formed KServe v2 request; return its parsed header.
 
     Parses only the JSON header; binary tensor data is checked by its declared sizes,
-    never decoded. The batch size is the first dim of the first input (1 for a scalar).
-    Raises InvalidInput naming what is wrong.
+    never decoded. Raises InvalidInput naming what is wrong.
     """
     try:
         doc = orjson.loads(body[:header_length])
@@ -258,4 +267,4 @@ def validate_infer_request(body: bytes, header_length: int) -> int:
     if not isinstance(outputs, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
-    return batch
+    return InferHeader(doc, header_length, batch)

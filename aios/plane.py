@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aios.kserve import InferHeader
 from aios.upstream import GrpcReply, HttpReply, Metadata
 
 # REST path tails and gRPC methods, by the kind of call they make.
@@ -29,7 +30,12 @@ class ModelCall:
     method: str
     body: bytes
     headers: Iterable[tuple[str, str]]
-    batch: int = 1  # of an infer call: the first dim of its first input
+    infer: InferHeader | None = None  # of an infer call: its validated JSON header
+
+    @property
+    def batch(self) -> int:
+        """Rows in an infer call (1 for any other call)."""
+        return self.infer.batch if self.infer else 1
 
     @property
     def kind(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -68,26 +68,20 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return Response(error_body("internal error"), status_code=500, media_type=JSON_ERROR)
 
 
-def _check_declared(declared: str | None, limit: int) -> None:
-    if declared is not None and declared.isascii() and declared.isdigit() \
-            and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-
-
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing (413) past ``limit`` bytes without buffering beyond it."""
-    _check_declared(request.headers.get("content-length"), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """A Starlette request's body, read as `ModelCalls` reads one (413 past ``limit``)."""
+    try:
+        return await _receive_body(request.receive, request.headers.get("content-length"),
+                                   limit)
+    except ClientGone as exc:
+        raise ClientDisconnect() from exc
 
 
 async def _receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    _check_declared(declared, limit)
+    """Read the body, refusing (413) past ``limit`` bytes without buffering beyond it."""
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -149,16 +143,16 @@ class ModelCalls:
         model, version, tail = parse_model_path(path[len(self.PREFIX):])
         method: str = scope["method"]
         await self._plane.precheck(CALL_KINDS[tail], model, headers)
-        body, batch = b"", 1
+        body, infer = b"", None
         if method == "POST":
             body = await _receive_body(receive, header_value(headers, "content-length"),
                                        self._limit)
         if tail == "/infer":
             length = json_header_length(
                 header_value(headers, "inference-header-content-length"), len(body))
-            batch = validate_infer_request(body, length)
+            infer = validate_infer_request(body, length)
         reply = await self._plane.forward_rest(
-            ModelCall(model, version, tail, method, body, headers, batch))
+            ModelCall(model, version, tail, method, body, headers, infer))
         return reply.status, reply.headers, reply.body
 
 

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from tritonclient.grpc import service_pb2
 
 from aios.errors import InvalidInput
+from aios.kserve import InferHeader
 
 NUMPY_DTYPES = {
     "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
@@ -80,10 +81,9 @@ def _rest_tensors(doc: Mapping[str, Any], key: str, body: bytes, offset: int) ->
     return out
 
 
-def rest_request_inputs(body: bytes, header_length: int) -> tuple[dict[str, Any], Tensors]:
-    """The JSON header and numeric inputs of a (validated) REST infer request."""
-    doc = json.loads(body[:header_length])
-    return doc, _rest_tensors(doc, "inputs", body, header_length)
+def rest_request_inputs(body: bytes, header: InferHeader) -> Tensors:
+    """The numeric inputs of a REST infer request whose header was validated."""
+    return _rest_tensors(header.doc, "inputs", body, header.length)
 
 
 _TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from aios.config import SidecarSettings
 from aios.errors import AiosError, NotReady
-from aios.kserve import check_parameters, json_header_length, peek_model
+from aios.kserve import check_parameters, peek_model
 from aios.metrics import RequestMetrics
 from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
 from aios.serve import ServiceParts, run_service
@@ -197,10 +197,10 @@ class SidecarPlane:
     async def _infer_rest(self, call: ModelCall) -> HttpReply:
         started = time.perf_counter()
         headers = list(call.headers)
-        header_len = json_header_length(header_value(headers, "inference-header-content-length"),
-                                        len(call.body))
-        doc, inputs = rest_request_inputs(call.body, header_len)
-        request_id = doc.get("id", "") if isinstance(doc.get("id"), str) else ""
+        assert call.infer is not None, "the REST adapter validates every infer call"
+        inputs = rest_request_inputs(call.body, call.infer)
+        request_id = call.infer.doc.get("id", "")
+        request_id = request_id if isinstance(request_id, str) else ""
         labels = (call.model, call.version or "default", "rest")
         self._payload.labels(*labels, "request").observe(len(call.body))
         self._batch.labels(*labels).observe(call.batch)

@@ -21,6 +21,7 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
+from tests.redis_server import RedisServer
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tree = descendants(process.pid)
         interrupt_and_wait(process)
         assert not [p for p in tree if alive(p)], "processes left behind by aios up"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test module's own, on a free port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Stack
-from tests.helpers import free_ports, infer_json, running, token
+from tests.helpers import gateway_config, infer_json, running, token
 from tests.redis_server import RedisServer
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
@@ -32,37 +32,28 @@ class Replica:
 
 
 @pytest.fixture(scope="module")
-def replicas(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+def replicas(stack: Stack, redis_server: RedisServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
     """Two gateways, the same config but for their ports, in front of the session's sidecar."""
     tmp = tmp_path_factory.mktemp("replicas")
-    redis = RedisServer(tmp)
-    redis.start()
     quota = {
-        "backend": "redis", "redis_url": redis.url, "replicas": 2, "lease_ttl_s": LEASE_TTL_S,
-        "redis_timeout_ms": 200,
+        "backend": "redis", "redis_url": redis_server.url, "replicas": 2,
+        "lease_ttl_s": LEASE_TTL_S, "redis_timeout_ms": 200,
         "tenants": {
             "hammer": {"rate_per_s": RATE, "burst": BURST},
             "calm": {"rate_per_s": 1e6, "burst": 100000},
             "capped": {"rate_per_s": 1e6, "burst": 100000, "max_concurrent": CAP},
         },
     }
-    backend = {"http": stack.sidecar_http, "grpc": stack.sidecar_grpc}
-    try:
-        with contextlib.ExitStack() as services:
-            out = []
-            for _ in range(2):
-                http_port, grpc_port = free_ports(2)
-                config = {"gateway": {
-                    "server": {"http_port": http_port, "grpc_port": grpc_port},
-                    "backends": {"local": backend},
-                    "models": {"claims_risk": {"backend": "local"},
-                               "slow": {"backend": "local"}},
-                    "quota": quota}}
-                process = services.enter_context(running("gateway", config, http_port, tmp))
-                out.append(Replica(f"http://127.0.0.1:{http_port}", process))
-            yield out
-    finally:
-        redis.stop()
+    models = {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}}
+    with contextlib.ExitStack() as services:
+        out = []
+        for _ in range(2):
+            config, http_port, _ = gateway_config(stack.sidecar_http, stack.sidecar_grpc,
+                                                  models, quota=quota)
+            process = services.enter_context(running("gateway", config, http_port, tmp))
+            out.append(Replica(f"http://127.0.0.1:{http_port}", process))
+        yield out
 
 
 def post(client: httpx.Client, url: str, tenant: str, model: str = "claims_risk",

@@ -287,14 +287,6 @@ def test_a_slow_shadow_adds_no_latency(canary: Gateway) -> None:
                    shadow="local/slow/default") >= 2.0
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis-routes"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_replicas_apply_a_change_within_a_second(stack: Stack, redis_server: RedisServer,
                                                  tmp_path: Path) -> None:
     routing = {"store": "redis", "redis_url": redis_server.url, "key_prefix": "t:routes:"}

@@ -70,14 +70,6 @@ async def test_local_limiter_rate_and_concurrency() -> None:
     assert (await limiter.acquire("t:m", limit, 1))[1] is not None
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def settings(server: RedisServer, **overrides: object) -> QuotaSettings:
     return QuotaSettings.model_validate({
         "backend": "redis", "redis_url": server.url, "key_prefix": f"test:{time.time_ns()}:",
