@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_config
+from aios.envoy_cli import add_envoy_parser
 from aios.routes_cli import add_routes_parser
 
 logger = logging.getLogger("aios")
@@ -32,7 +33,7 @@ def _config(args: argparse.Namespace) -> StackConfig:
     return load_config(path)
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
+def run_async(main: Coroutine[Any, Any, None]) -> None:
     """Run a service on uvloop where it is installed (uvicorn[standard] brings it)."""
     try:
         import uvloop
@@ -51,14 +52,14 @@ def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
 def cmd_gateway(_: argparse.Namespace, config: StackConfig) -> int:
     from gateway.plane import run_gateway
 
-    _run(run_gateway(config.gateway))
+    run_async(run_gateway(config.gateway))
     return 0
 
 
 def cmd_sidecar(_: argparse.Namespace, config: StackConfig) -> int:
     from sidecar.plane import run_sidecar
 
-    _run(run_sidecar(config.sidecar))
+    run_async(run_sidecar(config.sidecar))
     return 0
 
 
@@ -162,6 +163,7 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     build.add_argument("--model-repo", type=Path, help="model repository (default: config)")
 
     add_routes_parser(sub, common)
+    add_envoy_parser(sub, common)
 
     audit = sub.add_parser("audit", help="the sidecar's decision log",
                            description="the sidecar's decision log")

@@ -13,6 +13,21 @@ from typing import Any, Protocol
 from aios.kserve import InferHeader
 from aios.upstream import GrpcReply, HttpReply, Metadata
 
+# Headers one hop sets for the next: who is calling and where the call was routed. They
+# are never taken from a client (see `aios.upstream.forwardable`).
+TENANT_HEADER = "x-aios-tenant"
+SUBJECT_HEADER = "x-aios-subject"
+TARGET_HEADER = "x-aios-target"
+REVISION_HEADER = "x-aios-route-revision"
+SHADOW_HEADER = "x-aios-shadow"
+# Set by an Envoy that routes for us (`gateway.envoy`): the version of an unpinned call,
+# and the model and version a mirrored copy is meant for.
+VERSION_HEADER = "x-aios-version"
+SHADOW_MODEL_HEADER = "x-aios-shadow-model"
+SHADOW_VERSION_HEADER = "x-aios-shadow-version"
+# Envoy marks a mirrored request by appending this to its Host.
+MIRROR_HOST_SUFFIX = "-shadow"
+
 # REST path tails and gRPC methods, by the kind of call they make.
 CALL_KINDS = {"": "metadata", "/ready": "ready", "/config": "config", "/stats": "stats",
               "/infer": "infer"}

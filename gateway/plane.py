@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 
 from aios.config import GatewaySettings
@@ -22,7 +21,15 @@ from aios.errors import (
 )
 from aios.kserve import check_parameters, peek_batch, peek_model, peek_parameters, with_model
 from aios.metrics import RequestMetrics
-from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
+from aios.plane import (
+    GRPC_CALL_KINDS,
+    REVISION_HEADER,
+    SUBJECT_HEADER,
+    TARGET_HEADER,
+    TENANT_HEADER,
+    ModelCall,
+    header_value,
+)
 from aios.serve import ServiceParts, run_service
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from gateway.admin import BackendVersions, RoutingAdmin
@@ -31,18 +38,12 @@ from gateway.admin_rest import AdminAuth, admin_routes
 from gateway.auth import Authenticator, Principal, build_authenticator
 from gateway.breaker import Breaker
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
-from gateway.routestore import FileRouteStore, RedisRouteStore, RouteStore, table_from_route
+from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
 from gateway.shadow import ShadowJob, ShadowRunner
 
 logger = logging.getLogger(__name__)
 
-# Headers the gateway sets for the sidecar (who, and where the call was routed) and for
-# the client (what served it).
-TENANT_HEADER = "x-aios-tenant"
-SUBJECT_HEADER = "x-aios-subject"
-TARGET_HEADER = "x-aios-target"
-REVISION_HEADER = "x-aios-route-revision"
 UPSTREAM_FAILURE_STATUSES = frozenset({502, 503, 504})
 
 R = TypeVar("R", HttpReply, GrpcReply)
@@ -233,32 +234,6 @@ class GatewayPlane:
             self._done(admission)
 
 
-def usable_tables(stored: Mapping[str, ModelTable], seed: Mapping[str, ModelTable],
-                  backends: Mapping[str, Any]) -> dict[str, ModelTable]:
-    """Stored tables, except those naming a backend the config no longer has."""
-    tables = dict(stored)
-    for model, table in stored.items():
-        named = {t.backend for t in table.targets} | (
-            {table.shadow.backend} if table.shadow else set())
-        if not named <= set(backends):
-            logger.warning("stored routing table of %s names unknown backends %s; using the "
-                           "configured one", model, sorted(named - set(backends)))
-            if model in seed:
-                tables[model] = seed[model]
-            else:
-                del tables[model]
-    return tables
-
-
-async def _route_store(settings: GatewaySettings, stack: AsyncExitStack) -> RouteStore:
-    if settings.routing.store == "file":
-        return FileRouteStore(settings.routing.state_file)
-    # A client of its own: pub/sub waits, and must not share the quota's short timeouts.
-    client = aioredis.Redis.from_url(settings.routing.redis_url)
-    stack.push_async_callback(client.aclose)
-    return RedisRouteStore(client, settings.routing)
-
-
 @asynccontextmanager
 async def open_gateway(settings: GatewaySettings,
                        registry: CollectorRegistry) -> AsyncIterator[ServiceParts]:
@@ -283,9 +258,8 @@ async def open_gateway(settings: GatewaySettings,
                 primary = RedisLimiter(client, settings.quota.key_prefix,
                                        settings.quota.lease_ttl_s)
             quotas = Quotas(settings.quota, primary, local, registry)
-        store = await _route_store(settings, stack)
-        seed = {m: table_from_route(m, r, 1, None) for m, r in settings.models.items()}
-        router = Router(usable_tables(await store.load(seed), seed, settings.backends))
+        store = await open_route_store(settings, stack)
+        router = Router(await load_tables(store, settings))
         watcher = asyncio.create_task(store.watch(router.install))
         stack.callback(watcher.cancel)
         res = settings.resilience

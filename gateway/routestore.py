@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from aios.config import ModelRoute, RoutingSettings
+from aios.config import GatewaySettings, ModelRoute, RoutingSettings
 from aios.errors import Conflict, NotReady
 from gateway.routing import ModelTable, ShadowSpec, TargetSpec, rebalance
 
@@ -105,8 +106,9 @@ class RouteStore(Protocol):
 class FileRouteStore:
     """Tables in a JSON file (written atomically), history in a JSON-lines file beside it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, poll_interval_s: float = 0.5) -> None:
         self._path = path
+        self._poll_interval_s = poll_interval_s
         self._history = path.with_name(path.stem + "-history.jsonl")
         self._tables: dict[str, ModelTable] = {}
 
@@ -142,8 +144,30 @@ class FileRouteStore:
         return [c for c in reversed(changes) if model is None or c.model == model][:limit]
 
     async def watch(self, apply: Callable[[ModelTable], None]) -> None:
-        # One process owns the file: there is nobody else to hear from.
-        await asyncio.Event().wait()
+        # One gateway owns the file; a reader beside it (`aios envoy serve`) polls it.
+        seen = self._mtime()
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            mtime = self._mtime()
+            if mtime == seen:
+                continue
+            seen = mtime
+            try:
+                docs = json.loads(self._path.read_text())
+            except (OSError, ValueError) as exc:  # replaced atomically; a read may still fail
+                logger.warning("routing store: %s; retrying", exc)
+                continue
+            for model, doc in docs.items():
+                known = self._tables.get(model)
+                if known is None or int(doc["revision"]) > known.revision:
+                    self._tables[model] = table = _decode(doc)
+                    apply(table)
+
+    def _mtime(self) -> int:
+        try:
+            return self._path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
 
 
 # KEYS: table key, revisions hash, history list. ARGV: model, base revision, table JSON,
@@ -249,3 +273,36 @@ def new_change(model: str, revision: int, who: str, action: str, reason: str,
     """A change record for the history."""
     return Change(model, revision, who, time.time(), action, reason,
                   route_of(before) if before else None, route_of(after))
+
+
+def usable_tables(stored: Mapping[str, ModelTable], seed: Mapping[str, ModelTable],
+                  backends: Mapping[str, Any]) -> dict[str, ModelTable]:
+    """Stored tables, except those naming a backend the config no longer has."""
+    tables = dict(stored)
+    for model, table in stored.items():
+        named = {t.backend for t in table.targets} | (
+            {table.shadow.backend} if table.shadow else set())
+        if not named <= set(backends):
+            logger.warning("stored routing table of %s names unknown backends %s; using the "
+                           "configured one", model, sorted(named - set(backends)))
+            if model in seed:
+                tables[model] = seed[model]
+            else:
+                del tables[model]
+    return tables
+
+
+async def open_route_store(settings: GatewaySettings, stack: AsyncExitStack) -> RouteStore:
+    """The configured store; a Redis client is closed with ``stack``."""
+    if settings.routing.store == "file":
+        return FileRouteStore(settings.routing.state_file, settings.routing.poll_interval_s)
+    # A client of its own: pub/sub waits, and must not share the quota's short timeouts.
+    client = aioredis.Redis.from_url(settings.routing.redis_url)
+    stack.push_async_callback(client.aclose)
+    return RedisRouteStore(client, settings.routing)
+
+
+async def load_tables(store: RouteStore, settings: GatewaySettings) -> dict[str, ModelTable]:
+    """The stored tables, seeded from the config for models the store does not know."""
+    seed = {m: table_from_route(m, r, 1, None) for m, r in settings.models.items()}
+    return usable_tables(await store.load(seed), seed, settings.backends)

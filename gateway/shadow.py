@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from aios.errors import AiosError
 from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
+from aios.plane import SHADOW_HEADER
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
 from gateway.compare import compare
@@ -28,7 +29,6 @@ from gateway.routing import ShadowSpec
 
 logger = logging.getLogger(__name__)
 
-SHADOW_HEADER = "x-aios-shadow"
 DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 

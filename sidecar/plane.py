@@ -10,6 +10,7 @@ is released only once its record is durable; if it cannot be recorded the client
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -25,10 +26,23 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aios.config import SidecarSettings
-from aios.errors import AiosError, NotReady
+from aios.errors import AiosError, InvalidInput, NotReady
 from aios.kserve import check_parameters, peek_model
 from aios.metrics import RequestMetrics
-from aios.plane import GRPC_CALL_KINDS, ModelCall, header_value
+from aios.plane import (
+    GRPC_CALL_KINDS,
+    MIRROR_HOST_SUFFIX,
+    REVISION_HEADER,
+    SHADOW_HEADER,
+    SHADOW_MODEL_HEADER,
+    SHADOW_VERSION_HEADER,
+    SUBJECT_HEADER,
+    TARGET_HEADER,
+    TENANT_HEADER,
+    VERSION_HEADER,
+    ModelCall,
+    header_value,
+)
 from aios.serve import ServiceParts, run_service
 from aios.tensors import (
     Tensors,
@@ -141,14 +155,14 @@ class SidecarPlane:
                 outcome: str, error: str, started: float) -> DecisionRecord:
         log = self._settings.decision_log
         rules = log.redaction.get(model, {})
-        revision = header_value(headers, "x-aios-route-revision") or "0"
+        revision = header_value(headers, REVISION_HEADER) or "0"
         return DecisionRecord(
             time_unix_nanos=time.time_ns(),
             request_id=request_id or header_value(headers, "x-request-id") or uuid.uuid4().hex,
-            tenant=header_value(headers, "x-aios-tenant") or "",
-            subject=header_value(headers, "x-aios-subject") or "",
+            tenant=header_value(headers, TENANT_HEADER) or "",
+            subject=header_value(headers, SUBJECT_HEADER) or "",
             model=model, version=version,
-            route_target=header_value(headers, "x-aios-target") or "",
+            route_target=header_value(headers, TARGET_HEADER) or "",
             route_revision=int(revision) if revision.isascii() and revision.isdigit()
             else 0,
             protocol=protocol,
@@ -157,7 +171,7 @@ class SidecarPlane:
             latency_micros=int((time.perf_counter() - started) * 1e6),
             trace_id=trace_id(header_value(headers, "traceparent")),
             parity_flags=flags, outcome=outcome, error=error[:1000],
-            shadow=header_value(headers, "x-aios-shadow") == "1")
+            shadow=header_value(headers, SHADOW_HEADER) == "1" or mirrored(headers))
 
     def _check(self, model: str, version: str, inputs: Tensors,
                ) -> tuple[VersionProfile | None, list[str]]:
@@ -184,6 +198,7 @@ class SidecarPlane:
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Forward a REST model call; record and check it if it is an inference."""
+        call = routed(call)
         with self._metrics.track(call.model, call.version, "rest") as outcome:
             if call.kind != "infer":
                 reply = await self._http.request(call.method, call.upstream_path, call.body,
@@ -268,6 +283,28 @@ class SidecarPlane:
             "grpc", model, served, metadata, request.id, inputs, outputs, flags, "ok", "",
             started))
         return reply
+
+
+def mirrored(headers: Iterable[tuple[str, Any]]) -> bool:
+    """Whether a call is Envoy's mirrored copy of another (its Host says so)."""
+    return (header_value(headers, "host") or "").endswith(MIRROR_HOST_SUFFIX)
+
+
+def routed(call: ModelCall) -> ModelCall:
+    """The call as an Envoy route meant it: an unpinned call at the version its weighted
+    cluster chose; a mirrored copy at the shadow's model and version. Without those
+    headers (the gateway pins versions in the path) the call is unchanged."""
+    model, version = call.model, call.version
+    if mirrored(call.headers):
+        model = header_value(call.headers, SHADOW_MODEL_HEADER) or model
+        version = header_value(call.headers, SHADOW_VERSION_HEADER) or version
+    elif not version:
+        version = header_value(call.headers, VERSION_HEADER) or ""
+    if (model, version) == (call.model, call.version):
+        return call
+    if version and not (version.isascii() and version.isdigit()):
+        raise InvalidInput(f"routing header: bad model version {version!r}")
+    return dataclasses.replace(call, model=model, version=version)
 
 
 def _grpc_version(payload: bytes) -> str:

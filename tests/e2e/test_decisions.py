@@ -198,3 +198,26 @@ def test_a_swapped_model_fails_the_golden_replay(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         process.wait(60)
     assert listening(t_http) is False
+
+
+def test_the_sidecar_serves_the_version_an_envoy_route_chose(stack: Stack) -> None:
+    """What `aios envoy export` routes rely on: an unpinned call at ``x-aios-version``,
+    and a mirrored copy (Host ending in -shadow) at the shadow's version, recorded as
+    a shadow."""
+    url = f"http://{stack.sidecar_http}/v2/models/claims_risk/infer"
+    # Unpinned, Triton would answer with its latest version (2).
+    primary = httpx.post(url, content=infer_json([CLAIM]), headers={
+        "x-aios-version": "1", "x-aios-target": "stable", "x-request-id": "envoy-primary",
+        "x-aios-shadow-version": "2"})
+    assert primary.status_code == 200, primary.text
+    assert primary.json()["model_version"] == "1"
+    mirror = httpx.post(url, content=infer_json([CLAIM]), headers={
+        "host": "backend-shadow", "x-aios-version": "1", "x-aios-shadow-version": "2",
+        "x-request-id": "envoy-mirror"})
+    assert mirror.status_code == 200 and mirror.json()["model_version"] == "2"
+    first, copy = find(decisions(stack), "envoy-primary"), find(decisions(stack), "envoy-mirror")
+    assert (first.version, first.route_target, first.shadow) == ("1", "stable", False)
+    assert (copy.version, copy.shadow) == ("2", True)
+    bad = httpx.post(url, content=infer_json([CLAIM]), headers={"x-aios-version": "v2"})
+    assert (bad.status_code, bad.json()) == (
+        400, {"error": "routing header: bad model version 'v2'"})

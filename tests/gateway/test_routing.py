@@ -119,7 +119,7 @@ def test_sticky_slot_is_stable_and_model_scoped() -> None:
 
 
 def test_stored_tables_naming_unknown_backends_fall_back_to_the_config() -> None:
-    from gateway.plane import usable_tables
+    from gateway.routestore import usable_tables
 
     stored = {"claims_risk": table({"stable": 1}), "gone": table({"stable": 1})}
     seed = {"claims_risk": ModelTable("claims_risk", 1, (TargetSpec("d", "new", "", 1),),
