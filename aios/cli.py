@@ -8,13 +8,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_config
 from aios.envoy_cli import add_envoy_parser
 from aios.routes_cli import add_routes_parser
+from aios.tracing import TracingSettings
 
 logger = logging.getLogger("aios")
 
@@ -49,17 +50,41 @@ def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
     return run_stack(config, args.config)
 
 
+def tracing_settings(environ: Mapping[str, str], service: str) -> TracingSettings:
+    """Tracing from the standard OpenTelemetry variables: on when an OTLP endpoint or a
+    traces exporter is named, unless the SDK is disabled."""
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "")
+    named = exporter not in ("", "none") or any(
+        environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    disabled = environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+    return TracingSettings(enabled=named and not disabled and exporter != "none",
+                           service_name=environ.get("OTEL_SERVICE_NAME", f"aios-{service}"))
+
+
+def _triton_tracing(environ: Mapping[str, str]) -> list[str]:
+    from aios.triton import trace_flags
+
+    if not tracing_settings(environ, "triton").enabled:
+        return []
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/")
+        + "/v1/traces")
+    # Triton's exporter takes host:port/path.
+    return trace_flags(url.removeprefix("http://"), environ.get("OTEL_SERVICE_NAME", "triton"))
+
+
 def cmd_gateway(_: argparse.Namespace, config: StackConfig) -> int:
     from gateway.plane import run_gateway
 
-    run_async(run_gateway(config.gateway))
+    run_async(run_gateway(config.gateway, tracing_settings(os.environ, "gateway")))
     return 0
 
 
 def cmd_sidecar(_: argparse.Namespace, config: StackConfig) -> int:
     from sidecar.plane import run_sidecar
 
-    run_async(run_sidecar(config.sidecar))
+    run_async(run_sidecar(config.sidecar, tracing_settings(os.environ, "sidecar")))
     return 0
 
 
@@ -73,7 +98,7 @@ def cmd_triton(args: argparse.Namespace, config: StackConfig) -> int:
     if args.url is not None:
         settings = settings.model_copy(update={"external_http": args.url})
     try:
-        return run_triton(settings, args.workdir / "triton")
+        return run_triton(settings, args.workdir / "triton", _triton_tracing(os.environ))
     except (TritonError, StartupError) as exc:
         logger.error("%s", exc)
         return 1

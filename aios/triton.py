@@ -67,8 +67,17 @@ def triton_environment(base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def triton_command(settings: TritonSettings, backends: Path) -> list[str]:
-    """The tritonserver command line for ``settings``."""
+def trace_flags(traces_url: str, service_name: str) -> list[str]:
+    """Triton's own OpenTelemetry tracing, exporting to an OTLP/HTTP traces URL. It
+    continues the ``traceparent`` the sidecar sends, so its spans join the trace."""
+    return [f"--trace-config={option}" for option in (
+        "mode=opentelemetry", f"opentelemetry,url={traces_url}", "rate=1",
+        "level=TIMESTAMPS", f"opentelemetry,resource=service.name={service_name}")]
+
+
+def triton_command(settings: TritonSettings, backends: Path,
+                   tracing: list[str] | None = None) -> list[str]:
+    """The tritonserver command line for ``settings`` (plus `trace_flags`, if tracing)."""
     return [
         str(pytriton_dir() / "tritonserver" / "bin" / "tritonserver"),
         f"--model-repository={settings.model_repository.resolve()}",
@@ -82,10 +91,12 @@ def triton_command(settings: TritonSettings, backends: Path) -> list[str]:
         "--strict-readiness=true",
         "--exit-on-error=true",
         f"--log-verbose={settings.log_verbose}",
+        *(tracing or ()),
     ]
 
 
-def run_triton(settings: TritonSettings, workdir: Path) -> int:
+def run_triton(settings: TritonSettings, workdir: Path,
+               tracing: list[str] | None = None) -> int:
     """Start tritonserver, wait until ready, serve until SIGINT/SIGTERM, stop it cleanly."""
     if settings.external_http:
         logger.info("using the external Triton at %s", settings.external_http)
@@ -95,7 +106,7 @@ def run_triton(settings: TritonSettings, workdir: Path) -> int:
     if not (settings.model_repository / ".").is_dir():
         raise TritonError(f"model repository {settings.model_repository} does not exist "
                           "(run `aios models build`)")
-    command = triton_command(settings, prepare_backends(workdir))
+    command = triton_command(settings, prepare_backends(workdir), tracing)
     logger.info("starting %s", " ".join(command))
     # Its own process group, so stop() reaches the python stubs too; its logs go to ours.
     process = subprocess.Popen(command, env=triton_environment(os.environ),

@@ -31,6 +31,7 @@ from aios.plane import (
     header_value,
 )
 from aios.serve import ServiceParts, run_service
+from aios.tracing import TRACING_OFF, Tracing, TracingSettings, open_tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from gateway.admin import BackendVersions, RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
@@ -87,7 +88,9 @@ class GatewayPlane:
     def __init__(self, settings: GatewaySettings, router: Router,
                  backends: Mapping[str, Backend], auth: Authenticator | None,
                  quotas: Quotas | None, breaker: Breaker, shadows: ShadowRunner,
-                 metrics: RequestMetrics, registry: CollectorRegistry) -> None:
+                 metrics: RequestMetrics, registry: CollectorRegistry,
+                 tracing: Tracing) -> None:
+        self._tracing = tracing
         self._open_calls = settings.auth.open_model_calls
         self._router = router
         self._backends = dict(backends)
@@ -119,12 +122,15 @@ class GatewayPlane:
         """Authenticate, authorize and take quota; ``batch`` is called only if it counts."""
         if self._auth is None or kind in self._open_calls:
             return OPEN
-        principal = await self._auth.authenticate(header_value(headers, "authorization"))
-        self._auth.check(principal, f"infer:{model}")
+        with self._tracing.span("auth"):
+            principal = await self._auth.authenticate(header_value(headers, "authorization"))
+            self._auth.check(principal, f"infer:{model}")
         if kind != "infer" or self._quotas is None:
             return Admission(principal, None)
         cost = batch() if self._quotas.cost_is_batch(principal.tenant) else 1
-        return Admission(principal, await self._quotas.acquire(principal.tenant, model, cost))
+        with self._tracing.span("quota", tenant=principal.tenant):
+            lease = await self._quotas.acquire(principal.tenant, model, cost)
+        return Admission(principal, lease)
 
     def _done(self, admission: Admission) -> None:
         if admission.lease is not None and self._quotas is not None:
@@ -147,9 +153,11 @@ class GatewayPlane:
                     ) -> tuple[R, Route]:
         """Route and send; retry once elsewhere if the connection failed (nothing was sent)."""
         ejected = self._breaker.ejected(model)
-        route = self._router.resolve(model, pinned, key, ejected)
+        with self._tracing.span("route"):
+            route = self._router.resolve(model, pinned, key, ejected)
         try:
-            result = await send(route)
+            with self._tracing.span("forward", target=route.target):
+                result = await send(route)
         except UpstreamConnectFailed as exc:
             self._breaker.record(model, route.target, False)
             if pinned:
@@ -162,7 +170,8 @@ class GatewayPlane:
                 raise
             route = retry
             try:
-                result = await send(route)
+                with self._tracing.span("forward", target=route.target, retry=1):
+                    result = await send(route)
             except (UpstreamUnavailable, UpstreamTimeout):
                 self._breaker.record(model, route.target, False)
                 raise
@@ -175,6 +184,10 @@ class GatewayPlane:
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Admit, route and forward a REST model call."""
+        with self._tracing.server(f"gateway {call.kind}", call.headers, model=call.model):
+            return await self._forward_rest(call)
+
+    async def _forward_rest(self, call: ModelCall) -> HttpReply:
         table = self._router.table(call.model)
         admission = await self._admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
@@ -186,7 +199,8 @@ class GatewayPlane:
                 path = f"/v2/models/{call.model}{versioned}{call.tail}"
                 return await backend.http.request(
                     call.method, path, call.body, call.headers,
-                    {**admission.identity(), **route_headers(route)}, route.timeout_s)
+                    {**admission.identity(), **route_headers(route), **self._tracing.inject()},
+                    route.timeout_s)
 
             with self._metrics.track(call.model, call.version, "rest") as outcome:
                 reply, route = await self._send(
@@ -197,13 +211,18 @@ class GatewayPlane:
                     table.shadow):
                 assert table.shadow is not None
                 self._shadows.offer(ShadowJob(call.model, table.shadow, call.body,
-                                              tuple(call.headers), admission.identity(), reply))
+                                              tuple(call.headers), admission.identity(), reply,
+                                              trace=self._tracing.inject()))
             return HttpReply(reply.status, {**reply.headers, **route_headers(route)}, reply.body)
         finally:
             self._done(admission)
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         """Admit, route and forward a serialized gRPC model call."""
+        with self._tracing.server(f"gateway {method.rsplit('/', 1)[1]}", metadata):
+            return await self._forward_grpc(method, payload, metadata)
+
+    async def _forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         model, version = peek_model(payload)
         if not model:
             raise InvalidInput("the request names no model")
@@ -219,8 +238,8 @@ class GatewayPlane:
                 body = payload if route.version == version else with_model(
                     payload, version=route.version)
                 return await self._backends[route.backend].grpc.call(
-                    method, body, metadata, {**admission.identity(), **route_headers(route)},
-                    route.timeout_s)
+                    method, body, metadata, {**admission.identity(), **route_headers(route),
+                                             **self._tracing.inject()}, route.timeout_s)
 
             with self._metrics.track(model, version, "grpc") as outcome:
                 reply, route = await self._send(model, version, key, send, lambda r: False)
@@ -228,15 +247,16 @@ class GatewayPlane:
             if kind == "infer" and self._shadows.sampled(table.shadow):
                 assert table.shadow is not None
                 self._shadows.offer(ShadowJob(model, table.shadow, payload, tuple(metadata),
-                                              admission.identity(), reply, method))
+                                              admission.identity(), reply, method,
+                                              self._tracing.inject()))
             return GrpcReply(reply.payload, (*reply.trailing, *route_headers(route).items()))
         finally:
             self._done(admission)
 
 
 @asynccontextmanager
-async def open_gateway(settings: GatewaySettings,
-                       registry: CollectorRegistry) -> AsyncIterator[ServiceParts]:
+async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
+                       tracing: Tracing) -> AsyncIterator[ServiceParts]:
     """Open backends, Redis, the routing store and the shadow workers; close them after."""
     limit = settings.server.max_body_bytes
     async with AsyncExitStack() as stack:
@@ -266,17 +286,20 @@ async def open_gateway(settings: GatewaySettings,
         breaker = Breaker(res.eject_after_failures, res.ejection_s, registry)
         shadows = await stack.enter_async_context(ShadowRunner(
             {n: b.http for n, b in backends.items()}, {n: b.grpc for n, b in backends.items()},
-            res.shadow_queue, res.shadow_concurrency, registry))
+            res.shadow_queue, res.shadow_concurrency, registry, tracing))
         admin = RoutingAdmin(settings, router, store,
                              BackendVersions({n: b.http for n, b in backends.items()}), breaker)
         admin_auth = AdminAuth(auth)
         plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,
-                             RequestMetrics(registry, "gateway"), registry)
+                             RequestMetrics(registry, "gateway"), registry, tracing)
         yield ServiceParts(plane, admin_routes(admin, admin_auth),
                            [register_admin(RoutingAdminService(admin, admin_auth))])
 
 
-async def run_gateway(settings: GatewaySettings) -> None:
+async def run_gateway(settings: GatewaySettings,
+                      tracing: TracingSettings = TRACING_OFF) -> None:
     """Serve the gateway until stopped by a signal."""
     registry = CollectorRegistry()
-    await run_service("gateway", open_gateway(settings, registry), settings.server, registry)
+    with open_tracing(tracing) as spans:
+        await run_service("gateway", open_gateway(settings, registry, spans), settings.server,
+                          registry)

@@ -13,7 +13,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -23,6 +23,7 @@ from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
 from aios.plane import SHADOW_HEADER
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
+from aios.tracing import Tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
 from gateway.compare import compare
 from gateway.routing import ShadowSpec
@@ -43,6 +44,7 @@ class ShadowJob:
     identity: Mapping[str, str]
     primary: HttpReply | GrpcReply
     grpc_method: str = ""  # set for gRPC calls
+    trace: Mapping[str, str] = field(default_factory=dict)  # the primary's span
 
 
 class ShadowMetrics:
@@ -81,7 +83,8 @@ class ShadowRunner:
 
     def __init__(self, http: Mapping[str, HttpUpstream], grpc: Mapping[str, GrpcUpstream],
                  queue_size: int, concurrency: int, registry: CollectorRegistry,
-                 rng: Callable[[], float] = random.random) -> None:
+                 tracing: Tracing, rng: Callable[[], float] = random.random) -> None:
+        self._tracing = tracing
         self._http = http
         self._grpc = grpc
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
@@ -119,8 +122,12 @@ class ShadowRunner:
                 logger.exception("shadow comparison failed for %s", job.model)
 
     async def _run(self, job: ShadowJob) -> None:
+        with self._tracing.span("shadow", job.trace, shadow=shadow_label(job.spec)):
+            await self._shadow(job)
+
+    async def _shadow(self, job: ShadowJob) -> None:
         spec, label = job.spec, shadow_label(job.spec)
-        extra = {**job.identity, SHADOW_HEADER: "1"}
+        extra = {**job.identity, SHADOW_HEADER: "1", **self._tracing.inject()}
         start = time.perf_counter()
         try:
             if isinstance(job.primary, HttpReply):

@@ -376,14 +376,15 @@ def _summarise(run: Run, latencies: list[float], errors: int, seconds: float) ->
 
 
 def measure(stack: Stack, paths: list[Path_], seconds: float, rate: float,
-            connections: int) -> list[Run]:
+            connections: int, batches: tuple[int, ...] = (1, 32),
+            protocols: tuple[str, ...] = ("rest", "grpc")) -> list[Run]:
     token = mint_token(AuthSettings(), "bench", "bench", f"infer:{MODEL}", 7200)
     runs = []
-    for batch in (1, 32):
+    for batch in batches:
         rest, payload = bodies(batch)
         for path in paths:
             headers = {"authorization": f"Bearer {token}"} if path.auth else {}
-            for protocol in ("rest", "grpc"):
+            for protocol in protocols:
                 if protocol == "grpc" and path.grpc is None:
                     continue
                 for mode in ("throughput", "rate"):
@@ -523,6 +524,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200, help="fixed offered rate, req/s")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--out", type=Path, default=REPO / "results")
+    # For profiling one path: the report then covers only what was measured.
+    parser.add_argument("--only", action="append", default=[],
+                        help="measure only paths whose name contains this (repeatable)")
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1, 32)")
+    parser.add_argument("--protocol", action="append", choices=("rest", "grpc"),
+                        help="protocols (default both)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk (REST throughput falls back to nothing)")
@@ -533,7 +540,11 @@ def main() -> int:
     try:
         with redis(workdir) as redis_url:
             paths = build(stack, redis_url)
-            runs = measure(stack, paths, args.seconds, args.rate, args.connections)
+            if args.only:
+                paths = [p for p in paths if p.name.startswith("triton") or any(
+                    o in p.name for o in args.only)]
+            runs = measure(stack, paths, args.seconds, args.rate, args.connections,
+                           tuple(args.batch or (1, 32)), tuple(args.protocol or ("rest", "grpc")))
             rss = {name: stack.peak_rss_mib(name) for name, s in stack.services.items()
                    if s.ours}
     finally:

@@ -52,6 +52,7 @@ from aios.tensors import (
     rest_request_inputs,
     rest_response,
 )
+from aios.tracing import TRACING_OFF, Tracing, TracingSettings, current_trace_id, open_tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.decisionlog import DecisionLog
@@ -86,7 +87,8 @@ class SidecarPlane:
 
     def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
                  log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
-                 ) -> None:
+                 tracing: Tracing) -> None:
+        self._tracing = tracing
         self._settings = settings
         self._http = http
         self._grpc = grpc
@@ -169,7 +171,7 @@ class SidecarPlane:
             inputs=tensors(inputs, rules, log.default_redaction),
             outputs=tensors(outputs, rules, log.default_redaction),
             latency_micros=int((time.perf_counter() - started) * 1e6),
-            trace_id=trace_id(header_value(headers, "traceparent")),
+            trace_id=trace_id(header_value(headers, "traceparent")) or current_trace_id(),
             parity_flags=flags, outcome=outcome, error=error[:1000],
             shadow=header_value(headers, SHADOW_HEADER) == "1" or mirrored(headers))
 
@@ -180,7 +182,8 @@ class SidecarPlane:
         profile = self._parity.profile(model, version)
         if profile is None:
             return None, []
-        return profile, self._parity.check(profile, inputs)
+        with self._tracing.span("parity check"):
+            return profile, self._parity.check(profile, inputs)
 
     def _observe(self, profile: VersionProfile | None, inputs: Tensors,
                  outputs: Tensors) -> None:
@@ -194,7 +197,8 @@ class SidecarPlane:
     async def _write(self, build: Callable[[], DecisionRecord]) -> None:
         # Records are built only when there is a log to take them.
         if self._log is not None:
-            await self._log.append(build())
+            with self._tracing.span("decision-log write"):
+                await self._log.append(build())
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Forward a REST model call; record and check it if it is an inference."""
@@ -205,7 +209,9 @@ class SidecarPlane:
                                                  call.headers)
                 outcome.code = str(reply.status)
                 return reply
-            reply = await self._infer_rest(call)
+            with self._tracing.server("sidecar infer", call.headers, model=call.model,
+                                      version=call.version):
+                reply = await self._infer_rest(call)
             outcome.code = str(reply.status)
             return reply
 
@@ -221,7 +227,9 @@ class SidecarPlane:
         self._batch.labels(*labels).observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
         try:
-            reply = await self._http.request(call.method, call.upstream_path, call.body, headers)
+            with self._tracing.span("forward"):
+                reply = await self._http.request(call.method, call.upstream_path, call.body,
+                                                 headers, self._tracing.inject())
         except AiosError as exc:
             code, message = str(exc.http_status), exc.message
             await self._write(lambda: self._record(
@@ -252,7 +260,9 @@ class SidecarPlane:
             if GRPC_CALL_KINDS.get(method.rsplit("/", 1)[1]) != "infer":
                 reply = await self._grpc.call(method, payload, metadata)
             else:
-                reply = await self._infer_grpc(method, payload, metadata, model, version)
+                with self._tracing.server("sidecar infer", metadata, model=model,
+                                          version=version):
+                    reply = await self._infer_grpc(method, payload, metadata, model, version)
             outcome.code = "OK"
             return reply
 
@@ -268,7 +278,8 @@ class SidecarPlane:
                                             else 1)
         profile, flags = self._check(model, version, inputs)
         try:
-            reply = await self._grpc.call(method, payload, metadata)
+            with self._tracing.span("forward"):
+                reply = await self._grpc.call(method, payload, metadata, self._tracing.inject())
         except AiosError as exc:
             code, message = exc.grpc_code.name, exc.message
             await self._write(lambda: self._record(
@@ -314,8 +325,8 @@ def _grpc_version(payload: bytes) -> str:
 
 
 @asynccontextmanager
-async def open_sidecar(settings: SidecarSettings,
-                       registry: CollectorRegistry) -> AsyncIterator[ServiceParts]:
+async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
+                       tracing: Tracing) -> AsyncIterator[ServiceParts]:
     """Open the connections to Triton, the decision log and the parity checks."""
     limit = settings.server.max_body_bytes
     async with AsyncExitStack() as stack:
@@ -330,14 +341,17 @@ async def open_sidecar(settings: SidecarSettings,
             if not profiles:
                 raise NotReady(f"no training profiles under {settings.parity.model_repository}")
             parity = Parity(settings.parity, profiles, registry)
-        plane = SidecarPlane(settings, http, grpc, log, parity, registry)
+        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing)
         if parity is not None:
             task = asyncio.create_task(plane.golden_loop())
             stack.callback(task.cancel)
         yield ServiceParts(plane)
 
 
-async def run_sidecar(settings: SidecarSettings) -> None:
+async def run_sidecar(settings: SidecarSettings,
+                      tracing: TracingSettings = TRACING_OFF) -> None:
     """Serve the sidecar until stopped by a signal."""
     registry = CollectorRegistry()
-    await run_service("sidecar", open_sidecar(settings, registry), settings.server, registry)
+    with open_tracing(tracing) as spans:
+        await run_service("sidecar", open_sidecar(settings, registry, spans), settings.server,
+                          registry)

@@ -98,10 +98,13 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def aios(*args: str, log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
-    """Start ``aios ARGS`` in its own process group, output to ``log``."""
+def aios(*args: str, log: Path, cwd: Path = REPO,
+         env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``aios ARGS`` in its own process group, output to ``log``; ``env`` adds to
+    this process's environment."""
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "aios", *args], cwd=cwd,
+                                env={**os.environ, **env} if env else None,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -205,8 +208,8 @@ def listening(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running(service: str, config: dict[str, Any], http_port: int,
-            tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(service: str, config: dict[str, Any], http_port: int, tmp: Path,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``aios SERVICE`` on ``config`` until the block ends; then SIGTERM, exit 0."""
     # Each service keeps its state (routing tables, decision log) in the test's own
     # folder, never in the repository's var/.
@@ -218,7 +221,7 @@ def running(service: str, config: dict[str, Any], http_port: int,
         log.setdefault("directory", str(tmp / f"decisions-{http_port}"))
     path = write_config(tmp / f"{service}-{http_port}.yaml", config)
     log = tmp / f"{service}-{http_port}.log"
-    process = aios(service, "--config", str(path), log=log)
+    process = aios(service, "--config", str(path), log=log, env=env)
     try:
         wait_until(lambda: listening(http_port), 30, f"{service} listening", process, log)
         yield process
