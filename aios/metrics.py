@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -43,6 +44,9 @@ class RequestMetrics:
         tasks = Gauge(f"{prefix}_asyncio_tasks", "Tasks alive on the event loop",
                       registry=registry)
         tasks.set_function(lambda: len(asyncio.all_tasks()))
+        # labels() locks and hashes on every call; a series, once made, is kept here.
+        self._counts: dict[tuple[str, ...], Any] = {}
+        self._latencies: dict[tuple[str, ...], Any] = {}
 
     @contextmanager
     def track(self, model: str, version: str, protocol: str) -> Iterator[Outcome]:
@@ -57,6 +61,13 @@ class RequestMetrics:
             raise
         finally:
             self.in_flight.dec()
-            version = version or "default"
-            self.requests.labels(model, version, protocol, outcome.code or "error").inc()
-            self.latency.labels(model, version, protocol).observe(time.perf_counter() - start)
+            series = (model, version or "default", protocol)
+            count_key = (*series, outcome.code or "error")
+            counter = self._counts.get(count_key)
+            if counter is None:
+                counter = self._counts[count_key] = self.requests.labels(*count_key)
+            counter.inc()
+            latency = self._latencies.get(series)
+            if latency is None:
+                latency = self._latencies[series] = self.latency.labels(*series)
+            latency.observe(time.perf_counter() - start)

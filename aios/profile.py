@@ -39,6 +39,7 @@ FEATURES = (
 )
 
 
-def bin_index(edges: Sequence[float], values: NDArray[Any]) -> NDArray[np.intp]:
+def bin_index(edges: Sequence[float] | NDArray[np.float64],
+              values: NDArray[Any]) -> NDArray[np.intp]:
     """Bin values by the profile's internal edges: bin i holds edges[i-1] <= v < edges[i]."""
     return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")

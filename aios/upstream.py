@@ -2,7 +2,7 @@
 
 Both forward bytes as they came: REST bodies with their content headers (so the binary
 tensor extension passes untouched) and gRPC messages as serialized bytes (no protobuf
-decoding). Errors of aiohttp and grpc are translated here into `aios.errors`.
+decoding). Errors of the HTTP client and grpc are translated here into `aios.errors`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-import aiohttp
 import grpc
 import grpc.aio
 
 from aios.config import UpstreamSettings
 from aios.errors import (
+    InvalidInput,
     UpstreamConnectFailed,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from aios.http1 import ConnectFailed, Http1Pool
 
 logger = logging.getLogger(__name__)
 
@@ -63,29 +64,20 @@ class HttpReply:
 
 
 class HttpUpstream:
-    """A pooled keep-alive HTTP client to one next hop."""
+    """A pooled keep-alive HTTP/1.1 client to one next hop. Bodies pass through as they
+    are: compressed stays compressed."""
 
     def __init__(self, name: str, settings: UpstreamSettings) -> None:
         self.name = name
-        self._base = f"http://{settings.http}"
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = settings.request_timeout_s
+        self._pool = Http1Pool(settings.http, settings.connect_timeout_s)
 
     async def __aenter__(self) -> HttpUpstream:
-        self._session = aiohttp.ClientSession(
-            timeout=self._timeout,
-            # Bodies pass through as they are: compressed stays compressed.
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
-        )
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
     async def request(self, method: str, path: str, body: bytes,
                       headers: Iterable[tuple[str, str]],
@@ -93,28 +85,22 @@ class HttpUpstream:
                       timeout_s: float | None = None) -> HttpReply:
         """Send one request with the client's forwardable ``headers`` and our ``extra``;
         return the reply, or raise an AiosError naming this hop."""
-        assert self._session is not None, "use HttpUpstream as an async context manager"
-        out = {k: v for k, v in headers if forwardable(k)}
-        if extra:
-            out.update(extra)
-        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(
-            total=timeout_s, sock_connect=self._timeout.sock_connect)
+        extra = extra or {}
+        out = [(k, v) for k, v in headers if forwardable(k) and k not in extra]
+        out.extend(extra.items())
         try:
-            async with self._session.request(
-                method, self._base + path, data=body or None, headers=out, timeout=timeout,
-            ) as resp:
-                payload = await resp.read()
-                kept = {k.lower(): v for k, v in resp.headers.items()
-                        if k.lower() in FORWARDED_RESPONSE_HEADERS}
-                return HttpReply(resp.status, kept, payload)
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectFailed(f"backend {self.name!r} unreachable: "
-                                        f"{type(exc).__name__}") from exc
+            resp = await self._pool.request(method, path, body, out, timeout_s or self._timeout)
+        except ConnectFailed as exc:
+            raise UpstreamConnectFailed(f"backend {self.name!r} unreachable: {exc}") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise UpstreamUnavailable(f"backend {self.name!r} unreachable: "
                                       f"{type(exc).__name__}") from exc
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+        kept = {k: v for k, v in resp.headers if k in FORWARDED_RESPONSE_HEADERS}
+        return HttpReply(resp.status, kept, resp.body)
 
     async def ready(self) -> bool:
         """Whether the next hop reports itself ready."""
@@ -162,9 +148,10 @@ class GrpcUpstream:
         stub = self._calls.get(method)
         if stub is None:
             stub = self._calls[method] = self._channel.unary_unary(method)
-        md = tuple((k, v) for k, v in metadata if forwardable(k))
-        if extra:
-            md += tuple(extra.items())
+        extra = extra or {}
+        # Ours win: a client's traceparent gives way to the span of this hop.
+        md = tuple((k, v) for k, v in metadata if forwardable(k) and k not in extra)
+        md += tuple(extra.items())
         call = stub(payload, metadata=md, timeout=timeout_s or self._timeout)
         try:
             response: bytes = await call

@@ -22,14 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aios.config import QuotaSettings, TenantQuota
 from aios.errors import QuotaExceeded, QuotaUnavailable
+from gateway.resp import PipelinedRedis, Script
 
 logger = logging.getLogger(__name__)
 
@@ -162,25 +160,26 @@ return {1, math.floor((tolerance - (new_tat - now)) / interval + 1e-9), 0,
         math.ceil(new_tat - now), ''}
 """
 
+_SCRIPT = Script(_LUA)
+
 
 class RedisLimiter:
     """Quota state in Redis, shared by every gateway replica."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, lease_ttl_s: float) -> None:
+    def __init__(self, client: PipelinedRedis, prefix: str, lease_ttl_s: float) -> None:
         self._client = client
         self._prefix = prefix
         self._lease_ttl_ms = lease_ttl_s * 1000
-        self._script = client.register_script(_LUA)
 
     async def acquire(self, key: str, limit: Limit, cost: int) -> tuple[Decision, Lease | None]:
         """One EVALSHA: check the lease count and the rate, take both if allowed."""
         lease_id = uuid.uuid4().hex if limit.max_concurrent else ""
         # The hash tag keeps a key's two entries on one cluster slot.
         base = f"{self._prefix}{{{key}}}"
-        allowed, remaining, retry_ms, reset_ms, reason = await self._script(
-            keys=[f"{base}:rate", f"{base}:leases"],
-            args=[1000.0 / limit.rate_per_s, limit.burst, cost, limit.max_concurrent,
-                  lease_id, self._lease_ttl_ms])
+        allowed, remaining, retry_ms, reset_ms, reason = await self._client.run(
+            _SCRIPT, [f"{base}:rate", f"{base}:leases"],
+            [1000.0 / limit.rate_per_s, limit.burst, cost, limit.max_concurrent, lease_id,
+             self._lease_ttl_ms])
         decision = Decision(bool(allowed), int(remaining), int(retry_ms) / 1000,
                             int(reset_ms) / 1000,
                             reason.decode() if isinstance(reason, bytes) else str(reason))
@@ -189,16 +188,13 @@ class RedisLimiter:
     async def release(self, lease: Lease) -> None:
         """Remove the lease; if this fails the lease lapses by itself."""
         if lease.lease_id:
-            await self._client.zrem(f"{lease.key}:leases", lease.lease_id)
+            await self._client.execute("ZREM", f"{lease.key}:leases", lease.lease_id)
 
 
-def redis_client(settings: QuotaSettings) -> aioredis.Redis:
-    """A Redis client that fails fast: no retries, timeouts at the quota budget."""
-    timeout = settings.redis_timeout_ms / 1000
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0), health_check_interval=0)
-    return client
+def redis_client(settings: QuotaSettings) -> PipelinedRedis:
+    """A Redis client that fails fast: no retries; calls are bounded by the quota's
+    timeout (`Quotas`), and so is connecting."""
+    return PipelinedRedis(settings.redis_url, settings.redis_timeout_ms / 1000)
 
 
 class Quotas:
@@ -253,8 +249,8 @@ class Quotas:
             return await self._primary.acquire(key, limit, cost)
         if self._clock() >= self._redis_down_until:
             try:
-                return await asyncio.wait_for(self._primary.acquire(key, limit, cost),
-                                              self._settings.redis_timeout_ms / 1000)
+                # The shared limiter's client bounds each call by redis_timeout_ms.
+                return await self._primary.acquire(key, limit, cost)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._redis_down_until = self._clock() + self._settings.redis_retry_interval_s
                 logger.warning("quota: Redis unreachable (%s); deciding by tenant policy "
@@ -285,8 +281,7 @@ class Quotas:
 
     async def _release(self, lease: Lease) -> None:
         try:
-            await asyncio.wait_for(lease.limiter.release(lease),
-                                   self._settings.redis_timeout_ms / 1000)
+            await lease.limiter.release(lease)
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning("quota: could not release a lease (%s); it lapses by itself",
                            type(exc).__name__)

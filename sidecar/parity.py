@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,15 @@ class VersionProfile:
     golden_inputs: NDArray[np.float32]
     golden_outputs: NDArray[np.float32]
     tolerance: float
+    # Per feature, as arrays: every request's inputs are checked against them at once.
+    minimums: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    maximums: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "minimums",
+                           np.asarray([f.minimum for f in self.features], dtype=np.float64))
+        object.__setattr__(self, "maximums",
+                           np.asarray([f.maximum for f in self.features], dtype=np.float64))
 
 
 def _column(doc: Mapping[str, Any]) -> ColumnProfile:
@@ -117,14 +126,19 @@ def schema_violations(profile: VersionProfile, tensors: Mapping[str, NDArray[Any
     if x.ndim != 2 or x.shape[1] != width:
         return [Violation(f"shape:{name}", f"input '{name}' must have shape [-1, {width}], "
                                            f"got {list(x.shape)}")]
+    # One pass per check over the whole batch; only failing columns are looked at again.
+    finite = np.isfinite(x).all(axis=0)
+    lows = x.min(axis=0, initial=math.inf)
+    highs = x.max(axis=0, initial=-math.inf)
+    failing = ~finite | (lows < profile.minimums) | (highs > profile.maximums)
     out = []
-    for i, feature in enumerate(profile.features):
-        column = x[:, i]
-        if not np.isfinite(column).all():
+    for i in np.flatnonzero(failing):
+        feature = profile.features[i]
+        if not finite[i]:
             out.append(Violation(f"nonfinite:{feature.name}",
                                  f"feature '{feature.name}' has NaN or infinite values"))
             continue
-        low, high = float(column.min(initial=math.inf)), float(column.max(initial=-math.inf))
+        low, high = float(lows[i]), float(highs[i])
         if low < feature.minimum:
             out.append(Violation(f"out_of_range:{feature.name}",
                                  f"feature '{feature.name}' = {low:g} is below the training "
@@ -137,41 +151,71 @@ def schema_violations(profile: VersionProfile, tensors: Mapping[str, NDArray[Any
 
 
 class Window:
-    """The last ``size`` rows' bin indices per column, with counts kept up to date."""
+    """The last ``size`` rows' bin indices per column, with counts kept up to date.
+
+    Rows are staged and binned in chunks: a request of one row costs a list append, and
+    the numpy work is shared by `STAGE_ROWS` rows. Counts and `full` see staged rows too.
+    """
+
+    STAGE_ROWS = 64
 
     def __init__(self, columns: tuple[ColumnProfile, ...], size: int) -> None:
         self.columns = columns
+        self._edges = [np.asarray(c.edges, dtype=np.float64) for c in columns]
+        # All columns' counts in one array: column j's bins start at _offsets[j].
+        widths = [len(c.edges) + 1 for c in columns]
+        self._offsets = np.cumsum([0, *widths[:-1]]).astype(np.int64)
+        self._counts = np.zeros(sum(widths), dtype=np.int64)
+        self._bounds = [(int(o), int(o) + w) for o, w in zip(self._offsets, widths, strict=True)]
         self._bins = np.zeros((size, len(columns)), dtype=np.int64)
-        self._counts = [np.zeros(len(c.edges) + 1, dtype=np.int64) for c in columns]
         self._filled = 0
         self._pos = 0
+        self._staged: list[NDArray[Any]] = []
+        self._staged_rows = 0
         self.since_eval = 0
 
     @property
     def full(self) -> bool:
         """Whether the window holds ``size`` rows."""
+        self.flush()
         return self._filled == len(self._bins)
 
     def add(self, rows: NDArray[Any]) -> None:
         """Add rows (one value per column each), evicting the oldest."""
-        binned = np.stack([bin_index(c.edges, rows[:, i]) for i, c in enumerate(self.columns)],
-                          axis=1)
-        size = len(self._bins)
-        for row in binned[-size:]:
-            if self._filled == size:
-                for j, b in enumerate(self._bins[self._pos]):
-                    self._counts[j][b] -= 1
-            else:
-                self._filled += 1
-            self._bins[self._pos] = row
-            for j, b in enumerate(row):
-                self._counts[j][b] += 1
-            self._pos = (self._pos + 1) % size
+        self._staged.append(rows)
+        self._staged_rows += len(rows)
         self.since_eval += len(rows)
+        if self._staged_rows >= self.STAGE_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Bin the staged rows into the window."""
+        if not self._staged:
+            return
+        rows = self._staged[0] if len(self._staged) == 1 else np.concatenate(self._staged)
+        self._staged, self._staged_rows = [], 0
+        size = len(self._bins)
+        recent = rows[-size:]
+        binned = np.empty((len(recent), len(self._edges)), dtype=np.int64)
+        for j, edges in enumerate(self._edges):
+            binned[:, j] = bin_index(edges, recent[:, j])
+        slots = (self._pos + np.arange(len(recent))) % size
+        # Slots below _filled hold rows (the ring fills from 0): those rows leave.
+        evicted = self._bins[slots[slots < self._filled]]
+        if len(evicted):
+            self._counts -= np.bincount((evicted + self._offsets).ravel(),
+                                        minlength=len(self._counts))
+        self._bins[slots] = binned
+        self._counts += np.bincount((binned + self._offsets).ravel(),
+                                    minlength=len(self._counts))
+        self._filled = min(size, self._filled + len(recent))
+        self._pos = (self._pos + len(recent)) % size
 
     def counts(self, column: int) -> NDArray[np.int64]:
         """Current bin counts of one column."""
-        return self._counts[column]
+        self.flush()
+        start, end = self._bounds[column]
+        return self._counts[start:end]
 
 
 class ParityMetrics:
@@ -241,7 +285,7 @@ class Parity:
         if outputs is not None and len(outputs) == len(inputs):
             windows[1].add(outputs.reshape(len(outputs), -1)[:, :1])
         for window in windows:
-            if window.full and window.since_eval >= self._settings.drift_every:
+            if window.since_eval >= self._settings.drift_every and window.full:
                 window.since_eval = 0
                 self._evaluate(profile, window)
 

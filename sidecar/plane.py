@@ -18,6 +18,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,13 @@ SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 167
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sizes:
+    request: Histogram
+    response: Histogram
+    batch: Histogram
+
+
 class CostCollector(Collector):
     """Process CPU seconds per answered request: the cost of a prediction."""
 
@@ -102,9 +110,19 @@ class SidecarPlane:
                                   registry=registry)
         self._batch = Histogram("aios_sidecar_batch_size", "Rows per inference request",
                                 labels, buckets=BATCH_BUCKETS, registry=registry)
+        self._series: dict[tuple[str, str, str], _Sizes] = {}
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
+
+    def _sizes(self, labels: tuple[str, str, str]) -> _Sizes:
+        # labels() locks and hashes on every call: each series is made once.
+        sizes = self._series.get(labels)
+        if sizes is None:
+            sizes = self._series[labels] = _Sizes(
+                self._payload.labels(*labels, "request"),
+                self._payload.labels(*labels, "response"), self._batch.labels(*labels))
+        return sizes
 
     async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
         """Nothing to check before the body: the gateway verified the caller."""
@@ -223,8 +241,9 @@ class SidecarPlane:
         request_id = call.infer.doc.get("id", "")
         request_id = request_id if isinstance(request_id, str) else ""
         labels = (call.model, call.version or "default", "rest")
-        self._payload.labels(*labels, "request").observe(len(call.body))
-        self._batch.labels(*labels).observe(call.batch)
+        sizes = self._sizes(labels)
+        sizes.request.observe(len(call.body))
+        sizes.batch.observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
         try:
             with self._tracing.span("forward"):
@@ -236,7 +255,7 @@ class SidecarPlane:
                 "rest", call.model, call.version, headers, request_id, inputs, {}, flags,
                 code, message, started))
             raise
-        self._payload.labels(*labels, "response").observe(len(reply.body))
+        sizes.response.observe(len(reply.body))
         outputs: Tensors = {}
         version, error = call.version, ""
         try:
@@ -272,9 +291,10 @@ class SidecarPlane:
         request, inputs = grpc_request_inputs(payload)
         check_parameters(request.parameters.keys())
         labels = (model, version or "default", "grpc")
-        self._payload.labels(*labels, "request").observe(len(payload))
+        sizes = self._sizes(labels)
+        sizes.request.observe(len(payload))
         first = next(iter(inputs.values()), None)
-        self._batch.labels(*labels).observe(len(first) if first is not None and first.ndim
+        sizes.batch.observe(len(first) if first is not None and first.ndim
                                             else 1)
         profile, flags = self._check(model, version, inputs)
         try:
@@ -286,7 +306,7 @@ class SidecarPlane:
                 "grpc", model, version, metadata, request.id, inputs, {}, flags, code,
                 message, started))
             raise
-        self._payload.labels(*labels, "response").observe(len(reply.payload))
+        sizes.response.observe(len(reply.payload))
         outputs = grpc_outputs(reply.payload)
         served = _grpc_version(reply.payload) or version
         self._observe(profile, inputs, outputs)

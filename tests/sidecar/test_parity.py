@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from aios.claims import synthesize_claims
 from aios.config import ParitySettings
 from aios.errors import Unprocessable
-from aios.profile import FEATURES
+from aios.profile import FEATURES, bin_index
 from sidecar.parity import Parity, Window, ks, load_profiles, psi, schema_violations
 from tests.helpers import MODEL_REPO
 
@@ -92,6 +92,24 @@ def test_window_slides() -> None:
 def serve(parity: Parity, x: np.ndarray, batch: int = 16) -> None:
     for i in range(0, len(x), batch):
         parity.observe(V2, x[i:i + batch], None)
+
+
+@pytest.mark.parametrize("batches", [[1] * 30, [7, 1, 12, 3, 25], [40], [3, 50, 2]])
+def test_window_counts_equal_a_recount_of_its_last_rows(batches: list[int]) -> None:
+    """The ring's running counts (batched adds, eviction) match counting from scratch."""
+    profile = load_profiles(MODEL_REPO)[("claims_risk", "2")]
+    window = Window(profile.features, 20)
+    rows, _ = synthesize_claims(sum(batches), seed=3)
+    start = 0
+    for n in batches:
+        window.add(rows[start:start + n])
+        start += n
+        last = rows[max(0, start - 20):start]
+        for j, column in enumerate(profile.features):
+            expected = np.bincount(bin_index(column.edges, last[:, j]),
+                                   minlength=len(column.edges) + 1)
+            np.testing.assert_array_equal(window.counts(j), expected)
+    assert window.full == (start >= 20)
 
 
 def test_training_like_traffic_raises_no_drift() -> None:

@@ -1,0 +1,171 @@
+"""A pipelined Redis client for the quota check, the one Redis call on the hot path.
+
+One connection carries every concurrent call: commands are written as they come and
+replies matched in order (RESP is ordered per connection), parsed by hiredis. Compared
+with a pooled client, a call costs no pool checkout, no lock and no per-read timer, and
+concurrent calls share syscalls. Every call is bounded by the client's timeout; a call
+that timed out leaves its slot in the queue, so later replies stay matched, and retires
+its connection (new calls open another). Errors are redis-py's exception classes, so
+callers handle one family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.retired = False  # takes no new calls; closes once its replies are in
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                future = self.pending.popleft()
+                if future.done():  # its caller timed out or went away
+                    continue
+                if isinstance(reply, ResponseError):
+                    future.set_exception(_error(reply))
+                else:
+                    future.set_result(reply)
+            if self.retired and not self.pending:
+                self.close()
+        except InvalidResponse as exc:
+            self._fail(exc)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def _fail(self, exc: Exception) -> None:
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def retire(self) -> None:
+        self.retired = True
+        if not self.pending:
+            self.close()
+
+
+def _error(reply: ResponseError) -> ResponseError:
+    message = str(reply)
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else reply
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("Redis did not answer in time"))
+
+
+class Script:
+    """A Lua script run by its SHA-1 (loaded on first use or after a Redis restart)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+class PipelinedRedis:
+    """One pipelined connection to the Redis at ``url`` (``redis://[:password@]host:port/db``),
+    opened on first use and again after it is lost."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (use redis://)")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._password = unquote(parts.password) if parts.password else None
+        self._db = int(parts.path.lstrip("/") or 0)
+        self._timeout = timeout_s
+        self._conn: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    async def _connection(self) -> _Protocol:
+        if self._conn is not None and not self._conn.closed and not self._conn.retired:
+            return self._conn
+        if self._connecting is None:  # one connect for every caller waiting on it
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            conn = await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+        return conn
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, conn = await loop.create_connection(_Protocol, self._host, self._port)
+                self._conn = conn
+                if self._password is not None:
+                    await self._send(conn, "AUTH", self._password)
+                if self._db:
+                    await self._send(conn, "SELECT", self._db)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {self._host}:"
+                                       f"{self._port}: {exc or type(exc).__name__}") from exc
+        return conn
+
+    @staticmethod
+    def _send(conn: _Protocol, *args: Any) -> asyncio.Future[Any]:
+        assert conn.transport is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn.pending.append(future)
+        conn.transport.write(hiredis.pack_command(args))
+        return future
+
+    async def execute(self, *args: Any) -> Any:
+        """Run one command within the client's timeout; its reply, a redis-py exception,
+        or TimeoutError."""
+        conn = await self._connection()
+        future = self._send(conn, *args)
+        # A bare timer, not asyncio.timeout: this runs for every quota decision.
+        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
+        try:
+            return await future
+        except (asyncio.CancelledError, TimeoutError):
+            # Calls queued behind a late reply would be late too: new calls take a new
+            # connection; this one finishes the calls it has and closes.
+            conn.retire()
+            raise
+        finally:
+            timer.cancel()
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA ``script``, loading it first if Redis does not have it."""
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.execute("SCRIPT", "LOAD", script.source)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
