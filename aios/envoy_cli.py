@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace, config: StackConfig) -> int:
     from aios.cli import run_async
     from gateway.xds import run_xds
 
-    run_async(run_xds(config.gateway, _options(args)))
+    run_async(run_xds(config.gateway, _options(args), args.metrics))
     return 0
 
 
@@ -96,3 +96,5 @@ def add_envoy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.set_defaults(handler=cmd_serve)
     serve.add_argument("--xds", default="127.0.0.1:18000",
                        help="where to serve ADS (default: 127.0.0.1:18000)")
+    serve.add_argument("--metrics", default="127.0.0.1:18001",
+                       help="where to serve Prometheus metrics (default: 127.0.0.1:18001)")

@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.protobuf import Any as AnyMessage
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from aios.config import GatewaySettings
 from gateway.envoy import EnvoyOptions, clusters, listener, route_configuration
@@ -230,17 +230,22 @@ def _short(type_url: str) -> str:
 
 
 
-async def run_xds(settings: GatewaySettings, options: EnvoyOptions) -> None:
-    """Serve ADS from the routing store until SIGINT/SIGTERM, following its changes."""
+async def run_xds(settings: GatewaySettings, options: EnvoyOptions, metrics: str) -> None:
+    """Serve ADS from the routing store until SIGINT/SIGTERM, following its changes;
+    Prometheus metrics on ``metrics`` (host:port)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    registry = CollectorRegistry()
     async with AsyncExitStack() as stack:
+        host, _, port = metrics.rpartition(":")
+        scrape, _ = start_http_server(int(port), host, registry)
+        stack.callback(scrape.shutdown)
         store = await open_route_store(settings, stack)
         tables = await load_tables(store, settings)
         server = await stack.enter_async_context(
-            XdsServer(settings, options, tables, CollectorRegistry()))
+            XdsServer(settings, options, tables, registry))
         watcher = asyncio.create_task(store.watch(server.apply))
         stack.callback(watcher.cancel)
         await stop.wait()

@@ -7,7 +7,12 @@ import re
 
 import httpx
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
+from aios.config import GatewaySettings
+from gateway.envoy import EnvoyOptions
+from gateway.routestore import table_from_route
+from gateway.xds import XdsServer
 from tests.conftest import Stack
 from tests.helpers import REPO, bearer, infer_json
 
@@ -18,12 +23,16 @@ SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 def exposed_families(stack: Stack) -> set[str]:
     httpx.post(f"http://{stack.gateway_http}/v2/models/claims_risk/infer",
                content=infer_json([[5255.7, 46, 1, 14, 19, 5.6, 1, 0]]), headers=bearer())
-    names = set()
-    for service in (stack.gateway_http, stack.sidecar_http):
-        for line in httpx.get(f"http://{service}/metrics").text.splitlines():
-            if line.startswith("# TYPE "):
-                names.add(family(line.split()[2]))
-    return names
+    texts = [httpx.get(f"http://{service}/metrics").text
+             for service in (stack.gateway_http, stack.sidecar_http)]
+    # `aios envoy serve`'s metrics, from the same server class in this process.
+    registry = CollectorRegistry()
+    gateway = GatewaySettings()
+    XdsServer(gateway, EnvoyOptions(), {m: table_from_route(m, r, 1, None)
+                                        for m, r in gateway.models.items()}, registry)
+    texts.append(generate_latest(registry).decode())
+    return {family(line.split()[2]) for text in texts for line in text.splitlines()
+            if line.startswith("# TYPE ")}
 
 
 def family(name: str) -> str:
@@ -55,4 +64,4 @@ def test_alerts_cover_what_ops_must_hear_about() -> None:
     names = {r["alert"] for g in yaml.safe_load(
         (REPO / "deploy/prometheus/alerts.yaml").read_text())["groups"] for r in g["rules"]}
     assert {"AiosLatencySLOBreach", "AiosFeatureDrift", "AiosParityFailure",
-            "AiosDecisionLogDrops", "AiosQuotaRedisFailOpen"} <= names
+            "AiosDecisionLogDrops", "AiosQuotaRedisFailOpen", "AiosEnvoyConfigRejected"} <= names

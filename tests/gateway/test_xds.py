@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import httpx
 import pytest
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
 from envoy_data_plane.envoy.config.core.v3 import Node
@@ -143,21 +144,21 @@ class AdsClient:
 @pytest.fixture()
 def served(tmp_path: Path) -> Any:
     state = tmp_path / "routes.json"
-    (port,) = free_ports(1)
+    port, metrics = free_ports(2)
     config = write_config(tmp_path / "stack.yaml", {"gateway": {
         "backends": BACKENDS, "models": {"claims_risk": route(90, 10)},
         "routing": {"state_file": str(state), "poll_interval_s": 0.1}}})
     log = tmp_path / "xds.log"
     process = aios("envoy", "serve", "--config", str(config), "--xds", f"127.0.0.1:{port}",
-                   log=log)
+                   "--metrics", f"127.0.0.1:{metrics}", log=log)
     wait_until(state.exists, 30, "envoy serve loaded the routing store", process, log)
-    yield state, f"127.0.0.1:{port}", log
+    yield state, f"127.0.0.1:{port}", log, f"http://127.0.0.1:{metrics}/metrics"
     process.terminate()
     assert process.wait(30) == 0, log.read_text()[-2000:]
 
 
 async def test_envoy_serve_pushes_a_weight_change(served: Any) -> None:
-    state, address, log = served
+    state, address, log, metrics = served
     async with grpc.aio.insecure_channel(address) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         envoy = AdsClient(channel)
@@ -191,12 +192,17 @@ async def test_envoy_serve_pushes_a_weight_change(served: Any) -> None:
             assert weights(update) == (80, 20)
             assert update.version_info != routes.version_info and update.nonce != routes.nonce
             assert len({r.version_info for r in pushed.values()}) == 1
+            async with httpx.AsyncClient() as http:
+                assert "aios_xds_streams 1.0" in (await http.get(metrics)).text
 
             # The Envoy rejects it: nothing is resent until the table changes again.
             envoy.send(request(ROUTE_TYPE, routes.version_info, update.nonce, ("aios_routes",),
                                error="route rejected by test"))
-            with pytest.raises(TimeoutError):
+            with pytest.raises(TimeoutError):  # (giving up the read ends the stream)
                 await envoy.receive(timeout_s=1.0)
             assert "route rejected by test" in log.read_text()
+            async with httpx.AsyncClient() as http:
+                scraped = (await http.get(metrics)).text
+            assert 'aios_xds_nacks_total{type="RouteConfiguration"} 1.0' in scraped
         finally:
             envoy.cancel()
