@@ -56,6 +56,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
     Http2ProtocolOptions,
+    HttpProtocolOptions,
     HttpUri,
     Node,
     RuntimeFractionalPercent,
@@ -116,7 +117,9 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import UpstreamTlsContext
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions,
+    HttpProtocolOptions as UpstreamHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptionsExplicitHttpConfig,
 )
 from envoy_data_plane.envoy.type.matcher.v3 import (
@@ -200,7 +203,7 @@ def _endpoints(name: str, address: str) -> ClusterLoadAssignment:
 
 def _http2_options() -> dict[str, AnyMessage]:
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": AnyMessage.pack(
-        HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+        UpstreamHttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions())))}
 
 
@@ -290,6 +293,8 @@ def model_routes(table: ModelTable, settings: GatewaySettings) -> list[Route]:
     model = table.model
     revision = _set(REVISION_HEADER, str(table.revision))
     limits = _rate_limits(model, settings.quota)
+    # A mirrored request's body is buffered: up to the size the gateway accepts.
+    body_limit = settings.server.max_body_bytes
     routes = []
     heaviest = max(table.targets, key=lambda t: t.weight)
     # The gateway shadows pinned calls too.
@@ -300,7 +305,7 @@ def model_routes(table: ModelTable, settings: GatewaySettings) -> list[Route]:
             continue
         seen.add(target.version)
         routes.append(Route(
-            name=f"{model}/versions/{target.version}",
+            name=f"{model}/versions/{target.version}", request_body_buffer_limit=body_limit,
             match=RouteMatch(path_separated_prefix=f"/v2/models/{model}/versions/"
                                                    f"{target.version}"),
             route=RouteAction(cluster=cluster_name(target.backend), rate_limits=limits,
@@ -310,7 +315,7 @@ def model_routes(table: ModelTable, settings: GatewaySettings) -> list[Route]:
                                     *shadow_headers]))
     # A version no target serves goes where the gateway sends it: the heaviest backend.
     routes.append(Route(
-        name=f"{model}/versions/other",
+        name=f"{model}/versions/other", request_body_buffer_limit=body_limit,
         match=RouteMatch(safe_regex=RegexMatcher(
             regex=f"/v2/models/{_re(model)}/versions/[0-9]+(/.*)?")),
         route=RouteAction(cluster=cluster_name(heaviest.backend), rate_limits=limits,
@@ -320,7 +325,7 @@ def model_routes(table: ModelTable, settings: GatewaySettings) -> list[Route]:
                                 *shadow_headers]))
     weighted = [t for t in table.targets if t.weight > 0]
     routes.append(Route(
-        name=model,
+        name=model, request_body_buffer_limit=body_limit,
         match=RouteMatch(path_separated_prefix=f"/v2/models/{model}"),
         route=RouteAction(
             weighted_clusters=WeightedCluster(clusters=[
@@ -501,13 +506,15 @@ def listener(settings: GatewaySettings, tables: Mapping[str, ModelTable],
         http_filters=http_filters(settings, sorted(tables), options),
         max_request_headers_kb=max(1, limits.max_header_bytes // 1024),
         request_headers_timeout=_duration(limits.header_timeout_s),
+        common_http_protocol_options=HttpProtocolOptions(
+            idle_timeout=_duration(limits.keepalive_timeout_s),
+            max_headers_count=limits.max_headers),
         **({"rds": Rds(config_source=_ads_source(), route_config_name=ROUTE_CONFIG_NAME)}
            if options.xds_address else {"route_config": route_configuration(settings, tables)}))
     return Listener(
         name=LISTENER_NAME,
         address=Address(socket_address=SocketAddress(address=options.listen_host,
                                                      port_value=options.listen_port)),
-        per_connection_buffer_limit_bytes=1024 * 1024,
         filter_chains=[FilterChain(filters=[Filter(
             name="envoy.filters.network.http_connection_manager",
             typed_config=AnyMessage.pack(hcm))])])

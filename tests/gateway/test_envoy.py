@@ -241,3 +241,18 @@ async def test_export_reads_the_live_routing_table(tmp_path: Path) -> None:
     assert {"header": {"key": "x-aios-route-revision", "value": "2"},
             "appendAction": "OVERWRITE_IF_EXISTS_OR_ADD"} in split["requestHeadersToAdd"]
     assert yaml.safe_load((tmp_path / "rl.yaml").read_text())["domain"] == "aios"
+
+
+def test_the_gateways_edge_limits_carry_over() -> None:
+    gw = settings(server={"http_port": 8080, "grpc_port": 8081, "max_body_bytes": 1 << 20,
+                          "max_header_bytes": 32 * 1024, "max_headers": 50,
+                          "keepalive_timeout_s": 7, "header_timeout_s": 4})
+    config = bootstrap(gw, tables(gw), EnvoyOptions())
+    hcm = config.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.unpack()
+    assert isinstance(hcm, HttpConnectionManager)
+    assert (hcm.max_request_headers_kb, hcm.request_headers_timeout.total_seconds()) == (32, 4)
+    options = hcm.common_http_protocol_options
+    assert (options.idle_timeout.total_seconds(), options.max_headers_count) == (7, 50)
+    # Mirrored bodies are buffered up to what the gateway accepts.
+    model_routes = [r for r in hcm.route_config.virtual_hosts[0].routes if r.route]
+    assert {r.request_body_buffer_limit for r in model_routes} == {1 << 20}
