@@ -176,7 +176,7 @@ class EnvoyOptions:
     # envoyproxy/ratelimit's gRPC address (the quota's shared counters live there).
     ratelimit_service: str = "127.0.0.1:8089"
     ratelimit_domain: str = "aios"
-    # Set for `aios envoy serve`: routes and clusters then come over ADS from there.
+    # Where `aios envoy serve` listens (and the ADS bootstrap points).
     xds_address: str | None = None
 
 
@@ -497,9 +497,9 @@ def http_filters(settings: GatewaySettings, models: Sequence[str],
 
 
 def listener(settings: GatewaySettings, tables: Mapping[str, ModelTable],
-             options: EnvoyOptions) -> Listener:
+             options: EnvoyOptions, rds: bool = False) -> Listener:
     """The REST listener: an HTTP connection manager with our filters and routes (inline,
-    or by RDS over ADS when ``options.xds_address`` is set)."""
+    or with ``rds`` by name over ADS)."""
     limits = settings.server
     hcm = HttpConnectionManager(
         stat_prefix="aios", codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -510,7 +510,7 @@ def listener(settings: GatewaySettings, tables: Mapping[str, ModelTable],
             idle_timeout=_duration(limits.keepalive_timeout_s),
             max_headers_count=limits.max_headers),
         **({"rds": Rds(config_source=_ads_source(), route_config_name=ROUTE_CONFIG_NAME)}
-           if options.xds_address else {"route_config": route_configuration(settings, tables)}))
+           if rds else {"route_config": route_configuration(settings, tables)}))
     return Listener(
         name=LISTENER_NAME,
         address=Address(socket_address=SocketAddress(address=options.listen_host,

@@ -33,7 +33,14 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from aios.config import GatewaySettings
-from gateway.envoy import EnvoyOptions, clusters, listener, route_configuration
+from gateway.envoy import (
+    LISTENER_NAME,
+    ROUTE_CONFIG_NAME,
+    EnvoyOptions,
+    clusters,
+    listener,
+    route_configuration,
+)
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable
 
@@ -59,10 +66,10 @@ def build_snapshot(settings: GatewaySettings, tables: Mapping[str, ModelTable],
                    options: EnvoyOptions) -> Snapshot:
     """The resources for ``tables``; the version is a digest of them, so an unchanged
     config keeps its version."""
-    xds = EnvoyOptions(**{**options.__dict__, "xds_address": options.xds_address or "ads"})
     resources: dict[str, dict[str, AnyMessage]] = {
-        LISTENER_TYPE: {"aios_rest": AnyMessage.pack(listener(settings, tables, xds))},
-        ROUTE_TYPE: {"aios_routes": AnyMessage.pack(route_configuration(settings, tables))},
+        LISTENER_TYPE: {LISTENER_NAME: AnyMessage.pack(
+            listener(settings, tables, options, rds=True))},
+        ROUTE_TYPE: {ROUTE_CONFIG_NAME: AnyMessage.pack(route_configuration(settings, tables))},
         CLUSTER_TYPE: {c.name: AnyMessage.pack(c) for c in clusters(settings, options)},
     }
     digest = hashlib.sha256()

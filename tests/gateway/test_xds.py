@@ -206,3 +206,12 @@ async def test_envoy_serve_pushes_a_weight_change(served: Any) -> None:
             assert 'aios_xds_nacks_total{type="RouteConfiguration"} 1.0' in scraped
         finally:
             envoy.cancel()
+
+
+def test_the_served_listener_takes_its_routes_by_rds_over_ads() -> None:
+    snap = snapshot(90, 10, 1)
+    listener = snap.resources[LISTENER_TYPE]["aios_rest"].unpack()
+    hcm = listener.filter_chains[0].filters[0].typed_config.unpack()
+    assert hcm.route_config is None and hcm.rds.route_config_name == "aios_routes"
+    assert hcm.rds.config_source.ads is not None
+    assert set(snap.resources[ROUTE_TYPE]) == {"aios_routes"}
