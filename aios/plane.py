@@ -6,6 +6,7 @@ The gateway and the sidecar each implement `KServePlane`; `aios.rest` and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +28,15 @@ SHADOW_MODEL_HEADER = "x-aios-shadow-model"
 SHADOW_VERSION_HEADER = "x-aios-shadow-version"
 # Envoy marks a mirrored request by appending this to its Host.
 MIRROR_HOST_SUFFIX = "-shadow"
+
+# What a model name may be, in a path or a routing header.
+MODEL_NAME = r"[A-Za-z0-9_.\-]+"
+
+
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` can be a model name (and so a path segment)."""
+    return re.fullmatch(MODEL_NAME, name) is not None and name not in (".", "..")
+
 
 # REST path tails and gRPC methods, by the kind of call they make.
 CALL_KINDS = {"": "metadata", "/ready": "ready", "/config": "config", "/stats": "stats",

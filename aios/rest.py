@@ -23,19 +23,27 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aios import __version__
 from aios.errors import AiosError, NotFound, PayloadTooLarge
 from aios.kserve import error_body, json_header_length, validate_infer_request
-from aios.plane import CALL_KINDS, KServePlane, ModelCall, header_value
+from aios.plane import (
+    CALL_KINDS,
+    MODEL_NAME,
+    KServePlane,
+    ModelCall,
+    header_value,
+    valid_model_name,
+)
 
 logger = logging.getLogger(__name__)
 
 _MODEL_PATH = re.compile(
-    r"^(?P<model>[A-Za-z0-9_.\-]+)(?:/versions/(?P<version>[0-9]+))?(?P<tail>/[a-z]+)?$")
+    rf"^(?P<model>{MODEL_NAME})(?:/versions/(?P<version>[0-9]+))?(?P<tail>/[a-z]+)?$")
 JSON_ERROR = "application/json"
 
 
 def parse_model_path(rest: str) -> tuple[str, str, str]:
     """Split ``<model>[/versions/<v>][<tail>]`` (the part after /v2/models/)."""
     match = _MODEL_PATH.match(rest)
-    if match is None or (match["tail"] or "") not in CALL_KINDS or match["model"] in (".", ".."):
+    if match is None or (match["tail"] or "") not in CALL_KINDS or not valid_model_name(
+            match["model"]):
         raise NotFound(f"no such endpoint: /v2/models/{rest}")
     return match["model"], match["version"] or "", match["tail"] or ""
 

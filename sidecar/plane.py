@@ -43,6 +43,7 @@ from aios.plane import (
     VERSION_HEADER,
     ModelCall,
     header_value,
+    valid_model_name,
 )
 from aios.serve import ServiceParts, run_service
 from aios.tensors import (
@@ -335,6 +336,8 @@ def routed(call: ModelCall) -> ModelCall:
         return call
     if version and not (version.isascii() and version.isdigit()):
         raise InvalidInput(f"routing header: bad model version {version!r}")
+    if not valid_model_name(model):
+        raise InvalidInput(f"routing header: bad model name {model!r}")
     return dataclasses.replace(call, model=model, version=version)
 
 

@@ -42,6 +42,12 @@ def test_a_bad_version_header_is_refused(bad: str) -> None:
         routed(call(x_aios_version=bad))
 
 
+@pytest.mark.parametrize("bad", ["..", "a/../../admin", "m x", "m?x=1"])
+def test_a_mirrored_copy_with_a_bad_model_name_is_refused(bad: str) -> None:
+    with pytest.raises(InvalidInput, match="routing header: bad model name"):
+        routed(call(x_aios_shadow_model=bad, host="s-shadow"))
+
+
 def test_mirrored_reads_envoys_host_suffix() -> None:
     assert mirrored([("host", "sidecar-shadow")])
     assert not mirrored([("host", "sidecar")]) and not mirrored([])
