@@ -90,8 +90,9 @@ class Script:
 
 
 class PipelinedRedis:
-    """One pipelined connection to the Redis at ``url`` (``redis://[:password@]host:port/db``),
-    opened on first use and again after it is lost."""
+    """One pipelined connection to the Redis at ``url``
+    (``redis://[[user]:password@]host:port/db``), opened on first use and again after it
+    is lost."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         parts = urlsplit(url)
@@ -100,6 +101,7 @@ class PipelinedRedis:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
         self._password = unquote(parts.password) if parts.password else None
+        self._username = unquote(parts.username) if parts.username else None
         self._db = int(parts.path.lstrip("/") or 0)
         self._timeout = timeout_s
         self._conn: _Protocol | None = None
@@ -124,7 +126,8 @@ class PipelinedRedis:
                 _, conn = await loop.create_connection(_Protocol, self._host, self._port)
                 self._conn = conn
                 if self._password is not None:
-                    await self._send(conn, "AUTH", self._password)
+                    user = (self._username,) if self._username else ()
+                    await self._send(conn, "AUTH", *user, self._password)
                 if self._db:
                     await self._send(conn, "SELECT", self._db)
         except (OSError, TimeoutError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,3 +57,16 @@ async def test_redis_down_is_a_connection_error() -> None:
     client = PipelinedRedis("redis://127.0.0.1:1/0", 0.2)
     with pytest.raises(RedisConnectionError, match="cannot connect"):
         await client.execute("PING")
+
+
+async def test_a_password_in_the_url_authenticates(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="s3cret")
+    server.start()
+    try:
+        with pytest.raises(ResponseError, match="NOAUTH"):
+            await PipelinedRedis(server.url, 1.0).execute("PING")
+        for url in (f"redis://:s3cret@127.0.0.1:{server.port}/0",
+                    f"redis://default:s3cret@127.0.0.1:{server.port}/2"):
+            assert await PipelinedRedis(url, 1.0).execute("PING") == b"PONG"
+    finally:
+        server.stop()
