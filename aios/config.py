@@ -273,8 +273,8 @@ class QuotaSettings(_Frozen):
 
     enabled: bool = True
     backend: Literal["local", "redis"] = "local"
-    # The quota's own pipelined client speaks plain redis:// (TCP, optional user/password).
-    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^redis://")
+    # The quota's own pipelined client: redis:// or rediss:// (TLS), user/password, db.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
     key_prefix: str = "aios:quota:"
     redis_timeout_ms: int = Field(50, ge=1, le=10_000)
     # After a Redis failure, decide locally for this long before trying Redis again.

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -91,13 +92,19 @@ class Script:
 
 class PipelinedRedis:
     """One pipelined connection to the Redis at ``url``
-    (``redis://[[user]:password@]host:port/db``), opened on first use and again after it
-    is lost."""
+    (``redis[s]://[[user]:password@]host:port/db[?ssl_ca_certs=PATH]``; ``rediss`` is TLS,
+    verified against the system's CAs or ``ssl_ca_certs``), opened on first use and again
+    after it is lost."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (use redis://)")
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} "
+                             "(use redis:// or rediss://)")
+        self._tls: ssl.SSLContext | None = None
+        if parts.scheme == "rediss":
+            cafile = parse_qs(parts.query).get("ssl_ca_certs", [None])[0]
+            self._tls = ssl.create_default_context(cafile=cafile)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
         self._password = unquote(parts.password) if parts.password else None
@@ -123,7 +130,8 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                _, conn = await loop.create_connection(_Protocol, self._host, self._port)
+                _, conn = await loop.create_connection(_Protocol, self._host, self._port,
+                                                       ssl=self._tls)
                 self._conn = conn
                 if self._password is not None:
                     user = (self._username,) if self._username else ()

@@ -38,7 +38,7 @@ def test_shipped_local_stack_matches_documented_ports() -> None:
     ({"gateway": {"auth": {"hs256_secret": None}}}, "no hs256_secret, jwks_file or jwks_url"),
     ({"gateway": {"quota": {"default": {"cost": "bytes"}}}},
      "gateway.quota.default.cost: Input should be 'request' or 'batch'"),
-    ({"gateway": {"quota": {"redis_url": "rediss://cache:6380/0"}}},
+    ({"gateway": {"quota": {"redis_url": "unix:///run/redis.sock"}}},
      "gateway.quota.redis_url: String should match pattern"),
     ([1, 2], "the top level must be a mapping"),
 ])

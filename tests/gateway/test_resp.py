@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.resp import PipelinedRedis, Script
+from tests.helpers import free_ports
 from tests.redis_server import RedisServer
 from tests.tcpproxy import DelayProxy
 
@@ -70,3 +78,59 @@ async def test_a_password_in_the_url_authenticates(tmp_path: Path) -> None:
             assert await PipelinedRedis(url, 1.0).execute("PING") == b"PONG"
     finally:
         server.stop()
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aios test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(key.public_key()).serial_number(1)
+          .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA256()))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis")]))
+              .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(2)
+              .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName(
+                  [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+              .sign(key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return paths
+
+
+async def test_rediss_speaks_tls_verified_against_the_given_ca(tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    (port,) = free_ports(1)
+    process = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = PipelinedRedis(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", 1.0)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await client.execute("PING") == b"PONG"
+                break
+            except RedisConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        # Without the CA the server's certificate is not trusted.
+        with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await PipelinedRedis(f"rediss://127.0.0.1:{port}/0", 1.0).execute("PING")
+        await client.aclose()
+    finally:
+        process.kill()
+        await process.wait()
