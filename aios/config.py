@@ -7,6 +7,7 @@ dotted path of the field that is wrong. Environment variables are read only by t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,12 @@ DEV_HS256_SECRET = "aios-dev-secret-change-me-in-production-0123456789"
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) as host and port."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class _Frozen(BaseModel):
@@ -312,6 +319,20 @@ class GatewaySettings(_Frozen):
         for name, route in self.models.items():
             route.check_backends(self.backends, f"models.{name}")
         return self
+
+
+@dataclass(frozen=True)
+class EnvoyOptions:
+    """Where an exported Envoy listens and which services it calls (`aios envoy`)."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 10000
+    admin_port: int = 9901
+    # envoyproxy/ratelimit's gRPC address (the quota's shared counters live there).
+    ratelimit_service: str = "127.0.0.1:8089"
+    ratelimit_domain: str = "aios"
+    # Where `aios envoy serve` listens (and the ADS bootstrap points).
+    xds_address: str | None = None
 
 
 class StackConfig(_Frozen):

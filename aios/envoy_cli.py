@@ -12,12 +12,12 @@ from typing import Any
 
 import yaml
 
-from aios.config import StackConfig
+from aios.config import EnvoyOptions, StackConfig
+
+DEFAULTS = EnvoyOptions()
 
 
-def _options(args: argparse.Namespace) -> Any:
-    from gateway.envoy import EnvoyOptions
-
+def _options(args: argparse.Namespace) -> EnvoyOptions:
     return EnvoyOptions(listen_host=args.listen_host, listen_port=args.listen_port,
                         admin_port=args.admin_port, ratelimit_service=args.ratelimit_service,
                         xds_address=args.xds)
@@ -47,12 +47,14 @@ def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
     from gateway.envoy import ads_bootstrap, bootstrap, ratelimit_service_config, to_json
 
     options = _options(args)
-    tables = asyncio.run(_tables(config))
+    want_limits = args.ratelimit_out is not None and config.gateway.quota.enabled
+    # An ADS bootstrap names no routes: the store is read only when something needs it.
+    tables = asyncio.run(_tables(config)) if want_limits or not args.xds else {}
     if args.xds:
         _write(to_json(ads_bootstrap(options, args.node_id)), args.out)
     else:
         _write(to_json(bootstrap(config.gateway, tables, options)), args.out)
-    if args.ratelimit_out is not None and config.gateway.quota.enabled:
+    if want_limits:
         _write(ratelimit_service_config(config.gateway.quota, sorted(tables),
                                         options.ratelimit_domain), args.ratelimit_out)
     if config.gateway.auth.enabled and config.gateway.auth.hs256_secret and not args.xds:
@@ -76,10 +78,13 @@ def add_envoy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                            description="Envoy config from the routing table")
     esub = envoy.add_subparsers(dest="envoy_command", required=True, metavar="COMMAND")
     listen = argparse.ArgumentParser(add_help=False, parents=[common])
-    listen.add_argument("--listen-host", default="0.0.0.0", help="Envoy's listener address")
-    listen.add_argument("--listen-port", type=int, default=10000, help="Envoy's REST port")
-    listen.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
-    listen.add_argument("--ratelimit-service", default="127.0.0.1:8089",
+    listen.add_argument("--listen-host", default=DEFAULTS.listen_host,
+                        help="Envoy's listener address")
+    listen.add_argument("--listen-port", type=int, default=DEFAULTS.listen_port,
+                        help="Envoy's REST port")
+    listen.add_argument("--admin-port", type=int, default=DEFAULTS.admin_port,
+                        help="Envoy's admin port")
+    listen.add_argument("--ratelimit-service", default=DEFAULTS.ratelimit_service,
                         help="host:port of the rate-limit service (envoyproxy/ratelimit)")
     export = esub.add_parser("export", parents=[listen], help=cmd_export.__doc__,
                              description=cmd_export.__doc__)

@@ -18,6 +18,8 @@ from typing import cast
 
 import httptools
 
+from aios.config import split_address
+
 # A value with a line break would end the header early (header injection).
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 MAX_IDLE_CONNECTIONS = 256
@@ -127,8 +129,7 @@ class Http1Pool:
     """Keep-alive connections to one ``host:port``."""
 
     def __init__(self, address: str, connect_timeout_s: float) -> None:
-        host, _, port = address.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
+        self._host, self._port = split_address(address)
         self._authority = address.encode("latin-1")
         self._connect_timeout = connect_timeout_s
         self._idle: list[_Connection] = []

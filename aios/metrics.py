@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from aios.errors import AiosError
 
@@ -18,6 +19,22 @@ LATENCY_BUCKETS = (
     0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
     0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
 )
+
+
+class Series:
+    """The labelled series of one metric, each made once: `labels()` locks and hashes on
+    every call, and these are used on every request."""
+
+    def __init__(self, metric: MetricWrapperBase) -> None:
+        self._metric = metric
+        self._made: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        """The child of ``labels`` (a Counter, Gauge or Histogram child)."""
+        series = self._made.get(labels)
+        if series is None:
+            series = self._made[labels] = self._metric.labels(*labels)
+        return series
 
 
 @dataclass
@@ -44,9 +61,8 @@ class RequestMetrics:
         tasks = Gauge(f"{prefix}_asyncio_tasks", "Tasks alive on the event loop",
                       registry=registry)
         tasks.set_function(lambda: len(asyncio.all_tasks()))
-        # labels() locks and hashes on every call; a series, once made, is kept here.
-        self._counts: dict[tuple[str, ...], Any] = {}
-        self._latencies: dict[tuple[str, ...], Any] = {}
+        self._count = Series(self.requests)
+        self._latency = Series(self.latency)
 
     @contextmanager
     def track(self, model: str, version: str, protocol: str) -> Iterator[Outcome]:
@@ -61,13 +77,6 @@ class RequestMetrics:
             raise
         finally:
             self.in_flight.dec()
-            series = (model, version or "default", protocol)
-            count_key = (*series, outcome.code or "error")
-            counter = self._counts.get(count_key)
-            if counter is None:
-                counter = self._counts[count_key] = self.requests.labels(*count_key)
-            counter.inc()
-            latency = self._latencies.get(series)
-            if latency is None:
-                latency = self._latencies[series] = self.latency.labels(*series)
-            latency.observe(time.perf_counter() - start)
+            version = version or "default"
+            self._count(model, version, protocol, outcome.code or "error").inc()
+            self._latency(model, version, protocol).observe(time.perf_counter() - start)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -54,6 +55,16 @@ def forwardable(name: str) -> bool:
     return name in FORWARDED_REQUEST_HEADERS
 
 
+def outgoing(items: Iterable[tuple[str, Any]], extra: Mapping[str, str] | None,
+             ) -> list[tuple[str, Any]]:
+    """The client's forwardable headers (or metadata) and ours; ours win, so a client's
+    ``traceparent`` gives way to the span of this hop."""
+    extra = extra or {}
+    out = [(k, v) for k, v in items if forwardable(k) and k not in extra]
+    out.extend(extra.items())
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class HttpReply:
     """What the next hop answered, reduced to what we pass back."""
@@ -85,11 +96,9 @@ class HttpUpstream:
                       timeout_s: float | None = None) -> HttpReply:
         """Send one request with the client's forwardable ``headers`` and our ``extra``;
         return the reply, or raise an AiosError naming this hop."""
-        extra = extra or {}
-        out = [(k, v) for k, v in headers if forwardable(k) and k not in extra]
-        out.extend(extra.items())
         try:
-            resp = await self._pool.request(method, path, body, out, timeout_s or self._timeout)
+            resp = await self._pool.request(method, path, body, outgoing(headers, extra),
+                                            timeout_s or self._timeout)
         except ConnectFailed as exc:
             raise UpstreamConnectFailed(f"backend {self.name!r} unreachable: {exc}") from exc
         except TimeoutError as exc:
@@ -148,11 +157,8 @@ class GrpcUpstream:
         stub = self._calls.get(method)
         if stub is None:
             stub = self._calls[method] = self._channel.unary_unary(method)
-        extra = extra or {}
-        # Ours win: a client's traceparent gives way to the span of this hop.
-        md = tuple((k, v) for k, v in metadata if forwardable(k) and k not in extra)
-        md += tuple(extra.items())
-        call = stub(payload, metadata=md, timeout=timeout_s or self._timeout)
+        call = stub(payload, metadata=tuple(outgoing(metadata, extra)),
+                    timeout=timeout_s or self._timeout)
         try:
             response: bytes = await call
             trailing = await call.trailing_metadata()

@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -134,7 +133,15 @@ from envoy_data_plane.envoy.type.matcher.v3 import (
 from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 
-from aios.config import AuthSettings, GatewaySettings, QuotaSettings, UpstreamSettings
+from aios.config import (
+    AuthSettings,
+    EnvoyOptions,
+    GatewaySettings,
+    QuotaSettings,
+    UpstreamSettings,
+    split_address,
+)
+from aios.kserve import error_body
 from aios.plane import (
     REVISION_HEADER,
     SHADOW_HEADER,
@@ -163,21 +170,6 @@ HEALTH_PATHS = ("/v2", "/v2/health/live", "/v2/health/ready")
 # /v2/models/<m>[/versions/<v>] and .../ready: what `open_model_calls` can open.
 _OPEN_CALL_PATTERNS = {"metadata": "", "ready": "/ready", "config": "/config",
                        "stats": "/stats"}
-NOT_FOUND_BODY = '{"error": "no such endpoint"}'
-
-
-@dataclass(frozen=True)
-class EnvoyOptions:
-    """Where the exported Envoy listens and which services it calls."""
-
-    listen_host: str = "0.0.0.0"
-    listen_port: int = 10000
-    admin_port: int = 9901
-    # envoyproxy/ratelimit's gRPC address (the quota's shared counters live there).
-    ratelimit_service: str = "127.0.0.1:8089"
-    ratelimit_domain: str = "aios"
-    # Where `aios envoy serve` listens (and the ADS bootstrap points).
-    xds_address: str | None = None
 
 
 def cluster_name(backend: str) -> str:
@@ -189,13 +181,8 @@ def _duration(seconds: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _endpoints(name: str, address: str) -> ClusterLoadAssignment:
-    host, port = _host_port(address)
+    host, port = split_address(address)
     return ClusterLoadAssignment(cluster_name=name, endpoints=[LocalityLbEndpoints(
         lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=Address(
             socket_address=SocketAddress(address=host, port_value=port))))])])
@@ -354,7 +341,7 @@ def route_configuration(settings: GatewaySettings,
     routes.append(Route(
         name="not_found", match=RouteMatch(prefix="/"),
         direct_response=DirectResponseAction(
-            status=404, body=DataSource(inline_string=NOT_FOUND_BODY))))
+            status=404, body=DataSource(inline_string=error_body("no such endpoint").decode()))))
     return RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         # Least specific first: the virtual host drops a client's routing headers, and

@@ -32,11 +32,10 @@ from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, Discov
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from aios.config import GatewaySettings
+from aios.config import EnvoyOptions, GatewaySettings, split_address
 from gateway.envoy import (
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
-    EnvoyOptions,
     clusters,
     listener,
     route_configuration,
@@ -78,6 +77,9 @@ def build_snapshot(settings: GatewaySettings, tables: Mapping[str, ModelTable],
             digest.update(f"{type_url}\0{name}\0".encode())
             digest.update(packed.value)
     return Snapshot(digest.hexdigest()[:16], resources)
+
+
+_Event = DiscoveryRequest | Snapshot | None
 
 
 @dataclass
@@ -141,7 +143,7 @@ class AdsStream:
 
 
 class XdsServer:
-    """Serves the current snapshot over ADS; `update` pushes a new one to every stream."""
+    """Serves the current snapshot over ADS; `apply` pushes a new one to every stream."""
 
     def __init__(self, settings: GatewaySettings, options: EnvoyOptions,
                  tables: Mapping[str, ModelTable], registry: CollectorRegistry) -> None:
@@ -149,7 +151,7 @@ class XdsServer:
         self._options = options
         self._tables = dict(tables)
         self.snapshot = build_snapshot(settings, self._tables, options)
-        self._queues: set[asyncio.Queue[Snapshot]] = set()
+        self._queues: set[asyncio.Queue[_Event]] = set()
         self._pushes = Counter("aios_xds_responses", "DiscoveryResponses sent", ("type",),
                                registry=registry)
         self._nacks = Counter("aios_xds_nacks", "Configs an Envoy rejected", ("type",),
@@ -177,21 +179,17 @@ class XdsServer:
                      ) -> AsyncIterator[DiscoveryResponse]:
         """One Envoy's ADS stream: answer its requests and push new snapshots."""
         state = AdsStream()
-        events: asyncio.Queue[DiscoveryRequest | Snapshot | None] = asyncio.Queue()
-        snapshots: asyncio.Queue[Snapshot] = asyncio.Queue()
+        # The Envoy's requests, new snapshots (from `apply`) and the end, in one queue.
+        events: asyncio.Queue[_Event] = asyncio.Queue()
 
         async def read() -> None:
             async for request in requests:
                 events.put_nowait(request)
             events.put_nowait(None)
 
-        async def relay() -> None:
-            while True:
-                events.put_nowait(await snapshots.get())
-
-        self._queues.add(snapshots)
+        self._queues.add(events)
         self._streams.inc()
-        tasks = [asyncio.create_task(read()), asyncio.create_task(relay())]
+        reader = asyncio.create_task(read())
         try:
             while (event := await events.get()) is not None:
                 if isinstance(event, Snapshot):
@@ -206,9 +204,8 @@ class XdsServer:
                     self._pushes.labels(_short(response.type_url)).inc()
                     yield response
         finally:
-            for task in tasks:
-                task.cancel()
-            self._queues.discard(snapshots)
+            reader.cancel()
+            self._queues.discard(events)
             self._streams.dec()
 
     async def __aenter__(self) -> XdsServer:
@@ -246,8 +243,8 @@ async def run_xds(settings: GatewaySettings, options: EnvoyOptions, metrics: str
         loop.add_signal_handler(sig, stop.set)
     registry = CollectorRegistry()
     async with AsyncExitStack() as stack:
-        host, _, port = metrics.rpartition(":")
-        scrape, _ = start_http_server(int(port), host, registry)
+        host, port = split_address(metrics)
+        scrape, _ = start_http_server(port, host, registry)
         stack.callback(scrape.shutdown)
         store = await open_route_store(settings, stack)
         tables = await load_tables(store, settings)

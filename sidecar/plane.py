@@ -18,7 +18,6 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from prometheus_client.registry import Collector
 from aios.config import SidecarSettings
 from aios.errors import AiosError, InvalidInput, NotReady
 from aios.kserve import check_parameters, peek_model
-from aios.metrics import RequestMetrics
+from aios.metrics import RequestMetrics, Series
 from aios.plane import (
     GRPC_CALL_KINDS,
     MIRROR_HOST_SUFFIX,
@@ -65,13 +64,6 @@ logger = logging.getLogger(__name__)
 
 SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-@dataclass(frozen=True, slots=True)
-class _Sizes:
-    request: Histogram
-    response: Histogram
-    batch: Histogram
 
 
 class CostCollector(Collector):
@@ -111,19 +103,11 @@ class SidecarPlane:
                                   registry=registry)
         self._batch = Histogram("aios_sidecar_batch_size", "Rows per inference request",
                                 labels, buckets=BATCH_BUCKETS, registry=registry)
-        self._series: dict[tuple[str, str, str], _Sizes] = {}
+        self._payload_of = Series(self._payload)
+        self._batch_of = Series(self._batch)
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
-
-    def _sizes(self, labels: tuple[str, str, str]) -> _Sizes:
-        # labels() locks and hashes on every call: each series is made once.
-        sizes = self._series.get(labels)
-        if sizes is None:
-            sizes = self._series[labels] = _Sizes(
-                self._payload.labels(*labels, "request"),
-                self._payload.labels(*labels, "response"), self._batch.labels(*labels))
-        return sizes
 
     async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
         """Nothing to check before the body: the gateway verified the caller."""
@@ -242,9 +226,8 @@ class SidecarPlane:
         request_id = call.infer.doc.get("id", "")
         request_id = request_id if isinstance(request_id, str) else ""
         labels = (call.model, call.version or "default", "rest")
-        sizes = self._sizes(labels)
-        sizes.request.observe(len(call.body))
-        sizes.batch.observe(call.batch)
+        self._payload_of(*labels, "request").observe(len(call.body))
+        self._batch_of(*labels).observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
         try:
             with self._tracing.span("forward"):
@@ -256,7 +239,7 @@ class SidecarPlane:
                 "rest", call.model, call.version, headers, request_id, inputs, {}, flags,
                 code, message, started))
             raise
-        sizes.response.observe(len(reply.body))
+        self._payload_of(*labels, "response").observe(len(reply.body))
         outputs: Tensors = {}
         version, error = call.version, ""
         try:
@@ -292,11 +275,9 @@ class SidecarPlane:
         request, inputs = grpc_request_inputs(payload)
         check_parameters(request.parameters.keys())
         labels = (model, version or "default", "grpc")
-        sizes = self._sizes(labels)
-        sizes.request.observe(len(payload))
+        self._payload_of(*labels, "request").observe(len(payload))
         first = next(iter(inputs.values()), None)
-        sizes.batch.observe(len(first) if first is not None and first.ndim
-                                            else 1)
+        self._batch_of(*labels).observe(len(first) if first is not None and first.ndim else 1)
         profile, flags = self._check(model, version, inputs)
         try:
             with self._tracing.span("forward"):
@@ -307,7 +288,7 @@ class SidecarPlane:
                 "grpc", model, version, metadata, request.id, inputs, {}, flags, code,
                 message, started))
             raise
-        sizes.response.observe(len(reply.payload))
+        self._payload_of(*labels, "response").observe(len(reply.payload))
         outputs = grpc_outputs(reply.payload)
         served = _grpc_version(reply.payload) or version
         self._observe(profile, inputs, outputs)

@@ -9,8 +9,7 @@ import httpx
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from aios.config import GatewaySettings
-from gateway.envoy import EnvoyOptions
+from aios.config import EnvoyOptions, GatewaySettings
 from gateway.routestore import table_from_route
 from gateway.xds import XdsServer
 from tests.conftest import Stack

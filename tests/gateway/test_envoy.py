@@ -18,9 +18,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.envoy.type.v3 import FractionalPercentDenominatorType
 
-from aios.config import GatewaySettings, ModelRoute
+from aios.config import EnvoyOptions, GatewaySettings, ModelRoute
 from gateway.envoy import (
-    EnvoyOptions,
     bootstrap,
     cluster_name,
     clusters,

@@ -17,8 +17,7 @@ from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.rpc import Status
 
-from aios.config import GatewaySettings, ModelRoute
-from gateway.envoy import EnvoyOptions
+from aios.config import EnvoyOptions, GatewaySettings, ModelRoute
 from gateway.routestore import Change, FileRouteStore, table_from_route
 from gateway.routing import ModelTable
 from gateway.xds import (
