@@ -5,6 +5,11 @@ default); `RedisLimiter` keeps it in Redis with one atomic Lua script per check 
 trip), so every replica draws on the same allowance. Concurrency slots in Redis are
 leases with an expiry: a gateway that dies mid-request frees its slots when they lapse.
 
+With Redis, a high-rate tenant's units are taken a few at a time (`Prefetch`): one
+round trip buys the next few milliseconds of its rate, spent locally. Units a replica
+holds are already counted in Redis, so the shared bound holds whatever the replicas do;
+units it does not spend lapse, which errs on the side of refusing.
+
 `Quotas` chooses between them: if Redis errs or is slower than the configured timeout,
 the tenant's policy decides: `fail_open` falls back to the in-process limiter at this
 replica's share of the limit, `fail_closed` answers 503. Redis is tried again after a
@@ -32,6 +37,8 @@ from gateway.resp import PipelinedRedis, Script
 logger = logging.getLogger(__name__)
 
 UNREACHABLE_LOG_INTERVAL_S = 1.0
+# A replica never prefetches more than this share of a tenant's burst.
+PREFETCH_BURST_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,7 @@ class Lease:
     limiter: Limiter
     key: str
     lease_id: str
+    held: bool = True  # False: nothing to give back (a Redis grant without a slot)
 
 
 class Limiter(Protocol):
@@ -163,6 +171,45 @@ return {1, math.floor((tolerance - (new_tat - now)) / interval + 1e-9), 0,
 _SCRIPT = Script(_LUA)
 
 
+@dataclass(slots=True)
+class _Stock:
+    units: int
+    expires: float
+
+
+class Prefetch:
+    """Units this replica has already taken from the shared allowance, per key."""
+
+    def __init__(self, hold_s: float, clock: Callable[[], float]) -> None:
+        self._hold_s = hold_s
+        self._clock = clock
+        self._stock: dict[str, _Stock] = {}
+
+    def chunk(self, limit: Limit, cost: int) -> int:
+        """How many units to take from Redis at once for a request of ``cost``; 0 when
+        this key should ask Redis for exactly what each request costs."""
+        if limit.max_concurrent:  # slots are per request, so the round trip is anyway
+            return 0
+        chunk = int(min(limit.rate_per_s * self._hold_s, limit.burst * PREFETCH_BURST_SHARE))
+        return chunk if chunk >= 2 and chunk > cost else 0
+
+    def take(self, key: str, cost: int) -> bool:
+        """Spend ``cost`` units held for ``key``, if there are enough that have not lapsed."""
+        stock = self._stock.get(key)
+        if stock is None or stock.units < cost:
+            return False
+        if stock.expires <= self._clock():
+            del self._stock[key]
+            return False
+        stock.units -= cost
+        return True
+
+    def put(self, key: str, units: int) -> None:
+        """Hold ``units`` just taken from Redis (what was held before has been spent or is
+        given up: it is counted in Redis either way)."""
+        self._stock[key] = _Stock(units, self._clock() + self._hold_s)
+
+
 class RedisLimiter:
     """Quota state in Redis, shared by every gateway replica."""
 
@@ -183,7 +230,9 @@ class RedisLimiter:
         decision = Decision(bool(allowed), int(remaining), int(retry_ms) / 1000,
                             int(reset_ms) / 1000,
                             reason.decode() if isinstance(reason, bytes) else str(reason))
-        return decision, (Lease(self, base, lease_id) if decision.allowed else None)
+        if not decision.allowed:
+            return decision, None
+        return decision, Lease(self, base, lease_id, held=bool(lease_id))
 
     async def release(self, lease: Lease) -> None:
         """Remove the lease; if this fails the lease lapses by itself."""
@@ -197,6 +246,9 @@ def redis_client(settings: QuotaSettings) -> PipelinedRedis:
     return PipelinedRedis(settings.redis_url, settings.redis_timeout_ms / 1000)
 
 
+_PREPAID = Decision(True, 0, 0.0, 0.0, "")
+
+
 class Quotas:
     """The gateway's quota check: Redis (or local) first, the tenant's policy on failure."""
 
@@ -208,6 +260,7 @@ class Quotas:
         self._fallback = fallback
         self._shared = not isinstance(primary, LocalLimiter)
         self._clock = clock
+        self._prefetch = Prefetch(settings.prefetch_s, clock)
         self._redis_down_until = 0.0
         self._unreachable_since_log = 0
         self._last_log = 0.0
@@ -250,7 +303,7 @@ class Quotas:
         if self._clock() >= self._redis_down_until:
             try:
                 # The shared limiter's client bounds each call by redis_timeout_ms.
-                return await self._primary.acquire(key, limit, cost)
+                return await self._shared_acquire(key, limit, cost)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._redis_down_until = self._clock() + self._settings.redis_retry_interval_s
                 logger.warning("quota: Redis unreachable (%s); deciding by tenant policy "
@@ -262,6 +315,20 @@ class Quotas:
             raise QuotaUnavailable(f"quota store unavailable and tenant '{tenant}' is "
                                    "fail_closed; try again shortly")
         return await self._fallback.acquire(key, limit.share(self._settings.replicas), cost)
+
+    async def _shared_acquire(self, key: str, limit: Limit, cost: int,
+                              ) -> tuple[Decision, Lease | None]:
+        chunk = self._prefetch.chunk(limit, cost)
+        if chunk:
+            if self._prefetch.take(key, cost):
+                return _PREPAID, Lease(self._primary, key, "", held=False)
+            decision, lease = await self._primary.acquire(key, limit, chunk)
+            if lease is not None:
+                self._prefetch.put(key, chunk - cost)
+                return decision, lease
+        # Without prefetch, or a chunk refused: exactly this request's cost, so a refusal
+        # comes from Redis with its exact retry time and no unit is left unused.
+        return await self._primary.acquire(key, limit, cost)
 
     def _log_unreachable(self, policy: str) -> None:
         # One line a second, with the count, rather than a line per request.
@@ -275,6 +342,8 @@ class Quotas:
 
     def release(self, lease: Lease) -> None:
         """Give a request's slot back, off the response path."""
+        if not lease.held:
+            return
         task = asyncio.create_task(self._release(lease))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

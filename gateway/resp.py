@@ -3,7 +3,7 @@
 One connection carries every concurrent call: commands are written as they come and
 replies matched in order (RESP is ordered per connection), parsed by hiredis. Compared
 with a pooled client, a call costs no pool checkout, no lock and no per-read timer, and
-concurrent calls share syscalls. Every call is bounded by the client's timeout; a call
+concurrent calls share a write. Every call is bounded by the client's timeout; a call
 that timed out leaves its slot in the queue, so later replies stay matched, and retires
 its connection (new calls open another). Errors are redis-py's exception classes, so
 callers handle one family.
@@ -30,9 +30,22 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.retired = False  # takes no new calls; closes once its replies are in
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, command: bytes) -> None:
+        """Queue ``command``; everything queued in one turn of the event loop leaves in
+        one write (one syscall, one wake-up of Redis) at the end of that turn."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(command)
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -148,7 +161,7 @@ class PipelinedRedis:
         assert conn.transport is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.pending.append(future)
-        conn.transport.write(hiredis.pack_command(args))
+        conn.send(hiredis.pack_command(args))
         return future
 
     async def execute(self, *args: Any) -> Any:

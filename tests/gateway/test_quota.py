@@ -12,7 +12,15 @@ from prometheus_client import CollectorRegistry
 
 from aios.config import QuotaSettings, TenantQuota
 from aios.errors import QuotaExceeded, QuotaUnavailable
-from gateway.quota import Limit, LocalLimiter, Quotas, RedisLimiter, gcra, redis_client
+from gateway.quota import (
+    Limit,
+    LocalLimiter,
+    Prefetch,
+    Quotas,
+    RedisLimiter,
+    gcra,
+    redis_client,
+)
 from tests.redis_server import RedisServer
 from tests.tcpproxy import DelayProxy
 
@@ -197,3 +205,61 @@ async def test_slow_redis_is_bounded_by_the_timeout(own_redis: RedisServer, poli
             assert await outcome(quotas) == "ok"
         finally:
             await client.aclose()
+
+
+@pytest.mark.parametrize(("limit", "hold_s", "cost", "chunk"), [
+    (Limit(1e6, 100_000, 0), 0.05, 1, 5000),    # 5% of the burst caps it
+    (Limit(1000, 100_000, 0), 0.05, 1, 50),     # 50 ms of the rate caps it
+    (Limit(1000, 100_000, 0), 0.05, 32, 50),    # a batch smaller than the chunk
+    (Limit(1000, 100_000, 0), 0.05, 50, 0),     # ...or not: exactly its cost
+    (Limit(20, 10, 0), 0.05, 1, 0),             # a small quota asks Redis every time
+    (Limit(1e6, 100_000, 3), 0.05, 1, 0),       # slots are taken per request
+    (Limit(1e6, 100_000, 0), 0.0, 1, 0),        # prefetch off
+])
+def test_prefetch_chunk(limit: Limit, hold_s: float, cost: int, chunk: int) -> None:
+    assert Prefetch(hold_s, time.monotonic).chunk(limit, cost) == chunk
+
+
+def test_prefetched_units_are_spent_once_and_lapse() -> None:
+    clock = [0.0]
+    prefetch = Prefetch(0.05, lambda: clock[0])
+    assert not prefetch.take("t:m", 1), "nothing held yet"
+    prefetch.put("t:m", 3)
+    assert [prefetch.take("t:m", 1) for _ in range(4)] == [True, True, True, False]
+    prefetch.put("t:m", 8)
+    assert not prefetch.take("t:m", 9) and prefetch.take("t:m", 8)
+    prefetch.put("t:m", 5)
+    clock[0] = 0.05
+    assert not prefetch.take("t:m", 1), "units not spent within hold_s lapse"
+
+
+def evalsha_calls(info: bytes) -> int:
+    for line in info.decode().splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.parametrize(("prefetch_s", "first_calls"), [(1.0, 20), (0.0, 100)])
+async def test_prefetch_spares_redis_and_keeps_the_shared_bound(
+        own_redis: RedisServer, prefetch_s: float, first_calls: int) -> None:
+    # With prefetch: chunks of 5 (5% of a burst of 100), held for up to a second.
+    s = settings(own_redis, prefetch_s=prefetch_s, redis_timeout_ms=1000,
+                 tenants={"acme": {"rate_per_s": 10, "burst": 100}})
+    client = redis_client(s)
+    replicas = [Quotas(s, RedisLimiter(client, s.key_prefix, s.lease_ttl_s), LocalLimiter(),
+                       CollectorRegistry()) for _ in range(2)]
+    try:
+        started = time.monotonic()
+        outcomes = [await outcome(replicas[i % 2]) for i in range(100)]
+        assert outcomes == ["ok"] * 100
+        # A refill of one unit per 100 ms may add a call or two.
+        calls = evalsha_calls(await client.execute("INFO", "commandstats"))
+        assert first_calls <= calls <= first_calls + 2
+        outcomes += [await outcome(replicas[i % 2]) for i in range(40)]
+        # Two replicas on one allowance: never more than burst + rate * t in total; the
+        # last units, too few for a chunk, are still taken one by one.
+        assert outcomes.count("ok") <= 100 + 10 * (time.monotonic() - started) + 1
+        assert outcomes[-1] == "429"
+    finally:
+        await client.aclose()
