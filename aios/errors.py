@@ -67,6 +67,13 @@ class PayloadTooLarge(AiosError):
         return {"Connection": "close"}
 
 
+class RequestTimeout(AiosError):
+    """A request's headers did not arrive in time (REST only: gRPC has deadlines)."""
+
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class HeadersTooLarge(AiosError):
     http_status = 431
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED

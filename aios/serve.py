@@ -1,25 +1,24 @@
-"""Run a service's REST (uvicorn) and gRPC (grpc.aio) front doors on one event loop."""
+"""Run a service's REST (`aios.h1server`) and gRPC (grpc.aio) front doors on one event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from aios.config import ServerSettings
 from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
-from aios.limits import GrpcLimits, InFlight, RestLimits, header_timeout_protocol
+from aios.h1server import H1Server
+from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
 from aios.rest import ModelCalls, create_rest_app, kserve_routes
 from aios.upstream import grpc_options
@@ -27,14 +26,6 @@ from aios.upstream import grpc_options
 logger = logging.getLogger(__name__)
 
 GRPC_GRACE_S = 5.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal capture: `serve` owns the signals, so a stop exits 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 GrpcRegistrar = Callable[[grpc.aio.Server], None]
@@ -64,22 +55,18 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
     if server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
     await server.start()
-    config = uvicorn.Config(
-        RestLimits(app, settings, in_flight), host=settings.host, port=settings.http_port,
-        lifespan="off", log_level="warning", access_log=False,
-        timeout_keep_alive=int(settings.keepalive_timeout_s), server_header=False,
-        date_header=False, proxy_headers=False, limit_concurrency=None,
-        http=header_timeout_protocol(settings.header_timeout_s),
-    )
+    http = H1Server(RestLimits(app, in_flight), settings)
+    await http.start()
     logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
                 settings.http_port, grpc_address)
-    http = _Server(config)
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, setattr, http, "should_exit", True)
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await http.serve()
+        await stop.wait()
     finally:
+        await http.shutdown()
         await server.stop(GRPC_GRACE_S)
         logger.info("%s: stopped", name)
 

@@ -1,0 +1,163 @@
+"""The REST front door's HTTP/1.1 server, over real loopback sockets with a small ASGI app.
+
+The edge limits (431, 408, 413 streamed, keep-alive idle, in-flight 503) are exercised
+against the real services in tests/e2e/test_limits.py; this covers the protocol itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from aios.config import ServerSettings
+from aios.h1server import HIGH_WATER_BYTES, H1Server
+from tests.helpers import free_ports
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Echoes what it was asked; a few paths behave badly on purpose."""
+    path = scope["path"]
+    if path == "/boom":
+        raise RuntimeError("a bug")
+    if path == "/silent":
+        return
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    if path == "/slow":
+        await asyncio.sleep(0.5)
+    body = json.dumps({"method": scope["method"], "path": path,
+                       "query": scope["query_string"].decode(),
+                       "bytes": sum(map(len, chunks)), "reads": len(chunks)}).encode()
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one,", b"two,", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[H1Server]:
+    [port] = free_ports(1)
+    srv = H1Server(app, ServerSettings(http_port=port, grpc_port=1, keepalive_timeout_s=1))
+    await srv.start()
+    yield srv
+    await srv.shutdown()
+
+
+async def exchange(server: H1Server, raw: bytes, until_close: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.http_port)
+    writer.write(raw)
+    out = b""
+    try:
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(65536):
+                out += chunk
+                if not until_close and out.endswith(b"}"):
+                    break
+    finally:
+        writer.close()
+    return out
+
+
+def responses(raw: bytes) -> list[tuple[str, dict[str, str], bytes]]:
+    """Split a byte stream of responses with content-length into (status line, headers, body)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(headers.get("content-length", len(rest)))
+        out.append((lines[0], headers, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+async def test_pipelined_requests_are_answered_in_order(server: H1Server) -> None:
+    raw = b"".join(f"POST /{p}?n={i} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                   .encode() for i, p in enumerate(["slow", "a", "b"]))
+    got = responses(await exchange(server, raw + b"GET /last HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n"))
+    assert [json.loads(body)["path"] for _, _, body in got] == ["/slow", "/a", "/b", "/last"]
+    assert [json.loads(body)["query"] for _, _, body in got][:3] == ["n=0", "n=1", "n=2"]
+    assert got[-1][1]["connection"] == "close"
+
+
+@pytest.mark.parametrize(("request_line", "status", "error"), [
+    (b"GARBAGE\r\n\r\n", "HTTP/1.1 400 Bad Request", "invalid HTTP request"),
+    (b"GET /x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+     "HTTP/1.1 400 Bad Request", "protocol upgrades are not supported"),
+    (b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 500 Internal Server Error",
+     "internal error"),
+    (b"GET /silent HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 500 Internal Server Error",
+     "internal error"),
+])
+async def test_what_cannot_be_answered_gets_a_kserve_error_and_a_close(
+        server: H1Server, request_line: bytes, status: str, error: str) -> None:
+    [(line, headers, body)] = responses(await exchange(server, request_line))
+    assert line == status
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"].startswith(error)
+
+
+async def test_unknown_length_is_chunked_and_head_has_no_body(server: H1Server) -> None:
+    streamed = await exchange(server, b"GET /stream HTTP/1.1\r\nHost: x\r\n"
+                              b"Connection: close\r\n\r\n")
+    head, _, body = streamed.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert body == b"4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n"
+    head_only = await exchange(server, b"HEAD /x HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert head_only.startswith(b"HTTP/1.1 200 OK") and head_only.endswith(b"\r\n\r\n")
+    assert b"content-length: " in head_only
+
+
+async def test_expect_continue_is_answered_when_the_body_is_read(server: H1Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.http_port)
+    try:
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == \
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        writer.close()
+
+
+async def test_a_large_body_reaches_the_app_in_bounded_pieces(server: H1Server) -> None:
+    size = 16 * HIGH_WATER_BYTES
+    raw = (f"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
+           f"Connection: close\r\n\r\n").encode() + b"x" * size
+    [(_, _, body)] = responses(await exchange(server, raw))
+    doc: dict[str, Any] = json.loads(body)
+    assert doc["bytes"] == size
+    assert doc["reads"] > 1, "the body was streamed, not buffered whole"
+
+
+async def test_shutdown_finishes_requests_in_flight_and_closes_idle(server: H1Server) -> None:
+    port = server.settings.http_port
+    idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+    busy = asyncio.create_task(exchange(server, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"))
+    await asyncio.sleep(0.2)
+    await server.shutdown()
+    [(line, headers, _)] = responses(await busy)
+    assert line == "HTTP/1.1 200 OK"
+    assert headers["connection"] == "close", "a stopping server does not keep the connection"
+    assert await asyncio.wait_for(idle_r.read(), 1) == b"", "idle connection closed"
+    idle_w.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
