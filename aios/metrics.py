@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,11 +35,33 @@ class Series:
         return series
 
 
-@dataclass
 class Outcome:
-    """The result code of a tracked call, set by the caller once it has one."""
+    """One tracked call, as a context manager: counted and timed when it ends; the caller
+    sets ``code`` once it has one (an AiosError sets it by itself)."""
 
-    code: str = ""
+    __slots__ = ("_labels", "_metrics", "_protocol", "_start", "code")
+
+    def __init__(self, metrics: RequestMetrics, labels: tuple[str, str, str]) -> None:
+        self.code = ""
+        self._metrics = metrics
+        self._labels = labels
+        self._protocol = labels[2]
+        self._start = 0.0
+
+    def __enter__(self) -> Outcome:
+        self._start = time.perf_counter()
+        self._metrics.now += 1
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        metrics = self._metrics
+        metrics.now -= 1
+        if isinstance(exc, AiosError):
+            self.code = str(exc.http_status) if self._protocol == "rest" \
+                else exc.grpc_code.name
+        metrics.count(*self._labels, self.code or "error").inc()
+        metrics.latency_of(*self._labels).observe(time.perf_counter() - self._start)
 
 
 class RequestMetrics:
@@ -55,28 +75,18 @@ class RequestMetrics:
         self.latency = Histogram(f"{prefix}_request_duration_seconds",
                                  "Time to answer a model call", labels,
                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.in_flight = Gauge(f"{prefix}_in_flight_requests", "Model calls being answered",
-                               registry=registry)
+        # Counted on the event loop and read at scrape time: no lock per request.
+        self.now = 0
+        in_flight = Gauge(f"{prefix}_in_flight_requests", "Model calls being answered",
+                          registry=registry)
+        in_flight.set_function(lambda: self.now)
         # Read at scrape time, on the event loop: a leak of tasks shows as growth here.
         tasks = Gauge(f"{prefix}_asyncio_tasks", "Tasks alive on the event loop",
                       registry=registry)
         tasks.set_function(lambda: len(asyncio.all_tasks()))
-        self._count = Series(self.requests)
-        self._latency = Series(self.latency)
+        self.count = Series(self.requests)
+        self.latency_of = Series(self.latency)
 
-    @contextmanager
-    def track(self, model: str, version: str, protocol: str) -> Iterator[Outcome]:
+    def track(self, model: str, version: str, protocol: str) -> Outcome:
         """Count and time one call; an AiosError is recorded under its status code."""
-        outcome = Outcome()
-        start = time.perf_counter()
-        self.in_flight.inc()
-        try:
-            yield outcome
-        except AiosError as exc:
-            outcome.code = str(exc.http_status) if protocol == "rest" else exc.grpc_code.name
-            raise
-        finally:
-            self.in_flight.dec()
-            version = version or "default"
-            self._count(model, version, protocol, outcome.code or "error").inc()
-            self._latency(model, version, protocol).observe(time.perf_counter() - start)
+        return Outcome(self, (model, version or "default", protocol))

@@ -52,6 +52,11 @@ class Tracing:
     def __init__(self, tracer: Tracer | None = None) -> None:
         self._tracer = tracer
 
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are recorded (off: no span is ever current)."""
+        return self._tracer is not None
+
     def server(self, name: str, headers: Iterable[tuple[str, Any]],
                **attributes: str | int) -> AbstractContextManager[Any]:
         """The span of a call this service serves, continuing the caller's trace."""
