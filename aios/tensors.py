@@ -4,13 +4,13 @@ comparisons): REST JSON, REST binary extension and gRPC raw contents, into numpy
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 from tritonclient.grpc import service_pb2
@@ -43,7 +43,7 @@ def rest_response(body: bytes, headers: Mapping[str, str]) -> tuple[dict[str, An
     extension, compressed or not)."""
     body = plain_body(body, headers)
     header_len = int(headers.get("inference-header-content-length", len(body)))
-    doc = json.loads(body[:header_len])
+    doc = orjson.loads(body[:header_len])
     return doc, _rest_tensors(doc, "outputs", body, header_len)
 
 
