@@ -87,7 +87,7 @@ class ServerSettings(_Frozen):
     grpc_port: int = Field(ge=1, le=65535)
     # Request body (REST) and message size (gRPC, both directions, every hop).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
-    # All request headers together (REST 431 beyond; gRPC metadata likewise).
+    # Request line and headers together (REST 431 beyond; gRPC metadata likewise).
     max_header_bytes: int = Field(60 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     # Requests in flight in this process; beyond it a fast 503 with Retry-After.
