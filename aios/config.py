@@ -93,7 +93,8 @@ class ServerSettings(_Frozen):
     # Requests in flight in this process; beyond it a fast 503 with Retry-After.
     max_concurrent_requests: int = Field(1024, ge=1)
     keepalive_timeout_s: float = Field(5.0, gt=0)
-    # A request's headers must arrive within this (slowloris); else 408 and close.
+    # A request's headers must arrive within this (slowloris), and a body must not stall
+    # longer between bytes; else 408 and close.
     header_timeout_s: float = Field(10.0, gt=0)
 
 

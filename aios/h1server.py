@@ -6,8 +6,9 @@ call, and it sends a response in two writes (head, body), which wakes the caller
 This server does what a front door of these services needs and no more:
 
 - a response with a known length leaves in one write; otherwise it is chunked;
-- request headers must arrive within ``header_timeout_s`` of a request's start, else 408
-  and close (slowloris); more than ``max_headers`` headers or ``max_header_bytes`` bytes
+- request headers must arrive within ``header_timeout_s`` of a request's start, and a
+  body the app waits for must not stall that long between bytes, else 408 and close
+  (slowloris, slow body); more than ``max_headers`` headers or ``max_header_bytes`` bytes
   (request line included) is a 431 while parsing, before anything is buffered beyond it;
 - idle keep-alive connections close after ``keepalive_timeout_s``;
 - a body is streamed to the app with backpressure (reading pauses while the app has not
@@ -114,7 +115,9 @@ class _Cycle:
         while not self.body and self.more_body:
             self.waiter = conn.loop.create_future()
             conn.update_reading()
+            conn.body_deadline = conn.loop.time() + conn.server.settings.header_timeout_s
             await self.waiter
+            conn.body_deadline = None
             self.waiter = None
             if conn.lost:
                 return {"type": "http.disconnect"}
@@ -204,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self.header_deadline: float | None = None
+        self.body_deadline: float | None = None  # while the app waits for body bytes
         self.idle_deadline: float | None = None
         self._peer: Any = None
         self._sock: Any = None
@@ -391,10 +395,13 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def sweep(self, now: float) -> None:
-        """Apply the header and keep-alive timeouts."""
+        """Apply the header, body and keep-alive timeouts."""
         if self.header_deadline is not None and now >= self.header_deadline:
             self.header_deadline = None
             self.refuse(RequestTimeout("request headers not received in time"))
+        elif self.body_deadline is not None and now >= self.body_deadline:
+            self.body_deadline = None
+            self.refuse(RequestTimeout("request body not received in time"))
         elif self.idle_deadline is not None and now >= self.idle_deadline:
             self.close()
 

@@ -31,11 +31,12 @@ MIRROR_HOST_SUFFIX = "-shadow"
 
 # What a model name may be, in a path or a routing header.
 MODEL_NAME = r"[A-Za-z0-9_.\-]+"
+_MODEL_NAME = re.compile(MODEL_NAME)
 
 
 def valid_model_name(name: str) -> bool:
     """Whether ``name`` can be a model name (and so a path segment)."""
-    return re.fullmatch(MODEL_NAME, name) is not None and name not in (".", "..")
+    return _MODEL_NAME.fullmatch(name) is not None and name not in (".", "..")
 
 
 # REST path tails and gRPC methods, by the kind of call they make.

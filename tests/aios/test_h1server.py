@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -50,7 +51,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 @pytest.fixture
 async def server() -> AsyncIterator[H1Server]:
     [port] = free_ports(1)
-    srv = H1Server(app, ServerSettings(http_port=port, grpc_port=1, keepalive_timeout_s=1))
+    srv = H1Server(app, ServerSettings(http_port=port, grpc_port=1, keepalive_timeout_s=1,
+                                       header_timeout_s=1))
     await srv.start()
     yield srv
     await srv.shutdown()
@@ -161,3 +163,13 @@ async def test_shutdown_finishes_requests_in_flight_and_closes_idle(server: H1Se
     idle_w.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_stalled_body_is_cut_off_with_408(server: H1Server) -> None:
+    started = time.monotonic()
+    answer = await exchange(server, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                            b"\r\nabc")
+    assert 0.9 < time.monotonic() - started < 3
+    [(line, headers, body)] = responses(answer)
+    assert (line, headers["connection"]) == ("HTTP/1.1 408 Request Timeout", "close")
+    assert json.loads(body) == {"error": "request body not received in time"}
