@@ -2,8 +2,9 @@
 
 One writer task owns the chain. Callers hand it records; it takes everything queued (up
 to a batch), chains and frames them, writes them with one `write` + one `fdatasync` in a
-worker thread, then updates the HEAD marker (async mode writes between fsyncs on the
-event loop: an append to the page cache). In `sync` mode each caller waits for its
+worker thread, then moves the HEAD marker (async mode writes between fsyncs on the
+event loop: an append to the page cache; sync mode moves HEAD once no batch is waiting,
+or every HEAD_INTERVAL_S under load). In `sync` mode each caller waits for its
 batch to be durable, so a response is released only for a recorded decision; a failed
 write fails those callers (503), it never acknowledges. In `async` mode callers do not
 wait, and a batch's fsync may wait up to ASYNC_FSYNC_INTERVAL_S for the next one; when the
@@ -40,6 +41,9 @@ ASYNC_FSYNC_INTERVAL_S = 0.05
 # async mode: nobody waits for a write, so the writer gathers records this long into one
 # batch (one thread hop and one write for many records instead of one each).
 ASYNC_LINGER_S = 0.005
+# sync mode: HEAD moves after a batch when no other batch is waiting, and at least this
+# often under load (a HEAD update, a file create and rename, costs about an fsync).
+HEAD_INTERVAL_S = 0.05
 
 Pending = tuple[DecisionRecord, "asyncio.Future[None] | None"]
 
@@ -96,6 +100,7 @@ class DecisionLog:
         self._last_alarm = 0.0
         self._dropped = 0
         self._synced_at = 0.0
+        self._head_at = 0.0
 
     @property
     def sync(self) -> bool:
@@ -125,8 +130,8 @@ class DecisionLog:
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
-                if self._sequence:
-                    self._write_head(self._sequence, self._last)
+                if self._sequence and self._segment is not None:
+                    self._write_head(self._sequence, self._last, self._segment.name)
             except OSError as exc:
                 logger.error("decision log: final fsync failed (%s)", exc.strerror or exc)
             os.close(self._fd)
@@ -190,11 +195,11 @@ class DecisionLog:
         fsync = self.sync or time.monotonic() - self._synced_at >= ASYNC_FSYNC_INTERVAL_S
         try:
             if fsync:
-                await asyncio.to_thread(self._write, data, sequence, last, fsync)
+                segment = await asyncio.to_thread(self._write, data, sequence, last, fsync)
             else:
                 # async mode between fsyncs: an append to the page cache costs less than
                 # the thread hop (Redis' appendfsync everysec does the same).
-                self._write(data, sequence, last, fsync)
+                segment = self._write(data, sequence, last, fsync)
         except OSError as exc:
             self.metrics.failures.inc()
             logger.error("decision log write failed (%s): %d record(s) not recorded",
@@ -215,14 +220,18 @@ class DecisionLog:
         for _, future in batch:
             if future is not None and not future.done():
                 future.set_result(None)
+        if self.sync:
+            await self._move_head(sequence, last, segment)
         if self._redis is not None:
             await self._publish([record for record, _ in batch])
 
-    def _write(self, data: bytes, sequence: int, last: bytes, fsync: bool) -> None:
-        """Append (and with ``fsync``, in a worker thread: fsync and update HEAD); undo a
-        partial append on error."""
+    def _write(self, data: bytes, sequence: int, last: bytes, fsync: bool) -> str:
+        """Append (and with ``fsync``, in a worker thread: fsync, and in async mode update
+        HEAD); undo a partial append on error. Returns the segment written to."""
         if self._fd < 0:
             self._open_segment(self._sequence + 1)
+        assert self._segment is not None
+        segment = self._segment.name
         try:
             os.write(self._fd, data)
             if fsync:
@@ -236,20 +245,31 @@ class DecisionLog:
                 self._open_segment(self._sequence + 1)
             raise
         self._size += len(data)
-        # HEAD marks what is durable: it moves with each fsync (async mode: every
-        # ASYNC_FSYNC_INTERVAL_S, and at close).
-        if fsync:
-            self._write_head(sequence, last)
+        # HEAD marks what is durable: in async mode it moves with each fsync (every
+        # ASYNC_FSYNC_INTERVAL_S, and at close); sync mode moves it in `_move_head`.
+        if fsync and not self.sync:
+            self._write_head(sequence, last, segment)
         if self._size >= self._settings.max_segment_bytes:
             self._open_segment(sequence + 1)
+        return segment
 
-    def _write_head(self, sequence: int, last: bytes) -> None:
-        assert self._segment is not None
+    async def _move_head(self, sequence: int, last: bytes, segment: str) -> None:
+        """sync mode, after a batch is durable and acknowledged: move HEAD if no batch is
+        waiting or HEAD_INTERVAL_S has passed (under load it lags by at most that)."""
+        if not self._queue.empty() and time.monotonic() - self._head_at < HEAD_INTERVAL_S:
+            return
+        try:
+            await asyncio.to_thread(self._write_head, sequence, last, segment)
+        except OSError as exc:  # the records are durable; verify will say HEAD lags
+            logger.warning("decision log: HEAD not updated (%s)", exc.strerror or exc)
+
+    def _write_head(self, sequence: int, last: bytes, segment: str) -> None:
         head = self._dir / HEAD_FILE
         tmp = head.with_suffix(".tmp")
         tmp.write_text(json.dumps({"sequence": sequence, "hash": last.hex(),
-                                   "segment": self._segment.name}))
+                                   "segment": segment}))
         os.replace(tmp, head)
+        self._head_at = time.monotonic()
 
     async def _publish(self, batch: list[DecisionRecord]) -> None:
         assert self._redis is not None

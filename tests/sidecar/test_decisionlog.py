@@ -199,3 +199,19 @@ async def test_records_fan_out_to_a_capped_redis_stream(tmp_path: Path) -> None:
         assert len(got[0][1]) == 5
     finally:
         server.stop()
+
+
+async def test_sync_head_moves_once_nothing_waits(
+        tmp_path: Path) -> None:
+    async with DecisionLog(settings(tmp_path, mode="sync"), CollectorRegistry()) as log:
+        for i in range(3):  # one at a time: nothing waits behind a batch
+            await log.append(DecisionRecord(request_id=f"one-{i}"))
+            await asyncio.sleep(0.01)  # the HEAD move after the acknowledgement
+            assert json.loads((tmp_path / "HEAD").read_text())["sequence"] == i + 1
+        await asyncio.gather(*(log.append(DecisionRecord(request_id=f"many-{i}"))
+                               for i in range(200)))
+        await asyncio.sleep(0.1)  # the last batch found nobody waiting
+        head = json.loads((tmp_path / "HEAD").read_text())
+        assert head["sequence"] == 203
+        assert head["hash"] == _hash_of(tmp_path, 203)
+    assert verify(tmp_path).intact
