@@ -176,10 +176,10 @@ class _Cycle:
                 self.keep_alive = False
                 continue
             parts.append(b"%b: %b\r\n" % (name, value))
-        if not has_length:
+        if not has_length and self.status not in (204, 304):  # these carry no length
             if length is not None:
                 parts.append(b"content-length: %d\r\n" % length)
-            elif self.status not in (204, 304) and self.scope["method"] != "HEAD":
+            elif self.scope["method"] != "HEAD":
                 self.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
         if not self.keep_alive:

@@ -27,6 +27,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("a bug")
     if path == "/silent":
         return
+    if path == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
     chunks, more = [], True
     while more:
         message = await receive()
@@ -114,7 +118,7 @@ async def test_what_cannot_be_answered_gets_a_kserve_error_and_a_close(
     assert json.loads(body)["error"].startswith(error)
 
 
-async def test_unknown_length_is_chunked_and_head_has_no_body(server: H1Server) -> None:
+async def test_unknown_length_is_chunked_head_and_204_have_no_body(server: H1Server) -> None:
     streamed = await exchange(server, b"GET /stream HTTP/1.1\r\nHost: x\r\n"
                               b"Connection: close\r\n\r\n")
     head, _, body = streamed.partition(b"\r\n\r\n")
@@ -124,6 +128,9 @@ async def test_unknown_length_is_chunked_and_head_has_no_body(server: H1Server) 
                                b"Connection: close\r\n\r\n")
     assert head_only.startswith(b"HTTP/1.1 200 OK") and head_only.endswith(b"\r\n\r\n")
     assert b"content-length: " in head_only
+    no_content = await exchange(server, b"DELETE /empty HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert no_content == b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
 
 
 async def test_expect_continue_is_answered_when_the_body_is_read(server: H1Server) -> None:
