@@ -1,0 +1,41 @@
+"""The benchmark's report logic (the measuring itself is `make bench`, not a test)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests.bench import DIRECT, FULL, Paired, Run, median_and_range, targets
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.19, 0.25, 0.15], (0.19, 0.15, 0.25)),
+    ([3.0], (3.0, 3.0, 3.0)),
+    ([4.0, 1.0, 2.0, 3.0], (2.0, 1.0, 4.0)),  # an even count takes the lower middle
+])
+def test_median_and_range(values: list[float], expected: tuple[float, float, float]) -> None:
+    assert median_and_range(values) == expected
+
+
+def _run(path: str, mode: str, rps: float = 0.0, p50: float = 0.0, p99: float = 0.0) -> Run:
+    return Run(path, "rest", 1, mode, rps=rps, p50_ms=p50, p99_ms=p99)
+
+
+def test_headline_targets_come_from_the_median_of_the_pairs() -> None:
+    pairs = Paired()
+    for direct_rps, full_rps, p50s, p99s in [(10000, 1900, (1.5, 2.8), (2.6, 5.0)),
+                                             (8000, 2000, (1.6, 3.0), (2.5, 6.0)),
+                                             (12000, 1800, (1.4, 2.6), (2.7, 4.0))]:
+        pairs.add((_run(DIRECT, "throughput", direct_rps),
+                   _run(DIRECT, "rate", p50=p50s[0], p99=p99s[0])),
+                  (_run(FULL, "throughput", full_rps),
+                   _run(FULL, "rate", p50=p50s[1], p99=p99s[1])))
+    goals = {g["target"]: g for g in targets(
+        [], {"gateway_full_async": 100.0, "sidecar_async": 100.0}, pairs)}
+    ratio = goals["full path throughput vs direct (REST, batch 1, 16 conns)"]
+    assert (ratio["value"], ratio["met"]) == ("19% (median of 3 alternations: 15%-25%)", False)
+    p50 = goals["added p50 at fixed rate (gateway + sidecar)"]
+    assert (p50["value"], p50["met"]) == ("1.30 ms (median of 3 alternations: 1.20-1.40)",
+                                          False)
+    p99 = goals["added p99 at fixed rate (gateway + sidecar)"]
+    assert (p99["value"], p99["met"]) == ("2.40 ms (median of 3 alternations: 1.30-3.50)",
+                                          True)
