@@ -35,9 +35,16 @@ def _config(args: argparse.Namespace) -> StackConfig:
     return load_config(path)
 
 
-def run_async(main: Coroutine[Any, Any, None]) -> None:
-    """Run a service on uvloop (asyncio's default loop costs more per call)."""
-    uvloop.run(main)
+def run_async(main: Coroutine[Any, Any, None]) -> int:
+    """Run a service on uvloop (asyncio's default loop costs more per call); the exit
+    status. An OS error at start (a port in use, a directory it cannot write) is one log
+    line and status 1, not a traceback."""
+    try:
+        uvloop.run(main)
+    except OSError as exc:
+        logger.error("cannot run: %s", exc)
+        return 1
+    return 0
 
 
 def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
@@ -73,15 +80,13 @@ def _triton_tracing(environ: Mapping[str, str]) -> list[str]:
 def cmd_gateway(_: argparse.Namespace, config: StackConfig) -> int:
     from gateway.plane import run_gateway
 
-    run_async(run_gateway(config.gateway, tracing_settings(os.environ, "gateway")))
-    return 0
+    return run_async(run_gateway(config.gateway, tracing_settings(os.environ, "gateway")))
 
 
 def cmd_sidecar(_: argparse.Namespace, config: StackConfig) -> int:
     from sidecar.plane import run_sidecar
 
-    run_async(run_sidecar(config.sidecar, tracing_settings(os.environ, "sidecar")))
-    return 0
+    return run_async(run_sidecar(config.sidecar, tracing_settings(os.environ, "sidecar")))
 
 
 def cmd_triton(args: argparse.Namespace, config: StackConfig) -> int:

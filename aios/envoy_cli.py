@@ -68,8 +68,7 @@ def cmd_serve(args: argparse.Namespace, config: StackConfig) -> int:
     from aios.cli import run_async
     from gateway.xds import run_xds
 
-    run_async(run_xds(config.gateway, _options(args), args.metrics))
-    return 0
+    return run_async(run_xds(config.gateway, _options(args), args.metrics))
 
 
 def add_envoy_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -56,14 +56,14 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
         raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
     await server.start()
     http = H1Server(RestLimits(app, in_flight), settings)
-    await http.start()
-    logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
-                settings.http_port, grpc_address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        await http.start()  # a port in use raises here, and gRPC still stops below
+        logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
+                    settings.http_port, grpc_address)
         await stop.wait()
     finally:
         await http.shutdown()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jwt
 import pytest
 
 from aios.cli import main
 from aios.config import StackConfig
-from tests.helpers import REPO
+from tests.helpers import REPO, gateway_config, write_config
 
 COMMANDS = [["up"], ["gateway"], ["sidecar"], ["triton"], ["models", "build"], ["token"], []]
 
@@ -40,3 +42,19 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: object, caplog: pytest.Lo
     path.write_text("gateway: {server: {http_port: 70000, grpc_port: 1}}\n")
     assert main(["token", "--config", str(path)]) == 2
     assert "gateway.server.http_port" in caplog.text
+
+
+def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config, _, _ = gateway_config("127.0.0.1:1", "127.0.0.1:1", {})
+        config["gateway"]["server"]["http_port"] = port
+        config["gateway"]["routing"] = {"state_file": str(tmp_path / "routes.json")}
+        path = write_config(tmp_path / "gateway.yaml", config)
+        out = subprocess.run([sys.executable, "-m", "aios", "gateway", "--config", str(path)],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "cannot run:" in out.stderr and "address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
