@@ -293,8 +293,9 @@ class QuotaSettings(_Frozen):
     lease_ttl_s: float = Field(60.0, gt=0)
     # With Redis, a replica takes up to this many seconds of a tenant's rate (at most
     # 5% of its burst) in one call and spends it locally; what it does not spend in this
-    # time lapses. Tenants whose share would be under 2 units ask Redis on every request,
-    # as do tenants with max_concurrent. 0 turns prefetching off.
+    # time lapses (units already taken are still spent if Redis goes down meanwhile).
+    # Tenants whose share would be under 2 units ask Redis on every request, as do
+    # tenants with max_concurrent. 0 turns prefetching off.
     prefetch_s: float = Field(0.05, ge=0, le=1.0)
     default: TenantQuota = TenantQuota()
     tenants: dict[str, TenantQuota] = Field(default_factory=dict)
