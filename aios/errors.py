@@ -68,7 +68,8 @@ class PayloadTooLarge(AiosError):
 
 
 class RequestTimeout(AiosError):
-    """A request's headers did not arrive in time (REST only: gRPC has deadlines)."""
+    """A request's headers, or its body, did not arrive in time (REST only: gRPC has
+    deadlines)."""
 
     http_status = 408
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -62,7 +62,7 @@ def _refusal(exc: AiosError) -> bytes:
     headers = {k.lower(): v for k, v in given.items()}
     headers.update({"connection": "close", "content-length": str(len(body))})
     return _status_line(status) + "".join(
-        f"{k.lower()}: {v}\r\n" for k, v in headers.items()).encode("latin-1") + b"\r\n" + body
+        f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1") + b"\r\n" + body
 
 
 class _Cycle:
@@ -446,15 +446,14 @@ class H1Server:
         self.stopping = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self.connections):
-            if conn.idle():
-                conn.close()
         deadline = self.loop.time() + SHUTDOWN_GRACE_S
-        while (self._tasks or self.connections) and self.loop.time() < deadline:
-            await asyncio.sleep(SWEEP_S)
+        while True:
             for conn in list(self.connections):
                 if conn.idle():
                     conn.close()
+            if not (self._tasks or self.connections) or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(SWEEP_S)
         for conn in list(self.connections):
             conn.close()
         if self._sweeper is not None:

@@ -39,13 +39,12 @@ class Outcome:
     """One tracked call, as a context manager: counted and timed when it ends; the caller
     sets ``code`` once it has one (an AiosError sets it by itself)."""
 
-    __slots__ = ("_labels", "_metrics", "_protocol", "_start", "code")
+    __slots__ = ("_labels", "_metrics", "_start", "code")
 
     def __init__(self, metrics: RequestMetrics, labels: tuple[str, str, str]) -> None:
         self.code = ""
         self._metrics = metrics
         self._labels = labels
-        self._protocol = labels[2]
         self._start = 0.0
 
     def __enter__(self) -> Outcome:
@@ -58,7 +57,7 @@ class Outcome:
         metrics = self._metrics
         metrics.now -= 1
         if isinstance(exc, AiosError):
-            self.code = str(exc.http_status) if self._protocol == "rest" \
+            self.code = str(exc.http_status) if self._labels[2] == "rest" \
                 else exc.grpc_code.name
         metrics.count(*self._labels, self.code or "error").inc()
         metrics.latency_of(*self._labels).observe(time.perf_counter() - self._start)

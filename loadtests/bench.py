@@ -382,15 +382,22 @@ def _summarise(run: Run, latencies: list[float], errors: int, seconds: float) ->
     return run
 
 
+def _auth_headers(path: Path_) -> dict[str, str]:
+    """A bearer token for a path through an authenticating gateway, else nothing."""
+    if not path.auth:
+        return {}
+    token = mint_token(AuthSettings(), "bench", "bench", f"infer:{MODEL}", 7200)
+    return {"authorization": f"Bearer {token}"}
+
+
 def measure(stack: Stack, paths: list[Path_], seconds: float, rate: float,
             connections: int, batches: tuple[int, ...] = (1, 32),
             protocols: tuple[str, ...] = ("rest", "grpc")) -> list[Run]:
-    token = mint_token(AuthSettings(), "bench", "bench", f"infer:{MODEL}", 7200)
     runs = []
     for batch in batches:
         rest, payload = bodies(batch)
         for path in paths:
-            headers = {"authorization": f"Bearer {token}"} if path.auth else {}
+            headers = _auth_headers(path)
             for protocol in protocols:
                 if protocol == "grpc" and path.grpc is None:
                     continue
@@ -441,12 +448,11 @@ def median_and_range(values: list[float]) -> tuple[float, float, float]:
 def paired(stack: Stack, direct: Path_, full: Path_, seconds: float, rate: float,
            connections: int) -> Paired:
     """PAIRED_ROUNDS alternations of direct and full path, throughput then fixed rate."""
-    token = mint_token(AuthSettings(), "bench", "bench", f"infer:{MODEL}", 7200)
     rest, _ = bodies(1)
     out = Paired()
 
     def both(path: Path_) -> tuple[Run, Run]:
-        headers = {"authorization": f"Bearer {token}"} if path.auth else {}
+        headers = _auth_headers(path)
         busy = wrk(path, rest, headers, connections, seconds, stack.workdir)
         lat, err = asyncio.run(_rate_loop(path, "rest", rest, b"", headers, rate, seconds))
         return busy, _summarise(Run(path.name, "rest", 1, "rate"), lat, err, seconds)
