@@ -136,6 +136,18 @@ class ParitySettings(_Frozen):
     golden_interval_s: float = Field(300.0, gt=0)
 
 
+class BatchingSettings(_Frozen):
+    """Merging concurrent REST infer calls for one model version into one Triton request
+    (only for models whose config enables Triton's dynamic batcher)."""
+
+    enabled: bool = True
+    # Rows in one merged request, at most; a model's own max_batch_size caps it further.
+    max_rows: int = Field(64, ge=2)
+    # Requests per model version at Triton at once; calls arriving meanwhile wait for one
+    # to come back and go together (one executing, one queued keeps a model instance busy).
+    max_in_flight: int = Field(1, ge=1)
+
+
 class SidecarSettings(_Frozen):
     """The sidecar beside one Triton."""
 
@@ -145,6 +157,7 @@ class SidecarSettings(_Frozen):
         http=f"{DEFAULT_HOST}:{TRITON_HTTP_PORT}", grpc=f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}")
     decision_log: DecisionLogSettings = DecisionLogSettings()
     parity: ParitySettings = ParitySettings()
+    batching: BatchingSettings = BatchingSettings()
 
 
 STICKY_PATTERN = r"^(none|tenant|sub|header:[a-z0-9][a-z0-9_\-]*)$"

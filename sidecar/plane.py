@@ -56,6 +56,7 @@ from aios.tensors import (
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings, current_trace_id, open_tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from proto.decision_record_pb2 import DecisionRecord
+from sidecar.batching import Coalescer, batch_key, content_headers
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, VersionProfile, load_profiles
 from sidecar.records import tensors, trace_id
@@ -94,7 +95,7 @@ class SidecarPlane:
 
     def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
                  log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
-                 tracing: Tracing) -> None:
+                 tracing: Tracing, coalescer: Coalescer | None = None) -> None:
         self._tracing = tracing
         self._settings = settings
         self._http = http
@@ -111,6 +112,7 @@ class SidecarPlane:
                                 labels, buckets=BATCH_BUCKETS, registry=registry)
         self._payload_of = Series(self._payload)
         self._batch_of = Series(self._batch)
+        self._coalescer = coalescer
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
@@ -238,8 +240,7 @@ class SidecarPlane:
         profile, flags = self._check(call.model, call.version, inputs)
         try:
             with self._tracing.span("forward"):
-                reply = await self._http.request(call.method, call.upstream_path, call.body,
-                                                 headers, self._tracing.inject())
+                reply = await self._forward(call, headers, inputs, request_id)
         except AiosError as exc:
             code, message = str(exc.http_status), exc.message
             await self._write(lambda: self._record(
@@ -262,6 +263,17 @@ class SidecarPlane:
             "rest", call.model, version, headers, request_id, inputs, outputs, flags,
             "ok" if reply.status == 200 else str(reply.status), error, started))
         return reply
+
+    async def _forward(self, call: ModelCall, headers: list[tuple[str, str]], inputs: Tensors,
+                       request_id: str) -> HttpReply:
+        assert call.infer is not None
+        if self._coalescer is None:
+            return await self._http.request(call.method, call.upstream_path, call.body,
+                                            headers, self._tracing.inject())
+        key = batch_key(call.model, call.version, call.infer, content_headers(headers))
+        return await self._coalescer.forward(key, call.upstream_path, call.body, headers,
+                                             self._tracing.inject(), inputs, call.batch,
+                                             request_id)
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         """Forward a gRPC model call; record and check it if it is an inference."""
@@ -352,7 +364,12 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
             if not profiles:
                 raise NotReady(f"no training profiles under {settings.parity.model_repository}")
             parity = Parity(settings.parity, profiles, registry)
-        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing)
+        coalescer = None
+        if settings.batching.enabled:
+            coalescer = Coalescer(http, settings.batching.max_rows,
+                                  settings.batching.max_in_flight, registry)
+            stack.push_async_callback(coalescer.aclose)
+        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, coalescer)
         if parity is not None:
             task = asyncio.create_task(plane.golden_loop())
             stack.callback(task.cancel)
