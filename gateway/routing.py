@@ -10,6 +10,7 @@ was unless its slot changed hands, and then only from a loser to a gainer.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from aios.errors import InvalidInput, NotFound, NotReady
 
 SLOTS = 1 << 20
+# Sticky keys whose slot is remembered (bounded: a key can come from a client header).
+STICKY_CACHE_SIZE = 65536
 
 Segment = tuple[int, int, str]  # [start, end) owned by a target
 
@@ -123,8 +126,10 @@ def rebalance(segments: Sequence[Segment], targets: Sequence[TargetSpec]) -> tup
     return _merge(kept)
 
 
+@functools.lru_cache(maxsize=STICKY_CACHE_SIZE)
 def sticky_slot(model: str, key: str) -> int:
-    """A stable slot for ``key`` of ``model`` (the same on every replica and restart)."""
+    """A stable slot for ``key`` of ``model`` (the same on every replica and restart).
+    Cached: the same tenants call again and again, and hashing is a hot-path cost."""
     digest = hashlib.blake2b(f"{model}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % SLOTS
 
