@@ -137,15 +137,17 @@ class ParitySettings(_Frozen):
 
 
 class BatchingSettings(_Frozen):
-    """Merging concurrent REST infer calls for one model version into one Triton request
-    (only for models whose config enables Triton's dynamic batcher)."""
+    """Concurrent JSON infer calls for one model version sent as one request to the next
+    hop: the sidecar merges them into one Triton request (only for models whose config
+    enables Triton's dynamic batcher), the gateway hands them to a sidecar in one
+    envelope."""
 
     enabled: bool = True
     # Rows in one merged request, at most; a model's own max_batch_size caps it further.
     max_rows: int = Field(64, ge=2)
-    # Requests per model version at Triton at once; calls arriving meanwhile wait for one
-    # to come back and go together (one executing, one queued keeps a model instance busy).
-    max_in_flight: int = Field(1, ge=1)
+    # Requests out per model version at once; calls arriving meanwhile wait for one to
+    # come back and go together (two: the next hop readies one while it runs the other).
+    max_in_flight: int = Field(2, ge=1)
 
 
 class SidecarSettings(_Frozen):
@@ -333,6 +335,7 @@ class GatewaySettings(_Frozen):
     quota: QuotaSettings = QuotaSettings()
     routing: RoutingSettings = RoutingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    batching: BatchingSettings = BatchingSettings()
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:

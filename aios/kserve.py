@@ -218,6 +218,13 @@ def validate_infer_request(body: bytes, header_length: int) -> InferHeader:
         doc = orjson.loads(body[:header_length])
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    return check_infer_doc(doc, header_length, len(body) - header_length)
+
+
+def check_infer_doc(doc: Any, header_length: int, binary_length: int = 0) -> InferHeader:
+    """Check a parsed REST infer request (with ``binary_length`` bytes of tensor data
+    after its ``header_length`` bytes of JSON); return its header. InvalidInput names
+    what is wrong."""
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
     parameters = doc.get("parameters", {})
@@ -260,8 +267,8 @@ def validate_infer_request(body: bytes, header_length: int) -> InferHeader:
         elif (found := _count(tensor["data"])) != count:
             raise InvalidInput(f"{where}: shape {tensor['shape']} needs {count} values, "
                                f"'data' has {found}")
-    if binary_total != len(body) - header_length:
-        raise InvalidInput(f"binary tensor data is {len(body) - header_length} bytes, "
+    if binary_total != binary_length:
+        raise InvalidInput(f"binary tensor data is {binary_length} bytes, "
                            f"the inputs declare {binary_total}")
     outputs = doc.get("outputs", [])
     if not isinstance(outputs, list) or not all(

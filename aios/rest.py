@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aios import __version__
+from aios.envelope import BATCH_PATH
 from aios.errors import AiosError, NotFound, PayloadTooLarge
 from aios.kserve import error_body, json_header_length, validate_infer_request
 from aios.plane import (
@@ -31,8 +32,11 @@ from aios.plane import (
     header_value,
     valid_model_name,
 )
+from aios.upstream import HttpReply
 
 logger = logging.getLogger(__name__)
+
+PREFIX = "/v2/models/"
 
 _MODEL_PATH = re.compile(
     rf"^(?P<model>{MODEL_NAME})(?:/versions/(?P<version>[0-9]+))?(?P<tail>/[a-z]+)?$")
@@ -113,6 +117,10 @@ async def send_response(send: Send, status: int, headers: Mapping[str, str],
     await send({"type": "http.response.body", "body": body})
 
 
+# A service that takes the gateway's envelopes of calls (`aios.envelope`): the sidecar.
+BatchHandler = Callable[[bytes], Awaitable[HttpReply]]
+
+
 class ClientGone(Exception):
     """The client disconnected before its request was read."""
 
@@ -121,22 +129,31 @@ class ModelCalls:
     """Plain ASGI for /v2/models/...: the hot path skips Starlette's routing and
     middleware layers; everything else goes to ``app``."""
 
-    PREFIX = "/v2/models/"
+    PREFIX = PREFIX
 
-    def __init__(self, app: ASGIApp, plane: KServePlane, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, plane: KServePlane, max_body_bytes: int,
+                 batch: BatchHandler | None = None) -> None:
         self._app = app
         self._plane = plane
         self._limit = max_body_bytes
+        self._batch = batch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(self.PREFIX) or scope[
-                "method"] not in ("GET", "POST"):
+        batch = self._batch is not None and path == BATCH_PATH
+        if scope["type"] != "http" or not (path.startswith(self.PREFIX) or batch) or scope[
+                "method"] not in ("GET", "POST") or (batch and scope["method"] != "POST"):
             await self._app(scope, receive, send)
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         try:
-            status, out, body = await self._call(scope, path, headers, receive)
+            if batch:
+                assert self._batch is not None
+                reply = await self._batch(await _receive_body(
+                    receive, header_value(headers, "content-length"), self._limit))
+                status, out, body = reply.status, reply.headers, reply.body
+            else:
+                status, out, body = await self._call(scope, path, headers, receive)
         except ClientGone:
             return
         except AiosError as exc:

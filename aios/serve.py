@@ -20,7 +20,7 @@ from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
 from aios.h1server import H1Server
 from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
-from aios.rest import ModelCalls, create_rest_app, kserve_routes
+from aios.rest import BatchHandler, ModelCalls, create_rest_app, kserve_routes
 from aios.upstream import grpc_options
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class ServiceParts:
     plane: KServePlane
     routes: Sequence[BaseRoute] = ()
     grpc: Sequence[GrpcRegistrar] = ()
+    batch: BatchHandler | None = None  # answers the gateway's envelopes (the sidecar)
 
 
 async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
@@ -78,6 +79,6 @@ async def run_service(name: str, open_parts: AbstractAsyncContextManager[Service
         handler = kserve_grpc_handler(parts.plane)
         app = ModelCalls(create_rest_app([*kserve_routes(parts.plane, registry),
                                           *parts.routes]),
-                         parts.plane, settings.max_body_bytes)
+                         parts.plane, settings.max_body_bytes, parts.batch)
         await serve(app, [lambda s: s.add_generic_rpc_handlers((handler,)), *parts.grpc],
                     settings, name)

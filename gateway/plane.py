@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
+from aios.batching import content_headers, input_layout
 from aios.config import GatewaySettings
 from aios.errors import (
     InvalidInput,
@@ -37,6 +38,7 @@ from gateway.admin import BackendVersions, RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
 from gateway.admin_rest import AdminAuth, admin_routes
 from gateway.auth import Authenticator, Principal, build_authenticator
+from gateway.batching import BackendBatching, calls_histogram
 from gateway.breaker import Breaker
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.routestore import load_tables, open_route_store
@@ -73,6 +75,7 @@ class Backend:
 
     http: HttpUpstream
     grpc: GrpcUpstream
+    batching: BackendBatching | None = None
 
 
 def route_headers(route: Route) -> dict[str, str]:
@@ -192,15 +195,21 @@ class GatewayPlane:
         admission = await self._admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
             key = self._sticky_key(table, admission, call.headers)
+            layout = input_layout(call.infer, content_headers(call.headers)) \
+                if call.infer is not None else None
 
             async def send(route: Route) -> HttpReply:
                 backend = self._backends[route.backend]
                 versioned = f"/versions/{route.version}" if route.version else ""
                 path = f"/v2/models/{call.model}{versioned}{call.tail}"
-                return await backend.http.request(
-                    call.method, path, call.body, call.headers,
-                    {**admission.identity(), **route_headers(route), **self._tracing.inject()},
-                    route.timeout_s)
+                extra = {**admission.identity(), **route_headers(route),
+                         **self._tracing.inject()}
+                if layout is not None and backend.batching is not None:
+                    return await backend.batching.coalescer.forward(
+                        (path, layout, route.timeout_s), path, call.body, list(call.headers),
+                        extra, route.timeout_s, call.batch)
+                return await backend.http.request(call.method, path, call.body, call.headers,
+                                                  extra, route.timeout_s)
 
             with self._metrics.track(call.model, call.version, "rest") as outcome:
                 reply, route = await self._send(
@@ -260,13 +269,18 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
     """Open backends, Redis, the routing store and the shadow workers; close them after."""
     limit = settings.server.max_body_bytes
     async with AsyncExitStack() as stack:
-        backends = {
-            name: Backend(
-                await stack.enter_async_context(HttpUpstream(name, upstream)),
-                await stack.enter_async_context(GrpcUpstream(name, upstream, limit)),
-            )
-            for name, upstream in settings.backends.items()
-        }
+        calls = calls_histogram(registry) if settings.batching.enabled else None
+        backends = {}
+        for name, upstream in settings.backends.items():
+            http = await stack.enter_async_context(HttpUpstream(name, upstream))
+            batching = None
+            if calls is not None:
+                batching = BackendBatching(name, http, settings.batching.max_rows,
+                                           settings.batching.max_in_flight, calls)
+                stack.push_async_callback(batching.coalescer.aclose)
+            backends[name] = Backend(
+                http, await stack.enter_async_context(GrpcUpstream(name, upstream, limit)),
+                batching)
         auth = build_authenticator(settings.auth, registry) if settings.auth.enabled else None
         quotas = None
         if settings.quota.enabled:

@@ -13,22 +13,22 @@ and ``dynamic_batching`` (rows are independent, as the dynamic batcher already a
 JSON calls without parameters or requested outputs, numeric inputs. If Triton refuses a
 merged request, every call is sent again on its own, so each gets its own answer.
 
-The merge and the split are pure functions; `Coalescer` does the I/O.
+The merge and the split are pure functions; `TritonBatching` reads each model's config
+and sends merged requests; `aios.batching.Coalescer` decides which calls meet.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
 
+from aios.batching import CALLS_BUCKETS, JSON_HEADERS, Coalescer, Layout, Waiting, input_layout
 from aios.errors import AiosError
 from aios.kserve import InferHeader
 from aios.tensors import Tensors
@@ -36,37 +36,18 @@ from aios.upstream import HttpReply, HttpUpstream
 
 logger = logging.getLogger(__name__)
 
-# Datatypes orjson writes straight from numpy (FP16 and BYTES calls go alone).
-MERGEABLE_DATATYPES = frozenset({
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP32", "FP64",
-})
 # How long a model's batching answer (from its Triton config) is trusted.
 CONFIG_TTL_S = 10.0
-CALLS_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-JSON_HEADERS = {"content-type": "application/json"}
 
-# (model, version, ((input name, datatype, shape after the batch dim), ...))
-BatchKey = tuple[str, str, tuple[tuple[str, str, tuple[int, ...]], ...]]
+# (model, version, input layout)
+BatchKey = tuple[str, str, Layout]
 
 
 def batch_key(model: str, version: str, header: InferHeader,
               content_headers: Mapping[str, str]) -> BatchKey | None:
     """Under which key a call may share a Triton request, or None if it must go alone."""
-    doc = header.doc
-    if content_headers or not doc.keys() <= {"id", "inputs"}:
-        return None
-    if not isinstance(doc.get("id", ""), str):
-        return None
-    layout = []
-    for tensor in doc["inputs"]:
-        shape = tensor["shape"]
-        # Every input must carry the same rows, as Triton requires of a batch.
-        if (tensor.get("parameters") or not shape or shape[0] != header.batch
-                or shape[0] < 1 or tensor["datatype"] not in MERGEABLE_DATATYPES):
-            return None
-        layout.append((tensor["name"], tensor["datatype"], tuple(shape[1:])))
-    return model, version, tuple(layout)
+    layout = input_layout(header, content_headers)
+    return None if layout is None else (model, version, layout)
 
 
 def merge_body(key: BatchKey, calls: Sequence[Tensors]) -> bytes:
@@ -110,78 +91,27 @@ def split_reply(body: bytes, rows: Sequence[int], ids: Sequence[str]) -> list[by
     return replies
 
 
-@dataclass(slots=True)
-class _Waiting:
-    """A call waiting for its turn's batch to be sent."""
-
-    path: str
-    body: bytes
-    headers: list[tuple[str, str]]
-    extra: Mapping[str, str] | None
-    inputs: Tensors
-    rows: int
-    request_id: str
-    reply: asyncio.Future[HttpReply]
-
-
-@dataclass(slots=True)
-class _Batch:
-    key: BatchKey
-    calls: list[_Waiting] = field(default_factory=list)
-    rows: int = 0
-    due: bool = False  # its loop turn is over; it waits for a request to come back
-
-
 @dataclass(frozen=True, slots=True)
 class _Mergeable:
     max_rows: int
     until: float
 
 
-class Coalescer:
-    """Forwards REST infer calls to Triton, merging those of one loop turn."""
+class TritonBatching:
+    """Which models Triton lets us merge calls for (from their config), and the merged
+    requests themselves."""
 
     def __init__(self, http: HttpUpstream, max_rows: int, max_in_flight: int,
                  registry: CollectorRegistry) -> None:
         self._http = http
         self._max_rows = max_rows
-        self._max_in_flight = max_in_flight
-        self._in_flight: dict[BatchKey, int] = {}
-        self._calls_per_request = Histogram(
-            "aios_sidecar_calls_per_triton_request",
-            "Mergeable infer calls per request sent to Triton (1: sent alone)",
-            buckets=CALLS_BUCKETS, registry=registry)
-        self._open: dict[BatchKey, _Batch] = {}
         self._models: dict[tuple[str, str], _Mergeable] = {}
         self._looking: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def forward(self, key: BatchKey | None, path: str, body: bytes,
-                      headers: list[tuple[str, str]], extra: Mapping[str, str] | None,
-                      inputs: Tensors, rows: int, request_id: str) -> HttpReply:
-        """Send one infer call, with others of this loop turn where it can."""
-        limit = self._limit(key) if key is not None else 0
-        if key is None or rows > limit:
-            return await self._http.request("POST", path, body, headers, extra)
-        batch = self._open.get(key)
-        if batch is not None and batch.rows + rows > limit:
-            self._send(self._open.pop(key))
-            batch = None
-        if batch is None:
-            batch = self._open[key] = _Batch(key)
-            asyncio.get_running_loop().call_soon(self._close, key, batch)
-        waiting = _Waiting(path, body, headers, extra, inputs, rows, request_id,
-                           asyncio.get_running_loop().create_future())
-        batch.calls.append(waiting)
-        batch.rows += rows
-        return await waiting.reply
-
-    async def aclose(self) -> None:
-        """Cancel what is still in flight (at shutdown)."""
-        for task in list(self._tasks):
-            task.cancel()
-
-    # -- which models may be merged -------------------------------------------------------
+        calls = Histogram("aios_sidecar_calls_per_triton_request",
+                          "Mergeable infer calls per request sent to Triton (1: sent alone)",
+                          buckets=CALLS_BUCKETS, registry=registry)
+        self.coalescer: Coalescer[BatchKey] = Coalescer(http, self._limit, self._merged,
+                                                        max_in_flight, calls)
 
     def _limit(self, key: BatchKey) -> int:
         """Rows a merged request for this model may hold (0: do not merge, or not known
@@ -192,7 +122,7 @@ class Coalescer:
             return known.max_rows
         if model not in self._looking:
             self._looking.add(model)
-            self._spawn(self._look_up(model))
+            self.coalescer.spawn(self._look_up(model))
         return known.max_rows if known is not None else 0
 
     async def _look_up(self, model: tuple[str, str]) -> None:
@@ -213,92 +143,15 @@ class Coalescer:
             self._looking.discard(model)
         self._models[model] = _Mergeable(max(max_rows, 0), time.monotonic() + CONFIG_TTL_S)
 
-    # -- sending -------------------------------------------------------------------------
-
-    def _close(self, key: BatchKey, batch: _Batch) -> None:
-        """The loop turn that opened ``batch`` is over: send it, unless this model version
-        already has its share of requests at Triton; then it sends when one comes back,
-        with whatever joined it meanwhile."""
-        if self._open.get(key) is not batch:
-            return
-        if self._in_flight.get(key, 0) >= self._max_in_flight:
-            batch.due = True
-            return
-        del self._open[key]
-        self._send(batch)
-
-    def _send(self, batch: _Batch) -> None:
-        self._in_flight[batch.key] = self._in_flight.get(batch.key, 0) + 1
-        task = asyncio.ensure_future(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: _Batch) -> None:
-        live = [c for c in batch.calls if not c.reply.done()]  # a cancelled caller left
-        try:
-            if len(live) == 1:
-                await self._alone(live[0])
-            elif live:
-                await self._merged(batch.key, live)
-        except asyncio.CancelledError:
-            for call in live:
-                call.reply.cancel()
-            raise
-        finally:
-            left = self._in_flight[batch.key] = self._in_flight[batch.key] - 1
-            waiting = self._open.get(batch.key)
-            if waiting is not None and waiting.due and left < self._max_in_flight:
-                del self._open[batch.key]
-                self._send(waiting)
-
-    async def _alone(self, call: _Waiting) -> None:
-        self._calls_per_request.observe(1)
-        try:
-            reply = await self._http.request("POST", call.path, call.body, call.headers,
-                                             call.extra)
-        except AiosError as exc:
-            _settle(call, exc)
-        else:
-            _settle(call, reply)
-
-    async def _merged(self, key: BatchKey, calls: list[_Waiting]) -> None:
+    async def _merged(self, key: BatchKey, calls: list[Waiting]) -> list[HttpReply] | None:
         body = merge_body(key, [c.inputs for c in calls])
-        try:
-            reply = await self._http.request("POST", calls[0].path, body,
-                                             JSON_HEADERS.items())
-        except AiosError as exc:
-            for call in calls:
-                _settle(call, exc)
-            return
+        reply = await self._http.request("POST", calls[0].path, body, JSON_HEADERS.items())
         replies = split_reply(reply.body, [c.rows for c in calls],
                               [c.request_id for c in calls]) if reply.status == 200 else None
         if replies is None:
             # Triton refused the merged request (one call's data, say): each call on its
             # own gets exactly the answer it would have had.
             logger.debug("merged request of %d calls answered %d; sending each alone",
-                         len(calls), reply.status)
-            await asyncio.gather(*(self._alone(c) for c in calls))
-            return
-        self._calls_per_request.observe(len(calls))
-        for call, one in zip(calls, replies, strict=True):
-            _settle(call, HttpReply(200, JSON_HEADERS, one))
-
-
-def _settle(call: _Waiting, outcome: HttpReply | AiosError) -> None:
-    if call.reply.done():
-        return
-    if isinstance(outcome, AiosError):
-        call.reply.set_exception(outcome)
-    else:
-        call.reply.set_result(outcome)
-
-
-def content_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The headers that make a body more than plain JSON (binary tensors, compression)."""
-    return {k: v for k, v in headers
-            if k in ("inference-header-content-length", "content-encoding")}
+                          len(calls), reply.status)
+            return None
+        return [HttpReply(200, JSON_HEADERS, one) for one in replies]

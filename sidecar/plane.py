@@ -16,18 +16,21 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
+from aios.envelope import decode_calls, encode_answers
 from aios.errors import AiosError, InvalidInput, NotReady
-from aios.kserve import check_parameters, peek_model
+from aios.kserve import check_infer_doc, check_parameters, peek_model
 from aios.metrics import RequestMetrics, Series
 from aios.plane import (
     GRPC_CALL_KINDS,
@@ -44,6 +47,7 @@ from aios.plane import (
     header_value,
     valid_model_name,
 )
+from aios.rest import PREFIX, error_parts, parse_model_path
 from aios.serve import ServiceParts, run_service
 from aios.tensors import (
     Tensors,
@@ -56,7 +60,7 @@ from aios.tensors import (
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings, current_trace_id, open_tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.batching import Coalescer, batch_key, content_headers
+from sidecar.batching import TritonBatching, batch_key
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, VersionProfile, load_profiles
 from sidecar.records import tensors, trace_id
@@ -95,7 +99,7 @@ class SidecarPlane:
 
     def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
                  log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
-                 tracing: Tracing, coalescer: Coalescer | None = None) -> None:
+                 tracing: Tracing, batching: TritonBatching | None = None) -> None:
         self._tracing = tracing
         self._settings = settings
         self._http = http
@@ -112,7 +116,7 @@ class SidecarPlane:
                                 labels, buckets=BATCH_BUCKETS, registry=registry)
         self._payload_of = Series(self._payload)
         self._batch_of = Series(self._batch)
-        self._coalescer = coalescer
+        self._batching = batching
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
@@ -267,13 +271,37 @@ class SidecarPlane:
     async def _forward(self, call: ModelCall, headers: list[tuple[str, str]], inputs: Tensors,
                        request_id: str) -> HttpReply:
         assert call.infer is not None
-        if self._coalescer is None:
+        if self._batching is None:
             return await self._http.request(call.method, call.upstream_path, call.body,
                                             headers, self._tracing.inject())
         key = batch_key(call.model, call.version, call.infer, content_headers(headers))
-        return await self._coalescer.forward(key, call.upstream_path, call.body, headers,
-                                             self._tracing.inject(), inputs, call.batch,
-                                             request_id)
+        return await self._batching.coalescer.forward(
+            key, call.upstream_path, call.body, headers, self._tracing.inject(), None,
+            call.batch, request_id, inputs)
+
+    async def answer_batch(self, envelope: bytes) -> HttpReply:
+        """Answer a gateway's envelope of infer calls (`aios.envelope`): each call as if
+        it had come alone, all at once, so that they can meet at Triton."""
+        path, calls = decode_calls(envelope)
+        if not path.startswith(PREFIX):
+            raise InvalidInput(f"batch envelope: not a model path: {path!r}")
+        model, version, tail = parse_model_path(path[len(PREFIX):])
+        if tail != "/infer":
+            raise InvalidInput(f"batch envelope: not an infer path: {path!r}")
+
+        async def answer(headers: list[tuple[str, str]], doc: Any,
+                         ) -> tuple[int, Mapping[str, str], bytes]:
+            try:
+                body = orjson.dumps(doc)
+                call = ModelCall(model, version, tail, "POST", body, headers,
+                                 check_infer_doc(doc, len(body)))
+                reply = await self.forward_rest(call)
+            except AiosError as exc:
+                return error_parts(exc)
+            return reply.status, reply.headers, reply.body
+
+        answers = await asyncio.gather(*(answer(h, doc) for h, doc in calls))
+        return HttpReply(200, JSON_HEADERS, encode_answers(answers))
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         """Forward a gRPC model call; record and check it if it is an inference."""
@@ -364,16 +392,16 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
             if not profiles:
                 raise NotReady(f"no training profiles under {settings.parity.model_repository}")
             parity = Parity(settings.parity, profiles, registry)
-        coalescer = None
+        batching = None
         if settings.batching.enabled:
-            coalescer = Coalescer(http, settings.batching.max_rows,
-                                  settings.batching.max_in_flight, registry)
-            stack.push_async_callback(coalescer.aclose)
-        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, coalescer)
+            batching = TritonBatching(http, settings.batching.max_rows,
+                                      settings.batching.max_in_flight, registry)
+            stack.push_async_callback(batching.coalescer.aclose)
+        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, batching)
         if parity is not None:
             task = asyncio.create_task(plane.golden_loop())
             stack.callback(task.cancel)
-        yield ServiceParts(plane)
+        yield ServiceParts(plane, batch=plane.answer_batch)
 
 
 async def run_sidecar(settings: SidecarSettings,

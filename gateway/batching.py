@@ -1,0 +1,103 @@
+"""Hand a sidecar the infer calls that meet in the gateway as one envelope (`aios.envelope`).
+
+Only backends that say they are an AIOS sidecar (``GET /v2``) take envelopes; calls to
+any other backend (a Triton, say) go one by one as before. The sidecar answers every call
+of an envelope as if it had come alone, so each call keeps its identity, its route
+headers, its decision record and its status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from prometheus_client import CollectorRegistry, Histogram
+
+from aios.batching import CALLS_BUCKETS, JSON_HEADERS, Coalescer, Layout, Waiting
+from aios.envelope import BATCH_PATH, decode_answers, encode_calls
+from aios.errors import AiosError, UpstreamUnavailable
+from aios.upstream import FORWARDED_RESPONSE_HEADERS, HttpReply, HttpUpstream, outgoing
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_NAME = "aios-sidecar"
+# How long a backend's answer to "are you a sidecar?" is trusted.
+PROBE_TTL_S = 10.0
+
+# (path, input layout, timeout)
+EnvelopeKey = tuple[str, Layout, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    sidecar: bool
+    until: float
+
+
+class BackendBatching:
+    """Envelopes of calls to one backend, if it is a sidecar."""
+
+    def __init__(self, name: str, http: HttpUpstream, max_rows: int, max_in_flight: int,
+                 calls_per_request: Histogram) -> None:
+        self._name = name
+        self._http = http
+        self._max_rows = max_rows
+        self._probe: _Probe | None = None
+        self._probing = False
+        self.coalescer: Coalescer[EnvelopeKey] = Coalescer(
+            http, self._limit, self._merged, max_in_flight, calls_per_request)
+
+    def _limit(self, key: EnvelopeKey) -> int:
+        """Rows an envelope may hold: none until the backend said it is a sidecar (the
+        first calls go alone while it is asked)."""
+        probe = self._probe
+        if (probe is None or probe.until <= time.monotonic()) and not self._probing:
+            self._probing = True
+            self.coalescer.spawn(self._ask())
+        return self._max_rows if probe is not None and probe.sidecar else 0
+
+    async def _ask(self) -> None:
+        sidecar = False
+        try:
+            reply = await self._http.request("GET", "/v2", b"", ())
+            sidecar = reply.status == 200 and orjson.loads(reply.body).get(
+                "name") == SIDECAR_NAME
+        except (AiosError, orjson.JSONDecodeError, AttributeError) as exc:
+            logger.info("backend %r: cannot tell whether it takes envelopes: %s",
+                        self._name, exc)
+        finally:
+            self._probing = False
+        self._probe = _Probe(sidecar, time.monotonic() + PROBE_TTL_S)
+
+    async def _merged(self, key: EnvelopeKey, calls: list[Waiting]) -> list[HttpReply] | None:
+        envelope = encode_calls(key[0], [(outgoing(c.headers, c.extra), c.body)
+                                         for c in calls])
+        reply = await self._http.request("POST", BATCH_PATH, envelope, JSON_HEADERS.items(),
+                                         None, key[2])
+        if reply.status != 200:
+            # The envelope was refused as a whole (too large, overloaded, not a sidecar
+            # after all): no call was answered, so each goes on its own.
+            logger.debug("backend %r refused an envelope of %d calls: %d", self._name,
+                         len(calls), reply.status)
+            return None
+        try:
+            answers = decode_answers(reply.body, len(calls))
+        except (ValueError, KeyError, TypeError) as exc:
+            # The calls were answered, so sending them again would decide them twice.
+            raise UpstreamUnavailable(
+                f"backend {self._name!r} answered an envelope of calls malformed") from exc
+        return [HttpReply(status, _kept(headers), body) for status, headers, body in answers]
+
+
+def _kept(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k in FORWARDED_RESPONSE_HEADERS}
+
+
+def calls_histogram(registry: CollectorRegistry) -> Histogram:
+    """Calls per request the gateway sends to a sidecar (1: sent alone)."""
+    return Histogram("aios_gateway_calls_per_backend_request",
+                     "Mergeable infer calls per request sent to a sidecar (1: sent alone)",
+                     buckets=CALLS_BUCKETS, registry=registry)
