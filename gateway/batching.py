@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
 
-from aios.batching import CALLS_BUCKETS, JSON_HEADERS, Coalescer, Layout, Waiting
+from aios.batching import (
+    CALLS_BUCKETS,
+    JSON_HEADERS,
+    Coalescer,
+    Layout,
+    Waiting,
+    content_headers,
+    input_layout,
+)
 from aios.envelope import BATCH_PATH, decode_answers, encode_calls
-from aios.errors import AiosError, UpstreamUnavailable
+from aios.errors import AiosError, InvalidInput, UpstreamUnavailable
+from aios.kserve import validate_infer_request
 from aios.upstream import FORWARDED_RESPONSE_HEADERS, HttpReply, HttpUpstream, outgoing
 
 logger = logging.getLogger(__name__)
@@ -49,6 +58,24 @@ class BackendBatching:
         self._probing = False
         self.coalescer: Coalescer[EnvelopeKey] = Coalescer(
             http, self._limit, self._merged, max_in_flight, calls_per_request)
+
+    async def request(self, method: str, path: str, body: bytes,
+                      headers: Iterable[tuple[str, str]],
+                      extra: Mapping[str, str] | None = None,
+                      timeout_s: float | None = None) -> HttpReply:
+        """`HttpUpstream.request`, with a mergeable infer call sent in an envelope (for
+        callers that hold only the body: shadow copies)."""
+        headers = list(headers)
+        if method == "POST" and path.endswith("/infer"):
+            try:
+                header = validate_infer_request(body, len(body))
+            except InvalidInput:  # compressed or binary: it goes alone
+                return await self._http.request(method, path, body, headers, extra, timeout_s)
+            layout = input_layout(header, content_headers(headers))
+            if layout is not None:
+                return await self.coalescer.forward((path, layout, timeout_s), path, body,
+                                                    headers, extra, timeout_s, header.batch)
+        return await self._http.request(method, path, body, headers, extra, timeout_s)
 
     def _limit(self, key: EnvelopeKey) -> int:
         """Rows an envelope may hold: none until the backend said it is a sidecar (the

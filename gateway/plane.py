@@ -299,7 +299,8 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
         res = settings.resilience
         breaker = Breaker(res.eject_after_failures, res.ejection_s, registry)
         shadows = await stack.enter_async_context(ShadowRunner(
-            {n: b.http for n, b in backends.items()}, {n: b.grpc for n, b in backends.items()},
+            {n: b.batching or b.http for n, b in backends.items()},
+            {n: b.grpc for n, b in backends.items()},
             res.shadow_queue, res.shadow_concurrency, registry, tracing))
         admin = RoutingAdmin(settings, router, store,
                              BackendVersions({n: b.http for n, b in backends.items()}), breaker)

@@ -12,9 +12,9 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -24,11 +24,23 @@ from aios.metrics import LATENCY_BUCKETS
 from aios.plane import SHADOW_HEADER
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.tracing import Tracing
-from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
+from aios.upstream import GrpcReply, GrpcUpstream, HttpReply
 from gateway.compare import compare
 from gateway.routing import ShadowSpec
 
 logger = logging.getLogger(__name__)
+
+
+class RestSender(Protocol):
+    """What sends a REST shadow copy: a backend's `HttpUpstream`, or its
+    `gateway.batching.BackendBatching`, which puts copies that meet in one envelope."""
+
+    async def request(self, method: str, path: str, body: bytes,
+                      headers: Iterable[tuple[str, str]],
+                      extra: Mapping[str, str] | None = None,
+                      timeout_s: float | None = None) -> HttpReply:
+        """Send one call; the reply, or an AiosError."""
+        ...
 
 DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -81,7 +93,7 @@ def _outputs(reply: HttpReply | GrpcReply) -> Outputs:
 class ShadowRunner:
     """A bounded queue and a few workers that send and compare shadow copies."""
 
-    def __init__(self, http: Mapping[str, HttpUpstream], grpc: Mapping[str, GrpcUpstream],
+    def __init__(self, http: Mapping[str, RestSender], grpc: Mapping[str, GrpcUpstream],
                  queue_size: int, concurrency: int, registry: CollectorRegistry,
                  tracing: Tracing, rng: Callable[[], float] = random.random) -> None:
         self._tracing = tracing

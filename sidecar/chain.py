@@ -31,14 +31,20 @@ def record_hash(record: DecisionRecord) -> bytes:
     return hashlib.sha256(prev + unsealed.SerializeToString(deterministic=True)).digest()
 
 
+# `hash` is the record's last field: its encoding follows everything else, so a sealed
+# record is the unsealed encoding plus this tag and length and the 32 bytes.
+_HASH_FIELD = bytes((DecisionRecord.HASH_FIELD_NUMBER << 3 | 2, 1, 32))
+
+
 def seal(record: DecisionRecord, sequence: int, prev_hash: bytes) -> bytes:
     """Chain ``record`` after ``prev_hash`` as number ``sequence``; return its frame."""
     record.sequence = sequence
     record.prev_hash = prev_hash
     record.ClearField("hash")
-    body = record.SerializeToString(deterministic=True)
-    record.hash = hashlib.sha256(prev_hash + body).digest()
-    payload: bytes = record.SerializeToString(deterministic=True)
+    body: bytes = record.SerializeToString(deterministic=True)
+    digest = hashlib.sha256(prev_hash + body).digest()
+    record.hash = digest
+    payload = body + _HASH_FIELD + digest
     return _LEN.pack(len(payload)) + payload
 
 

@@ -19,7 +19,7 @@ from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.audit import segments, show, verify
-from sidecar.chain import read_frames
+from sidecar.chain import read_frames, record_hash, seal
 from sidecar.decisionlog import DecisionLog
 from tests.helpers import REPO
 from tests.redis_server import RedisServer
@@ -215,3 +215,15 @@ async def test_sync_head_moves_once_nothing_waits(
         assert head["sequence"] == 203
         assert head["hash"] == _hash_of(tmp_path, 203)
     assert verify(tmp_path).intact
+
+
+@pytest.mark.parametrize("record", [
+    DecisionRecord(),
+    DecisionRecord(request_id="r", tenant="t", model="m", latency_micros=7, shadow=True,
+                   parity_flags=["shape:features"], error="x" * 300),
+], ids=["empty", "full"])
+def test_a_sealed_frame_is_the_records_own_encoding(record: DecisionRecord) -> None:
+    frame = seal(record, 12, bytes(range(32)))
+    assert frame[4:] == record.SerializeToString(deterministic=True)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert (record.sequence, record.hash) == (12, record_hash(record))
