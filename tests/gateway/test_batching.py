@@ -12,8 +12,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from aios.config import UpstreamSettings
 from aios.envelope import BATCH_PATH, encode_calls
+from aios.upstream import HttpUpstream
+from gateway.batching import BackendBatching, calls_histogram
 from sidecar.audit import records
 from tests.conftest import Stack
 from tests.e2e.test_decisions import decisions
@@ -121,3 +125,35 @@ def test_a_bad_call_in_an_envelope_gets_its_own_400(stack: Stack) -> None:
     answer: Any = resp.json()["replies"][0]
     assert (resp.status_code, answer["status"]) == (200, 400)
     assert answer["body"] == {"error": "'inputs' must be a non-empty list"}
+
+
+def test_copies_sent_with_only_their_body_meet_in_envelopes_too(stack: Stack) -> None:
+    """What shadow copies use: `request` finds the layout in the body itself."""
+
+    async def main() -> list[Any]:
+        registry = CollectorRegistry()
+        settings = UpstreamSettings(http=stack.sidecar_http, grpc=stack.sidecar_grpc)
+        async with HttpUpstream("local", settings) as http:
+            batching = BackendBatching("local", http, 64, 1, calls_histogram(registry))
+            path = "/v2/models/claims_risk/versions/2/infer"
+            body = rows_body(np.full((1, 8), 3.0, "<f4"))
+            await batching.request("POST", path, body, [])  # asks whether it is a sidecar
+            await asyncio.sleep(0.3)
+            replies = await asyncio.gather(*(
+                batching.request("POST", path, rows_body(np.full((1, 8), float(i), "<f4"),
+                                                         f"copy-{i}"),
+                                 [("x-aios-shadow", "1")]) for i in range(12)))
+            # Anything else still goes alone, as it came.
+            ready = await batching.request("GET", "/v2/models/claims_risk/ready", b"", [])
+            assert ready.status == 200
+            count = registry.get_sample_value("aios_gateway_calls_per_backend_request_count")
+            total = registry.get_sample_value("aios_gateway_calls_per_backend_request_sum")
+            assert total == 12 and count is not None and count < 12, (count, total)
+            await batching.coalescer.aclose()
+            return [json.loads(r.body) for r in replies]
+
+    docs = asyncio.run(main())
+    assert [d["id"] for d in docs] == [f"copy-{i}" for i in range(12)]
+    assert all(d["outputs"][0]["shape"] == [1, 1] for d in docs)
+    found = {r.request_id for r in records(decisions(stack)) if r.shadow}
+    assert {f"copy-{i}" for i in range(12)} <= found
