@@ -142,7 +142,7 @@ def test_copies_sent_with_only_their_body_meet_in_envelopes_too(stack: Stack) ->
             replies = await asyncio.gather(*(
                 batching.request("POST", path, rows_body(np.full((1, 8), float(i), "<f4"),
                                                          f"copy-{i}"),
-                                 [("x-aios-shadow", "1")]) for i in range(12)))
+                                 [], {"x-aios-shadow": "1"}) for i in range(12)))
             # Anything else still goes alone, as it came.
             ready = await batching.request("GET", "/v2/models/claims_risk/ready", b"", [])
             assert ready.status == 200
