@@ -17,6 +17,7 @@ call is sent on its own; it raises an AiosError when the hop failed, and every c
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,6 +30,11 @@ from aios.tensors import Tensors
 from aios.upstream import HttpReply, HttpUpstream
 
 K = TypeVar("K", bound=Hashable)
+Q = TypeVar("Q", bound=Hashable)
+
+# How long an answer about the next hop (a model's config, whether it is a sidecar) is
+# trusted before it is asked again.
+ANSWER_TTL_S = 10.0
 
 # Datatypes whose JSON values can be merged (orjson writes these from numpy; FP16 and
 # BYTES calls go alone).
@@ -201,6 +207,34 @@ class Coalescer(Generic[K]):
         self._calls_per_request.observe(len(calls))
         for call, reply in zip(calls, replies, strict=True):
             _settle(call, reply)
+
+
+class Asked(Generic[Q]):
+    """How many rows may merge, per question about the next hop, asked in the background
+    and trusted for ANSWER_TTL_S: until the first answer, 0 (calls go alone meanwhile,
+    never waiting for it); a stale answer stands while it is asked again."""
+
+    def __init__(self, ask: Callable[[Q], Awaitable[int]],
+                 spawn: Callable[[Awaitable[Any]], None]) -> None:
+        self._ask = ask
+        self._spawn = spawn
+        self._answers: dict[Q, tuple[int, float]] = {}
+        self._asking: set[Q] = set()
+
+    def rows(self, question: Q) -> int:
+        """The latest answer to ``question`` (0 if none yet)."""
+        rows, until = self._answers.get(question, (0, 0.0))
+        if until <= time.monotonic() and question not in self._asking:
+            self._asking.add(question)
+            self._spawn(self._refresh(question))
+        return rows
+
+    async def _refresh(self, question: Q) -> None:
+        try:
+            rows = await self._ask(question)
+        finally:
+            self._asking.discard(question)
+        self._answers[question] = (max(rows, 0), time.monotonic() + ANSWER_TTL_S)
 
 
 def _settle(call: Waiting, outcome: HttpReply | AiosError) -> None:

@@ -55,6 +55,11 @@ def forwardable(name: str) -> bool:
     return name in FORWARDED_REQUEST_HEADERS
 
 
+def kept_response_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The next hop's response headers that we pass back."""
+    return {k: v for k, v in items if k in FORWARDED_RESPONSE_HEADERS}
+
+
 def outgoing(items: Iterable[tuple[str, Any]], extra: Mapping[str, str] | None,
              ) -> list[tuple[str, Any]]:
     """The client's forwardable headers (or metadata) and ours; ours win, so a client's
@@ -108,8 +113,7 @@ class HttpUpstream:
                                       f"{type(exc).__name__}") from exc
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
-        kept = {k: v for k, v in resp.headers if k in FORWARDED_RESPONSE_HEADERS}
-        return HttpReply(resp.status, kept, resp.body)
+        return HttpReply(resp.status, kept_response_headers(resp.headers), resp.body)
 
     async def ready(self) -> bool:
         """Whether the next hop reports itself ready."""

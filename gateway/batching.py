@@ -9,9 +9,7 @@ headers, its decision record and its status.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
@@ -19,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from aios.batching import (
     CALLS_BUCKETS,
     JSON_HEADERS,
+    Asked,
     Coalescer,
     Layout,
     Waiting,
@@ -28,22 +27,14 @@ from aios.batching import (
 from aios.envelope import BATCH_PATH, decode_answers, encode_calls
 from aios.errors import AiosError, InvalidInput, UpstreamUnavailable
 from aios.kserve import validate_infer_request
-from aios.upstream import FORWARDED_RESPONSE_HEADERS, HttpReply, HttpUpstream, outgoing
+from aios.upstream import HttpReply, HttpUpstream, kept_response_headers, outgoing
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "aios-sidecar"
-# How long a backend's answer to "are you a sidecar?" is trusted.
-PROBE_TTL_S = 10.0
 
 # (path, input layout, timeout)
 EnvelopeKey = tuple[str, Layout, float | None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Probe:
-    sidecar: bool
-    until: float
 
 
 class BackendBatching:
@@ -54,10 +45,11 @@ class BackendBatching:
         self._name = name
         self._http = http
         self._max_rows = max_rows
-        self._probe: _Probe | None = None
-        self._probing = False
+        # Rows an envelope may hold: none until the backend said it is a sidecar.
         self.coalescer: Coalescer[EnvelopeKey] = Coalescer(
-            http, self._limit, self._merged, max_in_flight, calls_per_request)
+            http, lambda _: self._sidecar.rows(name), self._merged, max_in_flight,
+            calls_per_request)
+        self._sidecar: Asked[str] = Asked(self._rows_if_sidecar, self.coalescer.spawn)
 
     async def request(self, method: str, path: str, body: bytes,
                       headers: Iterable[tuple[str, str]],
@@ -77,27 +69,14 @@ class BackendBatching:
                                                     headers, extra, timeout_s, header.batch)
         return await self._http.request(method, path, body, headers, extra, timeout_s)
 
-    def _limit(self, key: EnvelopeKey) -> int:
-        """Rows an envelope may hold: none until the backend said it is a sidecar (the
-        first calls go alone while it is asked)."""
-        probe = self._probe
-        if (probe is None or probe.until <= time.monotonic()) and not self._probing:
-            self._probing = True
-            self.coalescer.spawn(self._ask())
-        return self._max_rows if probe is not None and probe.sidecar else 0
-
-    async def _ask(self) -> None:
-        sidecar = False
+    async def _rows_if_sidecar(self, name: str) -> int:
         try:
             reply = await self._http.request("GET", "/v2", b"", ())
-            sidecar = reply.status == 200 and orjson.loads(reply.body).get(
-                "name") == SIDECAR_NAME
+            if reply.status == 200 and orjson.loads(reply.body).get("name") == SIDECAR_NAME:
+                return self._max_rows
         except (AiosError, orjson.JSONDecodeError, AttributeError) as exc:
-            logger.info("backend %r: cannot tell whether it takes envelopes: %s",
-                        self._name, exc)
-        finally:
-            self._probing = False
-        self._probe = _Probe(sidecar, time.monotonic() + PROBE_TTL_S)
+            logger.info("backend %r: cannot tell whether it takes envelopes: %s", name, exc)
+        return 0
 
     async def _merged(self, key: EnvelopeKey, calls: list[Waiting]) -> list[HttpReply] | None:
         envelope = encode_calls(key[0], [(outgoing(c.headers, c.extra), c.body)
@@ -116,11 +95,8 @@ class BackendBatching:
             # The calls were answered, so sending them again would decide them twice.
             raise UpstreamUnavailable(
                 f"backend {self._name!r} answered an envelope of calls malformed") from exc
-        return [HttpReply(status, _kept(headers), body) for status, headers, body in answers]
-
-
-def _kept(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k in FORWARDED_RESPONSE_HEADERS}
+        return [HttpReply(status, kept_response_headers(headers.items()), body)
+                for status, headers, body in answers]
 
 
 def calls_histogram(registry: CollectorRegistry) -> Histogram:
