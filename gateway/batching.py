@@ -65,9 +65,17 @@ class BackendBatching:
                 return await self._http.request(method, path, body, headers, extra, timeout_s)
             layout = input_layout(header, content_headers(headers))
             if layout is not None:
-                return await self.coalescer.forward((path, layout, timeout_s), path, body,
-                                                    headers, extra, timeout_s, header.batch)
+                return await self.forward(path, body, headers, extra, timeout_s, layout,
+                                          header.batch)
         return await self._http.request(method, path, body, headers, extra, timeout_s)
+
+    async def forward(self, path: str, body: bytes, headers: list[tuple[str, str]],
+                      extra: Mapping[str, str] | None, timeout_s: float | None,
+                      layout: Layout, rows: int) -> HttpReply:
+        """Send a mergeable infer call (its ``layout`` known), in an envelope with others
+        to the same path and timeout where they meet."""
+        return await self.coalescer.forward((path, layout, timeout_s), path, body, headers,
+                                            extra, timeout_s, rows)
 
     async def _rows_if_sidecar(self, name: str) -> int:
         try:

@@ -205,9 +205,9 @@ class GatewayPlane:
                 extra = {**admission.identity(), **route_headers(route),
                          **self._tracing.inject()}
                 if layout is not None and backend.batching is not None:
-                    return await backend.batching.coalescer.forward(
-                        (path, layout, route.timeout_s), path, call.body, list(call.headers),
-                        extra, route.timeout_s, call.batch)
+                    return await backend.batching.forward(
+                        path, call.body, list(call.headers), extra, route.timeout_s, layout,
+                        call.batch)
                 return await backend.http.request(call.method, path, call.body, call.headers,
                                                   extra, route.timeout_s)
 
