@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 30.0
+# A launcher whose child launches in turn (`aios up` → `aios triton` → tritonserver) waits
+# past the child's own STOP_TIMEOUT_S: else it SIGKILLs the child while the child is still
+# stopping its grandchild, and the grandchild (in its own group) outlives both for a moment.
+LAUNCHER_STOP_TIMEOUT_S = STOP_TIMEOUT_S + 15.0
 READY_POLL_S = 0.25
 
 

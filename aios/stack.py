@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 from aios.config import StackConfig
-from aios.process import StartupError, Stop, child_preexec, raise_stop, stop_group, wait_ready
+from aios.process import (
+    LAUNCHER_STOP_TIMEOUT_S,
+    StartupError,
+    Stop,
+    child_preexec,
+    raise_stop,
+    stop_group,
+    wait_ready,
+)
 from aios.tokens import mint_token
 
 logger = logging.getLogger(__name__)
@@ -89,6 +97,7 @@ def run_stack(config: StackConfig, config_path: Path) -> int:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         for name, process in reversed(children):
-            logger.info("%s stopped (exit code %d)", name, stop_group(name, process))
+            logger.info("%s stopped (exit code %d)", name,
+                        stop_group(name, process, LAUNCHER_STOP_TIMEOUT_S))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
