@@ -21,9 +21,9 @@ LAUNCHER = textwrap.dedent("""
     child = subprocess.Popen([sys.executable, "-c", slow], start_new_session=True,
                              preexec_fn=child_preexec, stdout=subprocess.PIPE)
     child.stdout.readline()
-    print(child.pid, flush=True)
-    signal.signal(signal.SIGTERM, raise_stop)
+    signal.signal(signal.SIGTERM, raise_stop)  # before the parent can send it
     try:
+        print(child.pid, flush=True)
         signal.pause()
     except Stop:
         stop_group("grandchild", child, float(sys.argv[1]))
