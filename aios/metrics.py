@@ -59,8 +59,7 @@ class Outcome:
         if isinstance(exc, AiosError):
             self.code = str(exc.http_status) if self._labels[2] == "rest" \
                 else exc.grpc_code.name
-        metrics.count(*self._labels, self.code or "error").inc()
-        metrics.latency_of(*self._labels).observe(time.perf_counter() - self._start)
+        metrics.done(self._labels, self.code or "error", time.perf_counter() - self._start)
 
 
 class RequestMetrics:
@@ -86,6 +85,15 @@ class RequestMetrics:
         self.count = Series(self.requests)
         self.latency_of = Series(self.latency)
 
+    def labels(self, model: str, version: str, protocol: str) -> tuple[str, str, str]:
+        """The labels a call is counted under."""
+        return model, version or "default", protocol
+
+    def done(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
+        """Count and time one answered call (`track` does it for a call answered alone)."""
+        self.count(*labels, code).inc()
+        self.latency_of(*labels).observe(seconds)
+
     def track(self, model: str, version: str, protocol: str) -> Outcome:
         """Count and time one call; an AiosError is recorded under its status code."""
-        return Outcome(self, (model, version or "default", protocol))
+        return Outcome(self, self.labels(model, version, protocol))

@@ -47,6 +47,11 @@ def rest_response(body: bytes, headers: Mapping[str, str]) -> tuple[dict[str, An
     return doc, _rest_tensors(doc, "outputs", body, header_len)
 
 
+def json_outputs(doc: Mapping[str, Any]) -> Outputs:
+    """Numeric outputs of a parsed KServe v2 JSON response (no binary tensors)."""
+    return _rest_tensors(doc, "outputs", b"", 0)
+
+
 def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
     """Numeric outputs of a KServe v2 REST response."""
     return rest_response(body, headers)[1]

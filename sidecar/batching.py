@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -54,21 +55,42 @@ def batch_key(model: str, version: str, header: InferHeader,
     return None if layout is None else (model, version, layout)
 
 
-def merge_body(key: BatchKey, calls: Sequence[Tensors]) -> bytes:
-    """One JSON infer request holding every call's rows, in order."""
-    inputs = []
-    for name, datatype, _ in key[2]:
-        data = np.concatenate([c[name] for c in calls])
-        inputs.append({"name": name, "datatype": datatype, "shape": list(data.shape),
-                       "data": data.ravel()})
+def merge_inputs(layout: Layout, calls: Sequence[Tensors]) -> Tensors:
+    """Every call's rows of each input of ``layout``, concatenated in order."""
+    return {name: np.concatenate([c[name] for c in calls]) for name, _, _ in layout}
+
+
+def merged_body(layout: Layout, merged: Tensors) -> bytes:
+    """One JSON infer request carrying the ``merged`` inputs."""
+    inputs = [{"name": name, "datatype": datatype, "shape": list(merged[name].shape),
+               "data": merged[name].ravel()} for name, datatype, _ in layout]
     return orjson.dumps({"inputs": inputs}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def split_reply(body: bytes, rows: Sequence[int], ids: Sequence[str]) -> list[bytes] | None:
-    """Cut a merged JSON reply into one reply per call (``rows`` each, with its ``id``);
-    None if the reply is not what a merged request should get back."""
+def merge_body(key: BatchKey, calls: Sequence[Tensors]) -> bytes:
+    """One JSON infer request holding every call's rows, in order."""
+    return merged_body(key[2], merge_inputs(key[2], calls))
+
+
+def runs(rows: Sequence[int], limit: int) -> list[slice]:
+    """Consecutive calls (of ``rows`` each) in runs of at most ``limit`` rows; a call of
+    more rows than that is a run of its own."""
+    out: list[slice] = []
+    start, total = 0, 0
+    for i, n in enumerate(rows):
+        if i > start and total + n > limit:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += n
+    if rows:
+        out.append(slice(start, len(rows)))
+    return out
+
+
+def split_doc(doc: Any, rows: Sequence[int], ids: Sequence[str]) -> list[dict[str, Any]] | None:
+    """Cut a merged JSON reply (parsed) into one reply per call (``rows`` each, with its
+    ``id``); None if the reply is not what a merged request should get back."""
     try:
-        doc = orjson.loads(body)
         outputs = doc["outputs"]
         total = sum(rows)
         cuts = []
@@ -77,9 +99,9 @@ def split_reply(body: bytes, rows: Sequence[int], ids: Sequence[str]) -> list[by
             if not shape or shape[0] != total or len(data) % max(total, 1):
                 return None
             cuts.append((out, len(data) // total if total else 0))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        common = {k: v for k, v in doc.items() if k not in ("id", "outputs")}
+    except (KeyError, TypeError, AttributeError):
         return None
-    common = {k: v for k, v in doc.items() if k not in ("id", "outputs")}
     replies, start = [], 0
     for n, request_id in zip(rows, ids, strict=True):
         parts = []
@@ -91,8 +113,18 @@ def split_reply(body: bytes, rows: Sequence[int], ids: Sequence[str]) -> list[by
         start += n
         one = {"id": request_id, **common} if request_id else dict(common)
         one["outputs"] = parts
-        replies.append(orjson.dumps(one))
+        replies.append(one)
     return replies
+
+
+def split_reply(body: bytes, rows: Sequence[int], ids: Sequence[str]) -> list[bytes] | None:
+    """`split_doc` of a reply body, each reply serialized again."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    replies = split_doc(doc, rows, ids)
+    return None if replies is None else [orjson.dumps(one) for one in replies]
 
 
 class TritonBatching:
@@ -103,13 +135,18 @@ class TritonBatching:
                  registry: CollectorRegistry) -> None:
         self._http = http
         self._max_rows = max_rows
-        calls = Histogram("aios_sidecar_calls_per_triton_request",
-                          "Mergeable infer calls per request sent to Triton (1: sent alone)",
-                          buckets=CALLS_BUCKETS, registry=registry)
+        self.calls = calls = Histogram(
+            "aios_sidecar_calls_per_triton_request",
+            "Mergeable infer calls per request sent to Triton (1: sent alone)",
+            buckets=CALLS_BUCKETS, registry=registry)
         self.coalescer: Coalescer[BatchKey] = Coalescer(
-            http, lambda key: self._models.rows((key[0], key[1])), self._merged,
-            max_in_flight, calls)
+            http, lambda key: self.rows(key[0], key[1]), self._merged, max_in_flight, calls)
         self._models: Asked[tuple[str, str]] = Asked(self._max_rows_of, self.coalescer.spawn)
+
+    def rows(self, model: str, version: str) -> int:
+        """How many rows one Triton request for this model version may carry (0: calls
+        for it are not merged)."""
+        return self._models.rows((model, version))
 
     async def _max_rows_of(self, model: tuple[str, str]) -> int:
         """Rows a merged request for this model version may hold, from its Triton config

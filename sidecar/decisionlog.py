@@ -152,16 +152,27 @@ class DecisionLog:
 
     async def append(self, record: DecisionRecord) -> None:
         """Log ``record``; in sync mode return only once it is durable (else LogUnavailable)."""
+        error = (await self.append_many([record]))[0]
+        if error is not None:
+            raise error
+
+    async def append_many(self, records: list[DecisionRecord]) -> list[BaseException | None]:
+        """Log ``records`` (in this order); in sync mode return once each is durable, with
+        the error of each that is not (None for those that are)."""
         if not self.sync:
-            try:
-                self._queue.put_nowait((record, None))
-            except asyncio.QueueFull:
-                self._drop(1)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((record, future))
+            for record in records:
+                try:
+                    self._queue.put_nowait((record, None))
+                except asyncio.QueueFull:
+                    self._drop(1)
+            return [None] * len(records)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for record in records:
+            futures.append(loop.create_future())
+            await self._queue.put((record, futures[-1]))
         self.metrics.queue.set(self._queue.qsize())
-        await future
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     def _drop(self, count: int) -> None:
         """Count dropped records and raise the alarm (at most every few seconds)."""

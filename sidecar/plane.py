@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -28,8 +28,8 @@ from prometheus_client.registry import Collector
 
 from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
-from aios.envelope import decode_calls, encode_answers
-from aios.errors import AiosError, InvalidInput, NotReady
+from aios.envelope import Answer, decode_calls, encode_answers
+from aios.errors import AiosError, InvalidInput, LogUnavailable, NotReady
 from aios.kserve import check_infer_doc, check_parameters, peek_model
 from aios.metrics import RequestMetrics, Series
 from aios.plane import (
@@ -53,6 +53,7 @@ from aios.tensors import (
     Tensors,
     grpc_outputs,
     grpc_request_inputs,
+    json_outputs,
     rest_outputs,
     rest_request_inputs,
     rest_response,
@@ -60,15 +61,26 @@ from aios.tensors import (
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings, current_trace_id, open_tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.batching import TritonBatching, batch_key
+from sidecar.batching import (
+    BatchKey,
+    TritonBatching,
+    batch_key,
+    merge_inputs,
+    merged_body,
+    runs,
+    split_doc,
+)
 from sidecar.decisionlog import DecisionLog
-from sidecar.parity import Parity, VersionProfile, load_profiles
+from sidecar.parity import Parity, VersionProfile, load_profiles, schema_violations
 from sidecar.records import tensors, trace_id
 
 logger = logging.getLogger(__name__)
 
 SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# A call of an envelope, with its place there.
+Indexed = tuple[int, ModelCall]
 
 
 
@@ -233,22 +245,27 @@ class SidecarPlane:
 
     async def _infer_rest(self, call: ModelCall) -> HttpReply:
         started = time.perf_counter()
-        headers = list(call.headers)
         assert call.infer is not None, "the REST adapter validates every infer call"
         inputs = rest_request_inputs(call.body, call.infer)
-        request_id = call.infer.doc.get("id", "")
-        request_id = request_id if isinstance(request_id, str) else ""
         labels = (call.model, call.version or "default", "rest")
         self._payload_of(*labels, "request").observe(len(call.body))
         self._batch_of(*labels).observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
+        return await self._forward_and_record(call, inputs, profile, flags, started)
+
+    async def _forward_and_record(self, call: ModelCall, inputs: Tensors,
+                                  profile: VersionProfile | None, flags: list[str],
+                                  started: float, alone: bool = False) -> HttpReply:
+        headers = list(call.headers)
+        rid = request_id(call)
+        labels = (call.model, call.version or "default", "rest")
         try:
             with self._tracing.span("forward"):
-                reply = await self._forward(call, headers, inputs, request_id)
+                reply = await self._forward(call, headers, inputs, rid, alone)
         except AiosError as exc:
             code, message = str(exc.http_status), exc.message
             await self._write(lambda: self._record(
-                "rest", call.model, call.version, headers, request_id, inputs, {}, flags,
+                "rest", call.model, call.version, headers, rid, inputs, {}, flags,
                 code, message, started))
             raise
         self._payload_of(*labels, "response").observe(len(reply.body))
@@ -264,14 +281,14 @@ class SidecarPlane:
             error = str(doc.get("error", ""))
         self._observe(profile, inputs, outputs)
         await self._write(lambda: self._record(
-            "rest", call.model, version, headers, request_id, inputs, outputs, flags,
+            "rest", call.model, version, headers, rid, inputs, outputs, flags,
             "ok" if reply.status == 200 else str(reply.status), error, started))
         return reply
 
     async def _forward(self, call: ModelCall, headers: list[tuple[str, str]], inputs: Tensors,
-                       request_id: str) -> HttpReply:
+                       request_id: str, alone: bool) -> HttpReply:
         assert call.infer is not None
-        if self._batching is None:
+        if self._batching is None or alone:
             return await self._http.request(call.method, call.upstream_path, call.body,
                                             headers, self._tracing.inject())
         key = batch_key(call.model, call.version, call.infer, content_headers(headers))
@@ -280,28 +297,165 @@ class SidecarPlane:
             call.batch, request_id, inputs)
 
     async def answer_batch(self, envelope: bytes) -> HttpReply:
-        """Answer a gateway's envelope of infer calls (`aios.envelope`): each call as if
-        it had come alone, all at once, so that they can meet at Triton."""
-        path, calls = decode_calls(envelope)
+        """Answer a gateway's envelope of infer calls (`aios.envelope`), each call as if it
+        had come alone. Calls for one model version with one input layout go to Triton as
+        one request, and are recorded, measured and answered from its reply, one by one;
+        any other call goes its own way (`forward_rest`), as does every call while
+        tracing (each gets its own spans)."""
+        path, docs = decode_calls(envelope)
         if not path.startswith(PREFIX):
             raise InvalidInput(f"batch envelope: not a model path: {path!r}")
         model, version, tail = parse_model_path(path[len(PREFIX):])
         if tail != "/infer":
             raise InvalidInput(f"batch envelope: not an infer path: {path!r}")
-
-        async def answer(headers: list[tuple[str, str]], doc: Any,
-                         ) -> tuple[int, Mapping[str, str], bytes]:
+        answers: dict[int, Answer] = {}
+        groups: dict[BatchKey, list[Indexed]] = {}
+        alone: list[Indexed] = []
+        for i, (headers, doc) in enumerate(docs):
             try:
                 body = orjson.dumps(doc)
-                call = ModelCall(model, version, tail, "POST", body, headers,
-                                 check_infer_doc(doc, len(body)))
+                call = routed(ModelCall(model, version, tail, "POST", body, headers,
+                                        check_infer_doc(doc, len(body))))
+            except AiosError as exc:
+                answers[i] = error_parts(exc)
+                continue
+            key = self._together_key(call)
+            (alone if key is None else groups.setdefault(key, [])).append((i, call))
+        work = [self._answer_alone(alone)]
+        for key, calls in groups.items():
+            assert self._batching is not None
+            limit = self._batching.rows(key[0], key[1])
+            for run in runs([call.batch for _, call in calls], limit):
+                chunk = calls[run]
+                work.append(self._answer_together(key, chunk) if len(chunk) > 1
+                            else self._answer_alone(chunk))
+        for answered in await asyncio.gather(*work):
+            answers.update(answered)
+        return HttpReply(200, JSON_HEADERS, encode_answers(
+            [answers[i] for i in range(len(docs))]))
+
+    def _together_key(self, call: ModelCall) -> BatchKey | None:
+        if self._batching is None or self._tracing.enabled or call.infer is None:
+            return None
+        return batch_key(call.model, call.version, call.infer, content_headers(call.headers))
+
+    async def _answer_alone(self, calls: list[Indexed]) -> list[tuple[int, Answer]]:
+        async def answer(call: ModelCall) -> Answer:
+            try:
                 reply = await self.forward_rest(call)
             except AiosError as exc:
                 return error_parts(exc)
             return reply.status, reply.headers, reply.body
 
-        answers = await asyncio.gather(*(answer(h, doc) for h, doc in calls))
-        return HttpReply(200, JSON_HEADERS, encode_answers(answers))
+        answers = await asyncio.gather(*(answer(call) for _, call in calls))
+        return [(i, a) for (i, _), a in zip(calls, answers, strict=True)]
+
+    async def _answer_together(self, key: BatchKey, calls: list[Indexed],
+                               ) -> list[tuple[int, Answer]]:
+        """Calls of one key as one Triton request. Unless they all pass the schema check
+        (nothing to flag or refuse) or Triton takes the merged request, each goes alone."""
+        started = time.perf_counter()
+        model, version, layout = key
+        inputs = [rest_request_inputs(call.body, call.infer) for _, call in calls
+                  if call.infer is not None]
+        merged = merge_inputs(layout, inputs)
+        profile = self._parity.profile(model, version) if self._parity is not None else None
+        if profile is not None and schema_violations(profile, merged):
+            return await self._answer_alone(calls)
+        labels = self._metrics.labels(model, version, "rest")
+        for _, call in calls:
+            self._payload_of(*labels, "request").observe(len(call.body))
+            self._batch_of(*labels).observe(call.batch)
+        self._metrics.now += len(calls)
+        try:
+            answers = await self._forward_together(key, calls, inputs, merged, profile,
+                                                   started)
+        finally:
+            self._metrics.now -= len(calls)
+        if answers is None:
+            # Triton refused the merged request (one call's data, say): each call on its
+            # own gets exactly the answer it would have had.
+            answers = await asyncio.gather(*(
+                self._infer_alone(i, call, x, profile, started)
+                for (i, call), x in zip(calls, inputs, strict=True)))
+        return answers
+
+    async def _forward_together(self, key: BatchKey, calls: list[Indexed],
+                                inputs: list[Tensors], merged: Tensors,
+                                profile: VersionProfile | None, started: float,
+                                ) -> list[tuple[int, Answer]] | None:
+        """Send the merged request; record and answer every call from the reply (None:
+        Triton refused it)."""
+        assert self._batching is not None
+        model, version, layout = key
+        ids = [request_id(call) for _, call in calls]
+        try:
+            reply = await self._http.request("POST", calls[0][1].upstream_path,
+                                             merged_body(layout, merged), JSON_HEADERS.items())
+        except AiosError as exc:
+            failed = error_parts(exc)
+            return await self._finish(key, calls, [
+                (self._record("rest", model, version, call.headers, rid, x, {}, [],
+                              str(exc.http_status), exc.message, started), failed)
+                for (_, call), rid, x in zip(calls, ids, inputs, strict=True)], started)
+        try:
+            doc = orjson.loads(reply.body) if reply.status == 200 else None
+        except orjson.JSONDecodeError:
+            doc = None
+        parts = split_doc(doc, [call.batch for _, call in calls], ids) if doc else None
+        if doc is None or parts is None:
+            return None
+        self._batching.calls.observe(len(calls))
+        try:
+            outputs = json_outputs(doc)
+        except (ValueError, KeyError, TypeError):
+            outputs = {}
+        self._observe(profile, merged, outputs)
+        served = str(doc.get("model_version", "")) or version
+        done, start = [], 0
+        for (_, call), rid, x, part in zip(calls, ids, inputs, parts, strict=True):
+            mine = {name: y[start:start + call.batch] for name, y in outputs.items()}
+            start += call.batch
+            done.append((self._record("rest", model, served, call.headers, rid, x, mine, [],
+                                      "ok", "", started),
+                         (200, JSON_HEADERS, orjson.dumps(part))))
+        return await self._finish(key, calls, done, started)
+
+    async def _finish(self, key: BatchKey, calls: list[Indexed],
+                      done: Sequence[tuple[DecisionRecord, Answer]], started: float,
+                      ) -> list[tuple[int, Answer]]:
+        """Log each call's record, then count and answer it (503 for a record the sync log
+        could not make durable)."""
+        errors: list[BaseException | None] = [None] * len(done)
+        if self._log is not None:
+            with self._tracing.span("decision-log write"):
+                errors = await self._log.append_many([record for record, _ in done])
+        labels = self._metrics.labels(key[0], key[1], "rest")
+        seconds = time.perf_counter() - started
+        out = []
+        for (i, _), (_, answer), error in zip(calls, done, errors, strict=True):
+            if error is not None:
+                answer = error_parts(error if isinstance(error, AiosError)
+                                     else LogUnavailable(str(error)))
+            else:
+                self._payload_of(*labels, "response").observe(len(answer[2]))
+            self._metrics.done(labels, str(answer[0]), seconds)
+            out.append((i, answer))
+        return out
+
+    async def _infer_alone(self, i: int, call: ModelCall, inputs: Tensors,
+                           profile: VersionProfile | None, started: float,
+                           ) -> tuple[int, Answer]:
+        """A call whose merged request Triton refused, sent as it came (already checked
+        and counted in)."""
+        with self._metrics.track(call.model, call.version, "rest") as outcome:
+            try:
+                reply = await self._forward_and_record(call, inputs, profile, [], started,
+                                                       alone=True)
+            except AiosError as exc:
+                return i, error_parts(exc)
+            outcome.code = str(reply.status)
+            return i, (reply.status, reply.headers, reply.body)
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         """Forward a gRPC model call; record and check it if it is an inference."""
@@ -343,6 +497,12 @@ class SidecarPlane:
             "grpc", model, served, metadata, request.id, inputs, outputs, flags, "ok", "",
             started))
         return reply
+
+
+def request_id(call: ModelCall) -> str:
+    """The id a REST infer call carries ("" if none, or not a string)."""
+    rid = call.infer.doc.get("id", "") if call.infer is not None else ""
+    return rid if isinstance(rid, str) else ""
 
 
 def mirrored(headers: Iterable[tuple[str, Any]]) -> bool:
