@@ -243,7 +243,12 @@ class ResilienceSettings(_Frozen):
     eject_after_failures: int = Field(5, ge=1)
     ejection_s: float = Field(10.0, gt=0)
     shadow_queue: int = Field(1000, ge=1)
+    # Batches of shadow copies in flight at once.
     shadow_concurrency: int = Field(4, ge=1)
+    # Copies wait this long for others, so that they reach the shadow's model version
+    # together (one envelope, one Triton request) rather than one execution each. Nobody
+    # waits for a shadow: its answer is only compared.
+    shadow_linger_s: float = Field(0.05, ge=0, le=1.0)
 
 
 class AuthSettings(_Frozen):

@@ -5,9 +5,10 @@ A gateway in front of a sidecar sends calls that meet (`aios.batching`) as one
 record, checks and metrics) and returns the answers in order, in one reply. One request
 and one reply cross the hop instead of one per call.
 
-Request: ``{"path": "/v2/models/<m>/versions/<v>/infer", "calls": [{"headers": [[name,
-value], ...], "request": <KServe v2 JSON infer request>}, ...]}``, the headers being those
-the call would have carried alone. Reply: ``{"replies": [{"status": 200, "body":
+Request: ``{"calls": [{"path": "/v2/models/<m>/versions/<v>/infer", "headers": [[name,
+value], ...], "request": <KServe v2 JSON infer request>}, ...]}``, the path and headers
+being those the call would have carried alone (calls to different model versions share
+an envelope; the sidecar groups them). Reply: ``{"replies": [{"status": 200, "body":
 <JSON>}, ...]}``, or ``"base64"`` for a body that is not JSON.
 
 The calls' JSON bodies are placed in the envelope as they are, not parsed again: the
@@ -28,42 +29,43 @@ BATCH_PATH = "/aios/v1/batch"
 MAX_CALLS = 1024
 JSON_TYPE = "application/json"
 
-Call = tuple[list[tuple[str, str]], bytes]  # headers, JSON body
+Call = tuple[str, list[tuple[str, str]], bytes]  # path, headers, JSON body
 Answer = tuple[int, Mapping[str, str], bytes]  # status, headers, body
 
 
-def encode_calls(path: str, calls: Sequence[Call]) -> bytes:
-    """The envelope of ``calls`` to ``path``; every body must be one JSON document."""
-    parts = [b'{"path":', orjson.dumps(path), b',"calls":[']
-    for i, (headers, body) in enumerate(calls):
+def encode_calls(calls: Sequence[Call]) -> bytes:
+    """The envelope of ``calls``; every body must be one JSON document."""
+    parts = [b'{"calls":[']
+    for i, (path, headers, body) in enumerate(calls):
         if i:
             parts.append(b",")
-        parts += [b'{"headers":', orjson.dumps(headers), b',"request":', body, b"}"]
+        parts += [b'{"path":', orjson.dumps(path), b',"headers":', orjson.dumps(headers),
+                  b',"request":', body, b"}"]
     parts.append(b"]}")
     return b"".join(parts)
 
 
-def decode_calls(envelope: bytes) -> tuple[str, list[tuple[list[tuple[str, str]], Any]]]:
-    """The path and the calls (headers, parsed request) of an envelope; InvalidInput
-    naming what is wrong with it."""
+def decode_calls(envelope: bytes) -> list[tuple[str, list[tuple[str, str]], Any]]:
+    """The calls (path, headers, parsed request) of an envelope; InvalidInput naming what
+    is wrong with it."""
     try:
         doc = orjson.loads(envelope)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"batch envelope is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("path"), str):
-        raise InvalidInput("batch envelope needs a 'path' string")
-    calls = doc.get("calls")
+    calls = doc.get("calls") if isinstance(doc, dict) else None
     if not isinstance(calls, list) or not 0 < len(calls) <= MAX_CALLS:
         raise InvalidInput(f"batch envelope needs 1 to {MAX_CALLS} 'calls'")
     out = []
     for i, call in enumerate(calls):
-        headers = call.get("headers") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(call.get("path"), str):
+            raise InvalidInput(f"calls[{i}]: 'path' must be a string")
+        headers = call.get("headers")
         if not isinstance(headers, list) or not all(
                 isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
                 for h in headers):
             raise InvalidInput(f"calls[{i}]: 'headers' must be a list of [name, value]")
-        out.append(([(k.lower(), v) for k, v in headers], call.get("request")))
-    return doc["path"], out
+        out.append((call["path"], [(k.lower(), v) for k, v in headers], call.get("request")))
+    return out
 
 
 def encode_answers(answers: Sequence[Answer]) -> bytes:

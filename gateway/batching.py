@@ -19,7 +19,6 @@ from aios.batching import (
     JSON_HEADERS,
     Asked,
     Coalescer,
-    Layout,
     Waiting,
     content_headers,
     input_layout,
@@ -33,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "aios-sidecar"
 
-# (path, input layout, timeout)
-EnvelopeKey = tuple[str, Layout, float | None]
+# (timeout,): calls with the same timeout share an envelope, whatever model version
+# they are for.
+EnvelopeKey = tuple[float | None]
 
 
 class BackendBatching:
@@ -63,19 +63,17 @@ class BackendBatching:
                 header = validate_infer_request(body, len(body))
             except InvalidInput:  # compressed or binary: it goes alone
                 return await self._http.request(method, path, body, headers, extra, timeout_s)
-            layout = input_layout(header, content_headers(headers))
-            if layout is not None:
-                return await self.forward(path, body, headers, extra, timeout_s, layout,
-                                          header.batch)
+            if input_layout(header, content_headers(headers)) is not None:
+                return await self.forward(path, body, headers, extra, timeout_s, header.batch)
         return await self._http.request(method, path, body, headers, extra, timeout_s)
 
     async def forward(self, path: str, body: bytes, headers: list[tuple[str, str]],
                       extra: Mapping[str, str] | None, timeout_s: float | None,
-                      layout: Layout, rows: int) -> HttpReply:
-        """Send a mergeable infer call (its ``layout`` known), in an envelope with others
-        to the same path and timeout where they meet."""
-        return await self.coalescer.forward((path, layout, timeout_s), path, body, headers,
-                                            extra, timeout_s, rows)
+                      rows: int) -> HttpReply:
+        """Send a mergeable infer call (one `input_layout` allows), in an envelope with
+        others with the same timeout where they meet."""
+        return await self.coalescer.forward((timeout_s,), path, body, headers, extra, timeout_s,
+                                            rows)
 
     async def _rows_if_sidecar(self, name: str) -> int:
         try:
@@ -87,10 +85,10 @@ class BackendBatching:
         return 0
 
     async def _merged(self, key: EnvelopeKey, calls: list[Waiting]) -> list[HttpReply] | None:
-        envelope = encode_calls(key[0], [(outgoing(c.headers, c.extra), c.body)
-                                         for c in calls])
+        envelope = encode_calls([(c.path, outgoing(c.headers, c.extra), c.body)
+                                 for c in calls])
         reply = await self._http.request("POST", BATCH_PATH, envelope, JSON_HEADERS.items(),
-                                         None, key[2])
+                                         None, key[0])
         if reply.status != 200:
             # The envelope was refused as a whole (too large, overloaded, not a sidecar
             # after all): no call was answered, so each goes on its own.

@@ -195,8 +195,8 @@ class GatewayPlane:
         admission = await self._admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
             key = self._sticky_key(table, admission, call.headers)
-            layout = input_layout(call.infer, content_headers(call.headers)) \
-                if call.infer is not None else None
+            mergeable = call.infer is not None and input_layout(
+                call.infer, content_headers(call.headers)) is not None
 
             async def send(route: Route) -> HttpReply:
                 backend = self._backends[route.backend]
@@ -204,10 +204,9 @@ class GatewayPlane:
                 path = f"/v2/models/{call.model}{versioned}{call.tail}"
                 extra = {**admission.identity(), **route_headers(route),
                          **self._tracing.inject()}
-                if layout is not None and backend.batching is not None:
+                if mergeable and backend.batching is not None:
                     return await backend.batching.forward(
-                        path, call.body, list(call.headers), extra, route.timeout_s, layout,
-                        call.batch)
+                        path, call.body, list(call.headers), extra, route.timeout_s, call.batch)
                 return await backend.http.request(call.method, path, call.body, call.headers,
                                                   extra, route.timeout_s)
 
@@ -301,7 +300,8 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
         shadows = await stack.enter_async_context(ShadowRunner(
             {n: b.batching or b.http for n, b in backends.items()},
             {n: b.grpc for n, b in backends.items()},
-            res.shadow_queue, res.shadow_concurrency, registry, tracing))
+            res.shadow_queue, res.shadow_concurrency, registry, tracing,
+            linger_s=res.shadow_linger_s))
         admin = RoutingAdmin(settings, router, store,
                              BackendVersions({n: b.http for n, b in backends.items()}), breaker)
         admin_auth = AdminAuth(auth)

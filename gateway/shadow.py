@@ -1,8 +1,12 @@
 """Shadow traffic: copies of sampled calls go to a candidate, off the hot path.
 
 The primary's answer never waits for the shadow: `offer` only enqueues (a full queue
-drops the copy, counted). Workers send each copy with its own timeout and compare the
-shadow's outputs with the primary's.
+drops the copy, counted). Copies are taken from the queue in batches, whatever came
+within `linger_s` of the first (up to SHADOW_BATCH), and a batch's copies are sent at
+once, so that they meet on the way (one envelope to the sidecar, one request to the
+shadow's model version: a shadow trickling in one row at a time would cost the backend
+a model execution per row). Each copy has its own timeout; the shadow's outputs are
+compared with the primary's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class RestSender(Protocol):
                       timeout_s: float | None = None) -> HttpReply:
         """Send one call; the reply, or an AiosError."""
         ...
+
+# Copies taken from the queue at once, at most.
+SHADOW_BATCH = 64
 
 DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -95,14 +102,17 @@ class ShadowRunner:
 
     def __init__(self, http: Mapping[str, RestSender], grpc: Mapping[str, GrpcUpstream],
                  queue_size: int, concurrency: int, registry: CollectorRegistry,
-                 tracing: Tracing, rng: Callable[[], float] = random.random) -> None:
+                 tracing: Tracing, rng: Callable[[], float] = random.random,
+                 linger_s: float = 0.0) -> None:
         self._tracing = tracing
         self._http = http
         self._grpc = grpc
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
-        self._concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._linger_s = linger_s
         self._rng = rng
-        self._workers: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
         self.metrics = ShadowMetrics(registry)
 
     def sampled(self, spec: ShadowSpec | None) -> bool:
@@ -117,21 +127,38 @@ class ShadowRunner:
             self.metrics.dropped.labels(job.model).inc()
 
     async def __aenter__(self) -> ShadowRunner:
-        self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
+        self._dispatcher = asyncio.create_task(self._dispatch())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._workers:
+        tasks = [*self._batches, *([self._dispatcher] if self._dispatcher else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _work(self) -> None:
+    async def _dispatch(self) -> None:
         while True:
-            job = await self._queue.get()
-            try:
-                await self._run(job)
-            except Exception:
-                logger.exception("shadow comparison failed for %s", job.model)
+            jobs = [await self._queue.get()]
+            if self._linger_s:
+                await asyncio.sleep(self._linger_s)
+            while len(jobs) < SHADOW_BATCH and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            await self._slots.acquire()
+            task = asyncio.create_task(self._batch(jobs))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _batch(self, jobs: list[ShadowJob]) -> None:
+        try:
+            await asyncio.gather(*(self._one(job) for job in jobs))
+        finally:
+            self._slots.release()
+
+    async def _one(self, job: ShadowJob) -> None:
+        try:
+            await self._run(job)
+        except Exception:
+            logger.exception("shadow comparison failed for %s", job.model)
 
     async def _run(self, job: ShadowJob) -> None:
         with self._tracing.span("shadow", job.trace, shadow=shadow_label(job.spec)):

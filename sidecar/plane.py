@@ -302,16 +302,13 @@ class SidecarPlane:
         one request, and are recorded, measured and answered from its reply, one by one;
         any other call goes its own way (`forward_rest`), as does every call while
         tracing (each gets its own spans)."""
-        path, docs = decode_calls(envelope)
-        if not path.startswith(PREFIX):
-            raise InvalidInput(f"batch envelope: not a model path: {path!r}")
-        model, version, tail = parse_model_path(path[len(PREFIX):])
-        if tail != "/infer":
-            raise InvalidInput(f"batch envelope: not an infer path: {path!r}")
+        docs = decode_calls(envelope)
+        places = {path: envelope_path(path) for path in {path for path, _, _ in docs}}
         answers: dict[int, Answer] = {}
         groups: dict[BatchKey, list[Indexed]] = {}
         alone: list[Indexed] = []
-        for i, (headers, doc) in enumerate(docs):
+        for i, (path, headers, doc) in enumerate(docs):
+            model, version, tail = places[path]
             try:
                 body = orjson.dumps(doc)
                 call = routed(ModelCall(model, version, tail, "POST", body, headers,
@@ -497,6 +494,17 @@ class SidecarPlane:
             "grpc", model, served, metadata, request.id, inputs, outputs, flags, "ok", "",
             started))
         return reply
+
+
+def envelope_path(path: str) -> tuple[str, str, str]:
+    """(model, version, tail) of an envelope call's path; InvalidInput (for the whole
+    envelope: a gateway sent it) unless it is a model's infer path."""
+    if not path.startswith(PREFIX):
+        raise InvalidInput(f"batch envelope: not a model path: {path!r}")
+    model, version, tail = parse_model_path(path[len(PREFIX):])
+    if tail != "/infer":
+        raise InvalidInput(f"batch envelope: not an infer path: {path!r}")
+    return model, version, tail
 
 
 def request_id(call: ModelCall) -> str:

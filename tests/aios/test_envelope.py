@@ -17,29 +17,33 @@ PATH = "/v2/models/m/versions/2/infer"
 def test_calls_keep_their_headers_and_requests_in_order() -> None:
     one = b'{"id": "a", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.5]}]}'
     two = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2],"data":[2,3]}]}'
-    envelope = encode_calls(PATH, [([("x-aios-tenant", "t1"), ("X-Request-Id", "r1")], one),
-                                   ([("x-aios-tenant", "t2")], two)])
-    path, calls = decode_calls(envelope)
-    assert path == PATH
-    assert calls == [([("x-aios-tenant", "t1"), ("x-request-id", "r1")], json.loads(one)),
-                     ([("x-aios-tenant", "t2")], json.loads(two))]
+    other = "/v2/models/m/versions/1/infer"
+    envelope = encode_calls([(PATH, [("x-aios-tenant", "t1"), ("X-Request-Id", "r1")], one),
+                             (other, [("x-aios-tenant", "t2")], two)])
+    calls = decode_calls(envelope)
+    assert calls == [(PATH, [("x-aios-tenant", "t1"), ("x-request-id", "r1")], json.loads(one)),
+                     (other, [("x-aios-tenant", "t2")], json.loads(two))]
 
 
 @pytest.mark.parametrize("envelope, message", [
     (b"{", "batch envelope is not valid JSON"),
-    (b"[]", "batch envelope needs a 'path' string"),
-    (b'{"path": 1, "calls": []}', "batch envelope needs a 'path' string"),
+    (b"[]", f"batch envelope needs 1 to {MAX_CALLS} 'calls'"),
     (b'{"path": "/p"}', f"batch envelope needs 1 to {MAX_CALLS} 'calls'"),
-    (b'{"path": "/p", "calls": []}', f"batch envelope needs 1 to {MAX_CALLS} 'calls'"),
-    (orjson.dumps({"path": "/p", "calls": [{"headers": [], "request": {}}] * (MAX_CALLS + 1)}),
+    (b'{"calls": []}', f"batch envelope needs 1 to {MAX_CALLS} 'calls'"),
+    (orjson.dumps({"calls": [{"path": "/p", "headers": [], "request": {}}] * (MAX_CALLS + 1)}),
      f"batch envelope needs 1 to {MAX_CALLS} 'calls'"),
-    (b'{"path": "/p", "calls": [3]}', "calls[0]: 'headers' must be a list of [name, value]"),
-    (b'{"path": "/p", "calls": [{"headers": [["a"]]}]}',
+    (b'{"calls": [3]}', "calls[0]: 'path' must be a string"),
+    (b'{"calls": [{"headers": [], "request": {}}]}', "calls[0]: 'path' must be a string"),
+    (b'{"calls": [{"path": 1, "headers": [], "request": {}}]}',
+     "calls[0]: 'path' must be a string"),
+    (b'{"calls": [{"path": "/p", "headers": [["a"]]}]}',
      "calls[0]: 'headers' must be a list of [name, value]"),
-    (b'{"path": "/p", "calls": [{"headers": [], "request": {}}, {"headers": [["a", 1]]}]}',
+    (b'{"calls": [{"path": "/p", "headers": [], "request": {}}, '
+     b'{"path": "/p", "headers": [["a", 1]]}]}',
      "calls[1]: 'headers' must be a list of [name, value]"),
-], ids=["not json", "not an object", "path not a string", "no calls", "empty calls",
-        "too many calls", "call not an object", "header pair short", "header value not text"])
+], ids=["not json", "not an object", "no calls", "empty calls", "too many calls",
+        "call not an object", "no path", "path not a string", "header pair short",
+        "header value not text"])
 def test_a_bad_envelope_is_refused_naming_what_is_wrong(envelope: bytes, message: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         decode_calls(envelope)

@@ -80,8 +80,9 @@ def test_concurrent_calls_reach_the_sidecar_in_envelopes_each_with_its_identity(
 
 
 def test_the_gateway_takes_no_envelopes_from_clients(stack: Stack) -> None:
-    envelope = encode_calls("/v2/models/claims_risk/infer", [
-        ([("x-aios-tenant", "someone-else")], rows_body(np.ones((1, 8), "<f4")))])
+    envelope = encode_calls([("/v2/models/claims_risk/infer",
+                              [("x-aios-tenant", "someone-else")],
+                              rows_body(np.ones((1, 8), "<f4")))])
     resp = httpx.post(f"http://{stack.gateway_http}{BATCH_PATH}", content=envelope,
                       headers=bearer())
     assert resp.status_code == 404
@@ -90,9 +91,10 @@ def test_the_gateway_takes_no_envelopes_from_clients(stack: Stack) -> None:
 def test_the_sidecar_answers_each_call_of_an_envelope_on_its_own(stack: Stack) -> None:
     good = rows_body(np.full((1, 8), 2.0, "<f4"), "one")
     bad = rows_body(np.ones((1, 8), "<f4"), "two", name="featurez")
-    envelope = encode_calls("/v2/models/claims_risk/versions/2/infer", [
-        ([("x-aios-subject", "s1")], good), ([("x-aios-subject", "s2")], bad),
-        ([("x-aios-subject", "s3")], good)])
+    path = "/v2/models/claims_risk/versions/2/infer"
+    envelope = encode_calls([(path, [("x-aios-subject", "s1")], good),
+                             (path, [("x-aios-subject", "s2")], bad),
+                             (path, [("x-aios-subject", "s3")], good)])
     resp = httpx.post(f"http://{stack.sidecar_http}{BATCH_PATH}", content=envelope)
     assert resp.status_code == 200
     answers = resp.json()["replies"]
@@ -105,11 +107,11 @@ def test_the_sidecar_answers_each_call_of_an_envelope_on_its_own(stack: Stack) -
 
 @pytest.mark.parametrize("envelope, message", [
     (b"nope", "batch envelope is not valid JSON"),
-    (json.dumps({"path": "/v2/models/claims_risk/versions/2/infer", "calls": []}).encode(),
-     "batch envelope needs 1 to 1024 'calls'"),
-    (encode_calls("/v2/health/ready", [([], b"{}")]),
+    (json.dumps({"calls": []}).encode(), "batch envelope needs 1 to 1024 'calls'"),
+    (encode_calls([("/v2/health/ready", [], b"{}")]),
      "batch envelope: not a model path: '/v2/health/ready'"),
-    (encode_calls("/v2/models/claims_risk/config", [([], b"{}")]),
+    (encode_calls([("/v2/models/claims_risk/infer", [], b"{}"),
+                   ("/v2/models/claims_risk/config", [], b"{}")]),
      "batch envelope: not an infer path: '/v2/models/claims_risk/config'"),
 ], ids=["not json", "no calls", "not a model", "not infer"])
 def test_a_bad_envelope_gets_400_naming_what_is_wrong(stack: Stack, envelope: bytes,
@@ -120,7 +122,7 @@ def test_a_bad_envelope_gets_400_naming_what_is_wrong(stack: Stack, envelope: by
 
 
 def test_a_bad_call_in_an_envelope_gets_its_own_400(stack: Stack) -> None:
-    envelope = encode_calls("/v2/models/claims_risk/infer", [([], b'{"inputs": []}')])
+    envelope = encode_calls([("/v2/models/claims_risk/infer", [], b'{"inputs": []}')])
     resp = httpx.post(f"http://{stack.sidecar_http}{BATCH_PATH}", content=envelope)
     answer: Any = resp.json()["replies"][0]
     assert (resp.status_code, answer["status"]) == (200, 400)
