@@ -72,12 +72,16 @@ from sidecar.batching import (
 )
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, VersionProfile, load_profiles, schema_violations
-from sidecar.records import tensors, trace_id
+from sidecar.records import add_tensors, trace_id
 
 logger = logging.getLogger(__name__)
 
 SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# What a decision record takes from a call's headers.
+RECORD_HEADERS = frozenset({REVISION_HEADER, TENANT_HEADER, SUBJECT_HEADER, TARGET_HEADER,
+                            SHADOW_HEADER, "x-request-id", "traceparent"})
 
 # A call of an envelope, with its place there.
 Indexed = tuple[int, ModelCall]
@@ -184,24 +188,27 @@ class SidecarPlane:
                 outcome: str, error: str, started: float) -> DecisionRecord:
         log = self._settings.decision_log
         rules = log.redaction.get(model, {})
-        revision = header_value(headers, REVISION_HEADER) or "0"
-        return DecisionRecord(
+        seen: dict[str, str] = {}
+        for key, value in headers:
+            if key in RECORD_HEADERS and key not in seen:
+                seen[key] = value if isinstance(value, str) else bytes(value).decode("latin-1")
+        revision = seen.get(REVISION_HEADER, "0")
+        record = DecisionRecord(
             time_unix_nanos=time.time_ns(),
-            request_id=request_id or header_value(headers, "x-request-id") or _new_id(),
-            tenant=header_value(headers, TENANT_HEADER) or "",
-            subject=header_value(headers, SUBJECT_HEADER) or "",
-            model=model, version=version,
-            route_target=header_value(headers, TARGET_HEADER) or "",
+            request_id=request_id or seen.get("x-request-id") or _new_id(),
+            tenant=seen.get(TENANT_HEADER, ""), subject=seen.get(SUBJECT_HEADER, ""),
+            model=model, version=version, route_target=seen.get(TARGET_HEADER, ""),
             route_revision=int(revision) if revision.isascii() and revision.isdigit()
             else 0,
             protocol=protocol,
-            inputs=tensors(inputs, rules, log.default_redaction),
-            outputs=tensors(outputs, rules, log.default_redaction),
             latency_micros=int((time.perf_counter() - started) * 1e6),
-            trace_id=trace_id(header_value(headers, "traceparent")) or (
+            trace_id=trace_id(seen.get("traceparent")) or (
                 current_trace_id() if self._tracing.enabled else ""),
             parity_flags=flags, outcome=outcome, error=error[:1000],
-            shadow=header_value(headers, SHADOW_HEADER) == "1" or mirrored(headers))
+            shadow=seen.get(SHADOW_HEADER) == "1" or mirrored(headers))
+        add_tensors(record.inputs, inputs, rules, log.default_redaction)
+        add_tensors(record.outputs, outputs, rules, log.default_redaction)
+        return record
 
     def _check(self, model: str, version: str, inputs: Tensors,
                ) -> tuple[VersionProfile | None, list[str]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from numpy.typing import NDArray
 
 from aios.config import Redaction
@@ -20,19 +21,22 @@ DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int8": "I
 _BY_DTYPE = {np.dtype(name): kserve for name, kserve in DATATYPES.items()}
 
 
-def tensor_record(name: str, array: NDArray[Any], redaction: Redaction) -> TensorRecord:
-    """A tensor for the record: values kept, hashed or dropped as configured."""
+def add_tensor(dest: RepeatedCompositeFieldContainer[TensorRecord], name: str,
+               array: NDArray[Any], redaction: Redaction) -> None:
+    """Append a tensor to a record's inputs or outputs: values kept, hashed or dropped as
+    configured. (Made in place: a TensorRecord handed to the record would be copied.)"""
     if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
         array = array.astype(array.dtype.newbyteorder("<"))
     contents = array.tobytes()
     datatype = _BY_DTYPE.get(array.dtype) or str(array.dtype)
-    record = TensorRecord(name=name, datatype=datatype, shape=array.shape,
-                          redaction=redaction)
-    if redaction != "drop":
-        record.sha256 = hashlib.sha256(contents).digest()
     if redaction == "keep":
-        record.contents = contents
-    return record
+        dest.add(name=name, datatype=datatype, shape=array.shape, redaction=redaction,
+                 sha256=hashlib.sha256(contents).digest(), contents=contents)
+    elif redaction == "hash":
+        dest.add(name=name, datatype=datatype, shape=array.shape, redaction=redaction,
+                 sha256=hashlib.sha256(contents).digest())
+    else:
+        dest.add(name=name, datatype=datatype, shape=array.shape, redaction=redaction)
 
 
 def trace_id(traceparent: str | None) -> str:
@@ -43,7 +47,9 @@ def trace_id(traceparent: str | None) -> str:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
 
-def tensors(arrays: Mapping[str, NDArray[Any]], rules: Mapping[str, Redaction],
-            default: Redaction) -> Iterable[TensorRecord]:
-    """Tensor records for ``arrays`` under a model's redaction rules."""
-    return [tensor_record(n, a, rules.get(n, default)) for n, a in arrays.items()]
+def add_tensors(dest: RepeatedCompositeFieldContainer[TensorRecord],
+                arrays: Mapping[str, NDArray[Any]], rules: Mapping[str, Redaction],
+                default: Redaction) -> None:
+    """Append ``arrays`` to a record's inputs or outputs under a model's redaction rules."""
+    for name, array in arrays.items():
+        add_tensor(dest, name, array, rules.get(name, default))

@@ -7,7 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from sidecar.records import tensor_record, tensors, trace_id
+from proto.decision_record_pb2 import DecisionRecord
+from sidecar.records import add_tensor, add_tensors, trace_id
 
 X = np.arange(16, dtype=np.float32).reshape(2, 8)
 
@@ -15,7 +16,9 @@ X = np.arange(16, dtype=np.float32).reshape(2, 8)
 @pytest.mark.parametrize(("redaction", "has_contents", "has_hash"), [
     ("keep", True, True), ("hash", False, True), ("drop", False, False)])
 def test_redaction(redaction: str, has_contents: bool, has_hash: bool) -> None:
-    record = tensor_record("features", X, redaction)  # type: ignore[arg-type]
+    made = DecisionRecord()
+    add_tensor(made.inputs, "features", X, redaction)  # type: ignore[arg-type]
+    (record,) = made.inputs
     assert (record.name, record.datatype, list(record.shape)) == ("features", "FP32", [2, 8])
     assert bool(record.contents) is has_contents
     assert bool(record.sha256) is has_hash
@@ -26,9 +29,11 @@ def test_redaction(redaction: str, has_contents: bool, has_hash: bool) -> None:
 
 
 def test_rules_apply_per_input_with_a_default() -> None:
-    out = tensors({"features": X, "customer_id": np.array([7, 9], dtype=np.int64)},
-                  {"customer_id": "drop"}, "hash")
-    assert [(t.name, t.redaction) for t in out] == [("features", "hash"), ("customer_id", "drop")]
+    made = DecisionRecord()
+    add_tensors(made.outputs, {"features": X, "customer_id": np.array([7, 9], dtype=np.int64)},
+                {"customer_id": "drop"}, "hash")
+    assert [(t.name, t.redaction, bool(t.sha256)) for t in made.outputs] == [
+        ("features", "hash", True), ("customer_id", "drop", False)]
 
 
 @pytest.mark.parametrize(("header", "expected"), [
