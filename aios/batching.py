@@ -22,10 +22,9 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import Histogram
-
 from aios.errors import AiosError
 from aios.kserve import InferHeader
+from aios.metrics import LoopHistogram
 from aios.tensors import Tensors
 from aios.upstream import HttpReply, HttpUpstream
 
@@ -106,7 +105,7 @@ class Coalescer(Generic[K]):
     """Forwards infer calls to one next hop, merging those of one key that meet."""
 
     def __init__(self, http: HttpUpstream, limit: Callable[[K], int], merged: Merged[K],
-                 max_in_flight: int, calls_per_request: Histogram) -> None:
+                 max_in_flight: int, calls_per_request: LoopHistogram) -> None:
         self._http = http
         self._limit = limit
         self._merged = merged

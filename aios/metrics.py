@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import time
+from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from aios.errors import AiosError
 
@@ -19,20 +24,109 @@ LATENCY_BUCKETS = (
 )
 
 
-class Series:
-    """The labelled series of one metric, each made once: `labels()` locks and hashes on
-    every call, and these are used on every request."""
+class _Count:
+    """One labelled series of a `LoopCounter`."""
 
-    def __init__(self, metric: MetricWrapperBase) -> None:
-        self._metric = metric
-        self._made: dict[tuple[str, ...], Any] = {}
+    __slots__ = ("value",)
 
-    def __call__(self, *labels: str) -> Any:
-        """The child of ``labels`` (a Counter, Gauge or Histogram child)."""
-        series = self._made.get(labels)
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount``."""
+        self.value += amount
+
+
+class _Distribution:
+    """One labelled series of a `LoopHistogram`: a count per bucket and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount`` in the first bucket whose bound it does not exceed."""
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+S = TypeVar("S", _Count, _Distribution)
+
+
+class _LoopMetric(Collector, Generic[S]):
+    """A metric updated only on the event loop's thread, as hot-path metrics are here.
+
+    prometheus_client's own take a lock per update (a histogram two, after a Python loop
+    over its buckets) and a lock per `labels()`: a few microseconds per call, several
+    times per request. These are plain attributes, read at scrape time, which is also
+    on the event loop. Same names and exposition as prometheus_client's."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], S] = {}
+        registry.register(self)
+
+    def _new(self) -> S:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> S:
+        """The series of ``values`` (one per label name), made on first use."""
+        series = self._series.get(values)
         if series is None:
-            series = self._made[labels] = self._metric.labels(*labels)
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name}: {len(self._labelnames)} label values needed")
+            series = self._series[values] = self._new()
         return series
+
+
+class LoopCounter(_LoopMetric[_Count]):
+    """A counter (exposed as ``<name>_total``)."""
+
+    def _new(self) -> _Count:
+        return _Count()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (a counter without labels)."""
+        self.labels().inc(amount)
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, series in self._series.items():
+            family.add_metric(list(values), series.value)
+        yield family
+
+
+class LoopHistogram(_LoopMetric[_Distribution]):
+    """A histogram with fixed bucket bounds (and +Inf)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        super().__init__(name, documentation, labelnames, registry)
+        self._bounds = tuple(float(b) for b in buckets)
+        # Bound labels as prometheus_client writes them (1048576 is "1.048576e+06").
+        self._les = [str(floatToGoString(b)) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+    def _new(self) -> _Distribution:
+        return _Distribution(self._bounds)
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount`` (a histogram without labels)."""
+        self.labels().observe(amount)
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation,
+                                       labels=self._labelnames)
+        for values, series in self._series.items():
+            family.add_metric(list(values),
+                              list(zip(self._les, itertools.accumulate(series.counts),
+                                       strict=True)), series.sum)
+        yield family
 
 
 class Outcome:
@@ -68,11 +162,11 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry, service: str) -> None:
         prefix = f"aios_{service}"
         labels = ("model", "version", "protocol")
-        self.requests = Counter(f"{prefix}_requests", "Model calls answered, by outcome",
-                                (*labels, "code"), registry=registry)
-        self.latency = Histogram(f"{prefix}_request_duration_seconds",
-                                 "Time to answer a model call", labels,
-                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = LoopCounter(f"{prefix}_requests", "Model calls answered, by outcome",
+                                    (*labels, "code"), registry)
+        self.latency = LoopHistogram(f"{prefix}_request_duration_seconds",
+                                     "Time to answer a model call", labels, LATENCY_BUCKETS,
+                                     registry)
         # Counted on the event loop and read at scrape time: no lock per request.
         self.now = 0
         in_flight = Gauge(f"{prefix}_in_flight_requests", "Model calls being answered",
@@ -82,8 +176,6 @@ class RequestMetrics:
         tasks = Gauge(f"{prefix}_asyncio_tasks", "Tasks alive on the event loop",
                       registry=registry)
         tasks.set_function(lambda: len(asyncio.all_tasks()))
-        self.count = Series(self.requests)
-        self.latency_of = Series(self.latency)
 
     def labels(self, model: str, version: str, protocol: str) -> tuple[str, str, str]:
         """The labels a call is counted under."""
@@ -91,8 +183,8 @@ class RequestMetrics:
 
     def done(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
         """Count and time one answered call (`track` does it for a call answered alone)."""
-        self.count(*labels, code).inc()
-        self.latency_of(*labels).observe(seconds)
+        self.requests.labels(*labels, code).inc()
+        self.latency.labels(*labels).observe(seconds)
 
     def track(self, model: str, version: str, protocol: str) -> Outcome:
         """Count and time one call; an AiosError is recorded under its status code."""

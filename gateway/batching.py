@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 import orjson
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from aios.batching import (
     CALLS_BUCKETS,
@@ -26,6 +26,7 @@ from aios.batching import (
 from aios.envelope import BATCH_PATH, decode_answers, encode_calls
 from aios.errors import AiosError, InvalidInput, UpstreamUnavailable
 from aios.kserve import validate_infer_request
+from aios.metrics import LoopHistogram
 from aios.upstream import HttpReply, HttpUpstream, kept_response_headers, outgoing
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class BackendBatching:
     """Envelopes of calls to one backend, if it is a sidecar."""
 
     def __init__(self, name: str, http: HttpUpstream, max_rows: int, max_in_flight: int,
-                 calls_per_request: Histogram) -> None:
+                 calls_per_request: LoopHistogram) -> None:
         self._name = name
         self._http = http
         self._max_rows = max_rows
@@ -105,8 +106,8 @@ class BackendBatching:
                 for status, headers, body in answers]
 
 
-def calls_histogram(registry: CollectorRegistry) -> Histogram:
+def calls_histogram(registry: CollectorRegistry) -> LoopHistogram:
     """Calls per request the gateway sends to a sidecar (1: sent alone)."""
-    return Histogram("aios_gateway_calls_per_backend_request",
-                     "Mergeable infer calls per request sent to a sidecar (1: sent alone)",
-                     buckets=CALLS_BUCKETS, registry=registry)
+    return LoopHistogram("aios_gateway_calls_per_backend_request",
+                         "Mergeable infer calls per request sent to a sidecar (1: sent alone)",
+                         (), CALLS_BUCKETS, registry)

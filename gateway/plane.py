@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from aios.batching import content_headers, input_layout
 from aios.config import GatewaySettings
@@ -21,7 +21,7 @@ from aios.errors import (
     UpstreamUnavailable,
 )
 from aios.kserve import check_parameters, peek_batch, peek_model, peek_parameters, with_model
-from aios.metrics import RequestMetrics
+from aios.metrics import LoopCounter, RequestMetrics
 from aios.plane import (
     GRPC_CALL_KINDS,
     REVISION_HEADER,
@@ -102,9 +102,9 @@ class GatewayPlane:
         self._breaker = breaker
         self._shadows = shadows
         self._metrics = metrics
-        self._routed = Counter("aios_gateway_routed_requests",
-                               "Model calls by the routing target that served them",
-                               ("model", "target"), registry=registry)
+        self._routed = LoopCounter("aios_gateway_routed_requests",
+                                   "Model calls by the routing target that served them",
+                                   ("model", "target"), registry)
 
     async def ready(self) -> bool:
         """Ready when every backend is."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from aios.batching import (
     CALLS_BUCKETS,
@@ -39,6 +39,7 @@ from aios.batching import (
 )
 from aios.errors import AiosError
 from aios.kserve import InferHeader
+from aios.metrics import LoopHistogram
 from aios.tensors import Tensors
 from aios.upstream import HttpReply, HttpUpstream
 
@@ -135,10 +136,10 @@ class TritonBatching:
                  registry: CollectorRegistry) -> None:
         self._http = http
         self._max_rows = max_rows
-        self.calls = calls = Histogram(
+        self.calls = calls = LoopHistogram(
             "aios_sidecar_calls_per_triton_request",
-            "Mergeable infer calls per request sent to Triton (1: sent alone)",
-            buckets=CALLS_BUCKETS, registry=registry)
+            "Mergeable infer calls per request sent to Triton (1: sent alone)", (),
+            CALLS_BUCKETS, registry)
         self.coalescer: Coalescer[BatchKey] = Coalescer(
             http, lambda key: self.rows(key[0], key[1]), self._merged, max_in_flight, calls)
         self._models: Asked[tuple[str, str]] = Asked(self._max_rows_of, self.coalescer.spawn)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,7 +31,7 @@ from aios.config import SidecarSettings
 from aios.envelope import Answer, decode_calls, encode_answers
 from aios.errors import AiosError, InvalidInput, LogUnavailable, NotReady
 from aios.kserve import check_infer_doc, check_parameters, peek_model
-from aios.metrics import RequestMetrics, Series
+from aios.metrics import LoopHistogram, RequestMetrics
 from aios.plane import (
     GRPC_CALL_KINDS,
     MIRROR_HOST_SUFFIX,
@@ -125,13 +125,10 @@ class SidecarPlane:
         self._metrics = RequestMetrics(registry, "sidecar")
         registry.register(CostCollector(self._metrics))
         labels = ("model", "version", "protocol")
-        self._payload = Histogram("aios_sidecar_payload_bytes", "Request and response sizes",
-                                  (*labels, "direction"), buckets=SIZE_BUCKETS,
-                                  registry=registry)
-        self._batch = Histogram("aios_sidecar_batch_size", "Rows per inference request",
-                                labels, buckets=BATCH_BUCKETS, registry=registry)
-        self._payload_of = Series(self._payload)
-        self._batch_of = Series(self._batch)
+        self._payload = LoopHistogram("aios_sidecar_payload_bytes", "Request and response sizes",
+                                      (*labels, "direction"), SIZE_BUCKETS, registry)
+        self._batch = LoopHistogram("aios_sidecar_batch_size", "Rows per inference request",
+                                    labels, BATCH_BUCKETS, registry)
         self._batching = batching
         self._golden_done = asyncio.Event()
         if parity is None:
@@ -255,8 +252,8 @@ class SidecarPlane:
         assert call.infer is not None, "the REST adapter validates every infer call"
         inputs = rest_request_inputs(call.body, call.infer)
         labels = (call.model, call.version or "default", "rest")
-        self._payload_of(*labels, "request").observe(len(call.body))
-        self._batch_of(*labels).observe(call.batch)
+        self._payload.labels(*labels, "request").observe(len(call.body))
+        self._batch.labels(*labels).observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
         return await self._forward_and_record(call, inputs, profile, flags, started)
 
@@ -275,7 +272,7 @@ class SidecarPlane:
                 "rest", call.model, call.version, headers, rid, inputs, {}, flags,
                 code, message, started))
             raise
-        self._payload_of(*labels, "response").observe(len(reply.body))
+        self._payload.labels(*labels, "response").observe(len(reply.body))
         outputs: Tensors = {}
         version, error = call.version, ""
         try:
@@ -368,8 +365,8 @@ class SidecarPlane:
             return await self._answer_alone(calls)
         labels = self._metrics.labels(model, version, "rest")
         for _, call in calls:
-            self._payload_of(*labels, "request").observe(len(call.body))
-            self._batch_of(*labels).observe(call.batch)
+            self._payload.labels(*labels, "request").observe(len(call.body))
+            self._batch.labels(*labels).observe(call.batch)
         self._metrics.now += len(calls)
         try:
             answers = await self._forward_together(key, calls, inputs, merged, profile,
@@ -442,7 +439,7 @@ class SidecarPlane:
                 answer = error_parts(error if isinstance(error, AiosError)
                                      else LogUnavailable(str(error)))
             else:
-                self._payload_of(*labels, "response").observe(len(answer[2]))
+                self._payload.labels(*labels, "response").observe(len(answer[2]))
             self._metrics.done(labels, str(answer[0]), seconds)
             out.append((i, answer))
         return out
@@ -480,9 +477,9 @@ class SidecarPlane:
         request, inputs = grpc_request_inputs(payload)
         check_parameters(request.parameters.keys())
         labels = (model, version or "default", "grpc")
-        self._payload_of(*labels, "request").observe(len(payload))
+        self._payload.labels(*labels, "request").observe(len(payload))
         first = next(iter(inputs.values()), None)
-        self._batch_of(*labels).observe(len(first) if first is not None and first.ndim else 1)
+        self._batch.labels(*labels).observe(len(first) if first is not None and first.ndim else 1)
         profile, flags = self._check(model, version, inputs)
         try:
             with self._tracing.span("forward"):
@@ -493,7 +490,7 @@ class SidecarPlane:
                 "grpc", model, version, metadata, request.id, inputs, {}, flags, code,
                 message, started))
             raise
-        self._payload_of(*labels, "response").observe(len(reply.payload))
+        self._payload.labels(*labels, "response").observe(len(reply.payload))
         outputs = grpc_outputs(reply.payload)
         served = _grpc_version(reply.payload) or version
         self._observe(profile, inputs, outputs)

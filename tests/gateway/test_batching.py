@@ -15,16 +15,23 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from aios.config import UpstreamSettings
-from aios.envelope import BATCH_PATH, encode_calls
-from aios.upstream import HttpUpstream
+from aios.envelope import BATCH_PATH, Call, encode_calls
+from aios.tracing import Tracing
+from aios.upstream import HttpReply, HttpUpstream
 from gateway.batching import BackendBatching, calls_histogram
+from gateway.routing import ShadowSpec
+from gateway.shadow import ShadowJob, ShadowRunner
 from sidecar.audit import records
 from tests.conftest import Stack
 from tests.e2e.test_decisions import decisions
-from tests.helpers import TEST_TENANT, bearer, token
+from tests.helpers import REPO, TEST_TENANT, bearer, token
 from tests.sidecar.test_batching import rows_body
 
 INFER = "/v2/models/claims_risk/infer"
+V1, V2 = (f"/v2/models/claims_risk/versions/{v}/infer" for v in "12")
+# Claims like those the model was trained on: inside every feature's training range.
+GOLDEN = np.asarray(json.loads((REPO / "model_repo/claims_risk/2/golden.json").read_text())[
+    "inputs"], "<f4")
 
 
 def histogram(address: str, name: str) -> tuple[float, float]:
@@ -159,3 +166,135 @@ def test_copies_sent_with_only_their_body_meet_in_envelopes_too(stack: Stack) ->
     assert all(d["outputs"][0]["shape"] == [1, 1] for d in docs)
     found = {r.request_id for r in records(decisions(stack)) if r.shadow}
     assert {f"copy-{i}" for i in range(12)} <= found
+
+
+def histogram_of(registry: CollectorRegistry) -> tuple[float, float]:
+    """(requests, calls in them) the gateway sent to its backend."""
+    name = "aios_gateway_calls_per_backend_request"
+    return (registry.get_sample_value(f"{name}_count") or 0.0,
+            registry.get_sample_value(f"{name}_sum") or 0.0)
+
+
+def sidecar_envelope(stack: Stack, calls: list[Call]) -> list[dict[str, Any]]:
+    """Send ``calls`` to the sidecar in one envelope (the way the gateway does); the
+    answers."""
+    resp = httpx.post(f"http://{stack.sidecar_http}{BATCH_PATH}", content=encode_calls(calls),
+                      timeout=30)
+    assert resp.status_code == 200, resp.text
+    replies: list[dict[str, Any]] = resp.json()["replies"]
+    return replies
+
+
+def direct(stack: Stack, path: str, body: bytes) -> httpx.Response:
+    """Triton's own answer, as it sent it (not compressed)."""
+    return httpx.post(f"http://{stack.triton_http}{path}", content=body,
+                      headers={"accept-encoding": "identity"})
+
+
+def test_calls_for_two_versions_in_one_envelope_go_as_one_request_per_version(
+        stack: Stack) -> None:
+    sidecar_envelope(stack, [(V1, [], rows_body(GOLDEN[:1])), (V2, [], rows_body(GOLDEN[:1]))])
+    time.sleep(0.5)  # the sidecar asks Triton whether each version batches
+    paths = [V1, V2, V2, V1, V2, V1]
+    calls = [(path, [("x-aios-subject", f"s{i}")], rows_body(GOLDEN[i:i + 1 + i % 2],
+                                                              f"mix-{i}"))
+             for i, path in enumerate(paths)]
+    before = histogram(stack.sidecar_http, "aios_sidecar_calls_per_triton_request")
+    answers = sidecar_envelope(stack, calls)
+    after = histogram(stack.sidecar_http, "aios_sidecar_calls_per_triton_request")
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 6)
+
+    found = {r.request_id: r for r in records(decisions(stack)) if r.request_id.startswith("mix-")}
+    for i, ((path, _, body), answer) in enumerate(zip(calls, answers, strict=True)):
+        version = path.split("/")[-2]
+        assert answer["status"] == 200
+        assert (answer["body"]["id"], answer["body"]["model_version"]) == (f"mix-{i}", version)
+        alone = direct(stack, path, body).json()["outputs"][0]
+        assert answer["body"]["outputs"][0]["shape"] == alone["shape"]
+        np.testing.assert_allclose(answer["body"]["outputs"][0]["data"], alone["data"],
+                                   rtol=1e-6)
+        record = found[f"mix-{i}"]
+        assert (record.version, record.subject, record.outcome, list(record.parity_flags)) == (
+            version, f"s{i}", "ok", [])
+        assert list(record.outputs[0].shape) == [1 + i % 2, 1]
+
+
+def test_a_call_out_of_range_in_an_envelope_is_flagged_alone(stack: Stack) -> None:
+    x = GOLDEN[:4].copy()
+    x[2, 0] = 1e9  # claim_amount far above anything seen in training
+    violations = "aios_sidecar_schema_violations_total"
+    labels = 'check="out_of_range",feature="claim_amount",model="claims_risk",version="2"'
+
+    def flagged() -> float:
+        text = httpx.get(f"http://{stack.sidecar_http}/metrics").text
+        found = re.search(rf"^{violations}{{{labels}}} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = flagged()
+    answers = sidecar_envelope(stack, [(V2, [], rows_body(x[i:i + 1], f"range-{i}"))
+                                       for i in range(4)])
+    assert [a["status"] for a in answers] == [200] * 4
+    assert flagged() - before == 1
+    found = {r.request_id: list(r.parity_flags) for r in records(decisions(stack))
+             if r.request_id.startswith("range-")}
+    assert found == {"range-0": [], "range-1": [], "range-2": ["out_of_range:claim_amount"],
+                     "range-3": []}
+
+
+def test_calls_whose_merged_request_triton_refuses_get_triton_answer_each(
+        stack: Stack) -> None:
+    """Inputs the schema check does not look at (an extra input) pass it; Triton refuses
+    the merged request, and each call is then sent, recorded and answered on its own."""
+
+    def body(i: int) -> bytes:
+        return json.dumps({"id": f"extra-{i}", "inputs": [
+            {"name": "features", "datatype": "FP32", "shape": [1, 8],
+             "data": GOLDEN[i].tolist()},
+            {"name": "extra", "datatype": "FP32", "shape": [1, 1], "data": [float(i)]}],
+        }).encode()
+
+    answers = sidecar_envelope(stack, [(V2, [], body(i)) for i in range(3)])
+    for i, answer in enumerate(answers):
+        alone = direct(stack, V2, body(i))
+        assert alone.status_code == 400
+        assert (answer["status"], answer["body"]) == (400, alone.json())
+    outcomes = {r.request_id: r.outcome for r in records(decisions(stack))
+                if r.request_id.startswith("extra-")}
+    assert outcomes == {f"extra-{i}": "400" for i in range(3)}
+
+
+def test_shadow_copies_that_come_close_together_reach_the_sidecar_in_one_envelope(
+        stack: Stack) -> None:
+    bodies = [rows_body(GOLDEN[i:i + 1], f"shadow-batch-{i}") for i in range(10)]
+    primaries = [direct(stack, V2, b) for b in bodies]
+    spec = ShadowSpec("local", "claims_risk", "1", 1.0, "risk_score", 0.5)
+
+    async def main() -> tuple[float, float]:
+        registry = CollectorRegistry()
+        settings = UpstreamSettings(http=stack.sidecar_http, grpc=stack.sidecar_grpc)
+        async with HttpUpstream("local", settings) as http:
+            batching = BackendBatching("local", http, 64, 2, calls_histogram(registry))
+            await batching.request("POST", V1, bodies[0], [])  # asks whether it is a sidecar
+            await asyncio.sleep(0.3)
+            before = histogram_of(registry)
+            async with ShadowRunner({"local": batching}, {}, 100, 4, registry, Tracing(),
+                                    linger_s=0.2) as shadows:
+                for body, primary in zip(bodies, primaries, strict=True):
+                    shadows.offer(ShadowJob("claims_risk", spec, body, (), {}, HttpReply(
+                        200, dict(primary.headers), primary.content)))
+                    await asyncio.sleep(0.01)  # copies trickle in, as they would
+                deadline = time.monotonic() + 10
+                while (registry.get_sample_value("aios_gateway_shadow_requests_total", {
+                        "model": "claims_risk", "shadow": "local/claims_risk/1",
+                        "outcome": "ok"}) or 0) < 10:
+                    assert time.monotonic() < deadline, "the shadow copies never came back"
+                    await asyncio.sleep(0.05)
+            await batching.coalescer.aclose()
+            after = histogram_of(registry)
+            return after[0] - before[0], after[1] - before[1]
+
+    envelopes, calls = asyncio.run(main())
+    assert (envelopes, calls) == (1, 10)
+    found = {r.request_id: (r.shadow, r.version) for r in records(decisions(stack))
+             if r.request_id.startswith("shadow-batch-")}
+    assert found == {f"shadow-batch-{i}": (True, "1") for i in range(10)}

@@ -17,7 +17,7 @@ import pytest
 from aios.batching import content_headers
 from aios.kserve import validate_infer_request
 from sidecar.audit import records
-from sidecar.batching import batch_key, merge_body, split_reply
+from sidecar.batching import batch_key, merge_body, runs, split_reply
 from tests.conftest import Stack
 from tests.e2e.test_decisions import decisions
 
@@ -68,6 +68,18 @@ def test_merge_concatenates_rows_in_order() -> None:
                                   np.concatenate([a["features"], b["features"]]).ravel())
     assert doc["inputs"][1]["data"] == [3, 4, 5]
     assert set(doc) == {"inputs"}
+
+
+@pytest.mark.parametrize("rows, limit, expected", [
+    ([1, 1, 1], 64, [(0, 3)]),
+    ([1, 2, 1, 3], 3, [(0, 2), (2, 3), (3, 4)]),
+    ([1, 70, 1], 64, [(0, 1), (1, 2), (2, 3)]),
+    ([1, 1], 0, [(0, 1), (1, 2)]),
+    ([], 64, []),
+], ids=["all fit", "cut at the limit", "too big alone", "no batching", "nothing"])
+def test_runs_cut_calls_into_requests_of_at_most_limit_rows(
+        rows: list[int], limit: int, expected: list[tuple[int, int]]) -> None:
+    assert [(r.start, r.stop) for r in runs(rows, limit)] == expected
 
 
 def test_split_gives_each_call_its_rows_and_its_id() -> None:
