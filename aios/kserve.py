@@ -182,9 +182,12 @@ def json_header_length(header_value: str | None, body_length: int) -> int:
 def _count(data: Any, depth: int = 0) -> int:
     if depth > MAX_NESTING:
         raise InvalidInput("'data' is nested too deeply")
-    if isinstance(data, list):
-        return sum(_count(item, depth + 1) for item in data)
-    return 1
+    if not isinstance(data, list):
+        return 1
+    # A flat list (the usual shape of `data`) is counted without a call per value.
+    if list not in map(type, data):
+        return len(data)
+    return sum(_count(item, depth + 1) for item in data)
 
 
 def _element_count(shape: Any, where: str) -> int:

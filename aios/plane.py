@@ -15,7 +15,7 @@ from aios.kserve import InferHeader
 from aios.upstream import GrpcReply, HttpReply, Metadata
 
 # Headers one hop sets for the next: who is calling and where the call was routed. They
-# are never taken from a client (see `aios.upstream.forwardable`).
+# are never taken from a client (see `aios.upstream.FORWARDED_REQUEST_HEADERS`).
 TENANT_HEADER = "x-aios-tenant"
 SUBJECT_HEADER = "x-aios-subject"
 TARGET_HEADER = "x-aios-target"

@@ -50,11 +50,6 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def forwardable(name: str) -> bool:
-    """Whether a client's request header / gRPC metadata key is passed to the next hop."""
-    return name in FORWARDED_REQUEST_HEADERS
-
-
 def kept_response_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The next hop's response headers that we pass back."""
     return {k: v for k, v in items if k in FORWARDED_RESPONSE_HEADERS}
@@ -65,7 +60,7 @@ def outgoing(items: Iterable[tuple[str, Any]], extra: Mapping[str, str] | None,
     """The client's forwardable headers (or metadata) and ours; ours win, so a client's
     ``traceparent`` gives way to the span of this hop."""
     extra = extra or {}
-    out = [(k, v) for k, v in items if forwardable(k) and k not in extra]
+    out = [(k, v) for k, v in items if k in FORWARDED_REQUEST_HEADERS and k not in extra]
     out.extend(extra.items())
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from aios.upstream import forwardable
+from aios.upstream import outgoing
 
 
 @pytest.mark.parametrize(("name", "passes"), [
@@ -23,5 +23,13 @@ from aios.upstream import forwardable
     ("content-length", False),
     ("connection", False),
 ])
-def test_forwardable(name: str, passes: bool) -> None:
-    assert forwardable(name) is passes
+def test_only_content_and_trace_headers_cross_a_hop(name: str, passes: bool) -> None:
+    assert outgoing([(name, "v")], None) == ([(name, "v")] if passes else [])
+
+
+def test_our_headers_win_over_the_clients() -> None:
+    sent = outgoing([("traceparent", "client"), ("x-aios-tenant", "forged"),
+                     ("content-type", "application/json")],
+                    {"traceparent": "ours", "x-aios-tenant": "verified"})
+    assert sent == [("content-type", "application/json"), ("traceparent", "ours"),
+                    ("x-aios-tenant", "verified")]
