@@ -23,6 +23,21 @@ MODEL_REPO = REPO / "model_repo"
 STARTUP_TIMEOUT_S = 180.0
 
 
+@contextlib.contextmanager
+def refused_ports(n: int) -> Iterator[list[int]]:
+    """``n`` ports on 127.0.0.1 that refuse connections while the block runs: bound and
+    never listening, so no server started meanwhile (another test's Redis, say) can take
+    one of them, as it could a port `free_ports` merely found free."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        yield [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct ports free on 127.0.0.1 right now."""
     socks = []

@@ -3,7 +3,6 @@ gRPC, with its status, its gRPC code and a KServe-style message."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER, grpc_request
-from tests.helpers import free_ports, gateway_config, infer_json, running, token
+from tests.helpers import gateway_config, infer_json, refused_ports, running, token
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 LIMIT = 64 * 1024
@@ -28,23 +27,23 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    dead_http, dead_grpc, dead_redis = free_ports(3)
-    config, http_port, grpc_port = gateway_config(
-        stack.sidecar_http, stack.sidecar_grpc,
-        {"claims_risk": {"backend": "local"},
-         "slow": {"targets": {"t": {"backend": "local", "timeout_s": 0.5}}},
-         "gone": {"backend": "dead"}},
-        server={"max_body_bytes": LIMIT},
-        backends={"dead": {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}"}},
-        # Redis is down for good here: fail_open tenants pass, fail_closed ones get 503.
-        quota={"backend": "redis", "redis_url": f"redis://127.0.0.1:{dead_redis}/0",
-               "default": {"rate_per_s": 1e6, "burst": 100000},
-               "tenants": {"tight": {"rate_per_s": 0.001, "burst": 1},
-                           "closed": {"on_redis_error": "fail_closed"}}})
-    with contextlib.ExitStack() as services:
-        services.enter_context(running("gateway", config, http_port,
-                                       tmp_path_factory.mktemp("table")))
-        yield Gateway(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    # Held (bound, never listening) for the module: nothing else can open them meanwhile.
+    with refused_ports(3) as (dead_http, dead_grpc, dead_redis):
+        config, http_port, grpc_port = gateway_config(
+            stack.sidecar_http, stack.sidecar_grpc,
+            {"claims_risk": {"backend": "local"},
+             "slow": {"targets": {"t": {"backend": "local", "timeout_s": 0.5}}},
+             "gone": {"backend": "dead"}},
+            server={"max_body_bytes": LIMIT},
+            backends={"dead": {"http": f"127.0.0.1:{dead_http}",
+                               "grpc": f"127.0.0.1:{dead_grpc}"}},
+            # Redis is down for good here: fail_open tenants pass, fail_closed ones get 503.
+            quota={"backend": "redis", "redis_url": f"redis://127.0.0.1:{dead_redis}/0",
+                   "default": {"rate_per_s": 1e6, "burst": 100000},
+                   "tenants": {"tight": {"rate_per_s": 0.001, "burst": 1},
+                               "closed": {"on_redis_error": "fail_closed"}}})
+        with running("gateway", config, http_port, tmp_path_factory.mktemp("table")):
+            yield Gateway(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
 
 
 def grpc_slow() -> bytes:

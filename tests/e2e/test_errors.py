@@ -14,7 +14,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
-from tests.helpers import bearer, free_ports, http_ready, infer_json, running
+from tests.helpers import bearer, free_ports, http_ready, infer_json, refused_ports, running
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -101,15 +101,16 @@ class Lone:
 
 
 def _start_lone(tmp: Path, service: str) -> Iterator[Lone]:
-    http_port, grpc_port, dead_http, dead_grpc = free_ports(4)
-    dead = {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}",
-            "connect_timeout_s": 1}
-    server = {"http_port": http_port, "grpc_port": grpc_port}
-    section = ({"server": server, "backends": {"dead": dead},
-                "models": {"claims_risk": {"backend": "dead"}}}
-               if service == "gateway" else {"server": server, "triton": dead})
-    with running(service, {service: section}, http_port, tmp):
-        yield Lone(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    http_port, grpc_port = free_ports(2)
+    with refused_ports(2) as (dead_http, dead_grpc):
+        dead = {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}",
+                "connect_timeout_s": 1}
+        server = {"http_port": http_port, "grpc_port": grpc_port}
+        section = ({"server": server, "backends": {"dead": dead},
+                    "models": {"claims_risk": {"backend": "dead"}}}
+                   if service == "gateway" else {"server": server, "triton": dead})
+        with running(service, {service: section}, http_port, tmp):
+            yield Lone(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
 
 
 @pytest.fixture(scope="module", params=["gateway", "sidecar"])
