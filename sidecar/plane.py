@@ -249,8 +249,7 @@ class SidecarPlane:
 
     async def _infer_rest(self, call: ModelCall) -> HttpReply:
         started = time.perf_counter()
-        assert call.infer is not None, "the REST adapter validates every infer call"
-        inputs = rest_request_inputs(call.body, call.infer)
+        inputs = infer_inputs(call)
         labels = (call.model, call.version or "default", "rest")
         self._payload.labels(*labels, "request").observe(len(call.body))
         self._batch.labels(*labels).observe(call.batch)
@@ -291,14 +290,12 @@ class SidecarPlane:
 
     async def _forward(self, call: ModelCall, headers: list[tuple[str, str]], inputs: Tensors,
                        request_id: str, alone: bool) -> HttpReply:
-        assert call.infer is not None
         if self._batching is None or alone:
             return await self._http.request(call.method, call.upstream_path, call.body,
                                             headers, self._tracing.inject())
-        key = batch_key(call.model, call.version, call.infer, content_headers(headers))
         return await self._batching.coalescer.forward(
-            key, call.upstream_path, call.body, headers, self._tracing.inject(), None,
-            call.batch, request_id, inputs)
+            merge_key(call), call.upstream_path, call.body, headers, self._tracing.inject(),
+            None, call.batch, request_id, inputs)
 
     async def answer_batch(self, envelope: bytes) -> HttpReply:
         """Answer a gateway's envelope of infer calls (`aios.envelope`), each call as if it
@@ -336,9 +333,9 @@ class SidecarPlane:
             [answers[i] for i in range(len(docs))]))
 
     def _together_key(self, call: ModelCall) -> BatchKey | None:
-        if self._batching is None or self._tracing.enabled or call.infer is None:
+        if self._batching is None or self._tracing.enabled:
             return None
-        return batch_key(call.model, call.version, call.infer, content_headers(call.headers))
+        return merge_key(call)
 
     async def _answer_alone(self, calls: list[Indexed]) -> list[tuple[int, Answer]]:
         async def answer(call: ModelCall) -> Answer:
@@ -357,8 +354,7 @@ class SidecarPlane:
         (nothing to flag or refuse) or Triton takes the merged request, each goes alone."""
         started = time.perf_counter()
         model, version, layout = key
-        inputs = [rest_request_inputs(call.body, call.infer) for _, call in calls
-                  if call.infer is not None]
+        inputs = [infer_inputs(call) for _, call in calls]
         merged = merge_inputs(layout, inputs)
         profile = self._parity.profile(model, version) if self._parity is not None else None
         if profile is not None and schema_violations(profile, merged):
@@ -498,6 +494,19 @@ class SidecarPlane:
             "grpc", model, served, metadata, request.id, inputs, outputs, flags, "ok", "",
             started))
         return reply
+
+
+def infer_inputs(call: ModelCall) -> Tensors:
+    """The numeric inputs of a REST infer call."""
+    assert call.infer is not None, "the REST adapter validates every infer call"
+    return rest_request_inputs(call.body, call.infer)
+
+
+def merge_key(call: ModelCall) -> BatchKey | None:
+    """Under which key a REST infer call may share a Triton request (None: alone)."""
+    if call.infer is None:
+        return None
+    return batch_key(call.model, call.version, call.infer, content_headers(call.headers))
 
 
 def envelope_path(path: str) -> tuple[str, str, str]:
