@@ -261,6 +261,9 @@ class Quotas:
         self._shared = not isinstance(primary, LocalLimiter)
         self._clock = clock
         self._prefetch = Prefetch(settings.prefetch_s, clock)
+        # Per key, the chunk being taken from Redis now: requests that find the stock
+        # empty meanwhile wait for it rather than each take a chunk of their own.
+        self._refills: dict[str, asyncio.Future[None]] = {}
         self._redis_down_until = 0.0
         self._unreachable_since_log = 0
         self._last_log = 0.0
@@ -322,13 +325,31 @@ class Quotas:
         if chunk:
             if self._prefetch.take(key, cost):
                 return _PREPAID, Lease(self._primary, key, "", held=False)
-            decision, lease = await self._primary.acquire(key, limit, chunk)
-            if lease is not None:
-                self._prefetch.put(key, chunk - cost)
-                return decision, lease
+            refill = self._refills.get(key)
+            if refill is not None:
+                await asyncio.shield(refill)
+                if self._prefetch.take(key, cost):
+                    return _PREPAID, Lease(self._primary, key, "", held=False)
+            else:
+                decision, lease = await self._refill(key, limit, chunk)
+                if lease is not None:
+                    self._prefetch.put(key, chunk - cost)
+                    return decision, lease
         # Without prefetch, or a chunk refused: exactly this request's cost, so a refusal
         # comes from Redis with its exact retry time and no unit is left unused.
         return await self._primary.acquire(key, limit, cost)
+
+    async def _refill(self, key: str, limit: Limit, chunk: int,
+                      ) -> tuple[Decision, Lease | None]:
+        """Take a chunk for ``key``; whoever finds the stock empty meanwhile waits for it
+        (a chunk each would spend the tenant's allowance on units nobody uses)."""
+        done = asyncio.get_running_loop().create_future()
+        self._refills[key] = done
+        try:
+            return await self._primary.acquire(key, limit, chunk)
+        finally:
+            del self._refills[key]
+            done.set_result(None)
 
     def _log_unreachable(self, policy: str) -> None:
         # One line a second, with the count, rather than a line per request.

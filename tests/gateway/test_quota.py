@@ -263,3 +263,24 @@ async def test_prefetch_spares_redis_and_keeps_the_shared_bound(
         assert outcomes[-1] == "429"
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(("prefetch_s", "expected_calls"), [(1.0, 1), (0.0, 40)])
+async def test_requests_that_find_the_stock_empty_together_share_one_chunk(
+        own_redis: RedisServer, prefetch_s: float, expected_calls: int) -> None:
+    """40 concurrent requests, nothing held yet: one chunk (of 50) from Redis for them
+    all, not a chunk each (39 of which nobody would spend, yet Redis would count)."""
+    s = settings(own_redis, prefetch_s=prefetch_s, redis_timeout_ms=1000,
+                 tenants={"acme": {"rate_per_s": 1000, "burst": 1000}})
+    client = redis_client(s)
+    quotas = Quotas(s, RedisLimiter(client, s.key_prefix, s.lease_ttl_s), LocalLimiter(),
+                    CollectorRegistry())
+    try:
+        await quotas.acquire("acme", "another-model", 1)  # loads the script into Redis
+        before = evalsha_calls(await client.execute("INFO", "commandstats"))
+        outcomes = await asyncio.gather(*(outcome(quotas) for _ in range(40)))
+        assert outcomes == ["ok"] * 40
+        calls = evalsha_calls(await client.execute("INFO", "commandstats")) - before
+        assert calls == expected_calls
+    finally:
+        await client.aclose()
