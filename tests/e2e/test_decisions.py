@@ -153,6 +153,9 @@ def test_kill_9_loses_no_acknowledged_decision(stack: Stack, tmp_path: Path) -> 
             futures = [pool.submit(load, i) for i in range(8)]
             time.sleep(1.5)
             os.kill(sidecar.pid, signal.SIGKILL)
+            # Its clients see their connections close before the process is gone: wait
+            # for that too, or `running` would find it alive and stop it a second time.
+            assert sidecar.wait(30) == -signal.SIGKILL
             for f in futures:
                 f.result()
     directory = tmp_path / "decisions"
