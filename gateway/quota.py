@@ -324,12 +324,12 @@ class Quotas:
         chunk = self._prefetch.chunk(limit, cost)
         if chunk:
             if self._prefetch.take(key, cost):
-                return _PREPAID, Lease(self._primary, key, "", held=False)
+                return self._prepaid(key)
             refill = self._refills.get(key)
             if refill is not None:
                 await asyncio.shield(refill)
                 if self._prefetch.take(key, cost):
-                    return _PREPAID, Lease(self._primary, key, "", held=False)
+                    return self._prepaid(key)
             else:
                 decision, lease = await self._refill(key, limit, chunk)
                 if lease is not None:
@@ -338,6 +338,10 @@ class Quotas:
         # Without prefetch, or a chunk refused: exactly this request's cost, so a refusal
         # comes from Redis with its exact retry time and no unit is left unused.
         return await self._primary.acquire(key, limit, cost)
+
+    def _prepaid(self, key: str) -> tuple[Decision, Lease]:
+        """A request paid for by units this replica holds (nothing to release)."""
+        return _PREPAID, Lease(self._primary, key, "", held=False)
 
     async def _refill(self, key: str, limit: Limit, chunk: int,
                       ) -> tuple[Decision, Lease | None]:
