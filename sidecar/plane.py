@@ -319,7 +319,7 @@ class SidecarPlane:
                 continue
             key = self._together_key(call)
             (alone if key is None else groups.setdefault(key, [])).append((i, call))
-        work = [self._answer_alone(alone)]
+        work = [self._answer_alone(alone)] if alone else []
         for key, calls in groups.items():
             assert self._batching is not None
             limit = self._batching.rows(key[0], key[1])
@@ -327,7 +327,8 @@ class SidecarPlane:
                 chunk = calls[run]
                 work.append(self._answer_together(key, chunk) if len(chunk) > 1
                             else self._answer_alone(chunk))
-        for answered in await asyncio.gather(*work):
+        # One group (the usual envelope) is awaited as it is, without a task of its own.
+        for answered in [await work[0]] if len(work) == 1 else await asyncio.gather(*work):
             answers.update(answered)
         return HttpReply(200, JSON_HEADERS, encode_answers(
             [answers[i] for i in range(len(docs))]))
