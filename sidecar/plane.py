@@ -346,6 +346,8 @@ class SidecarPlane:
                 return error_parts(exc)
             return reply.status, reply.headers, reply.body
 
+        if len(calls) == 1:  # no task and gather for one call
+            return [(calls[0][0], await answer(calls[0][1]))]
         answers = await asyncio.gather(*(answer(call) for _, call in calls))
         return [(i, a) for (i, _), a in zip(calls, answers, strict=True)]
 
