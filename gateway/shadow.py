@@ -169,19 +169,22 @@ class ShadowRunner:
         extra = {**job.identity, SHADOW_HEADER: "1", **self._tracing.inject()}
         start = time.perf_counter()
         try:
-            if isinstance(job.primary, HttpReply):
-                versioned = f"/versions/{spec.version}" if spec.version else ""
-                reply = await asyncio.wait_for(self._http[spec.backend].request(
-                    "POST", f"/v2/models/{spec.model}{versioned}/infer", job.payload,
-                    job.headers, extra), spec.timeout_s)
-                if reply.status != 200:
-                    self.metrics.requests.labels(job.model, label, "error").inc()
-                    return
-                pair: tuple[HttpReply | GrpcReply, HttpReply | GrpcReply] = (job.primary, reply)
-            else:
-                payload = with_model(job.payload, spec.model, spec.version)
-                pair = (job.primary, await asyncio.wait_for(self._grpc[spec.backend].call(
-                    job.grpc_method, payload, job.headers, extra), spec.timeout_s))
+            # A deadline on this task (`wait_for` would run the call in a task of its own).
+            async with asyncio.timeout(spec.timeout_s):
+                if isinstance(job.primary, HttpReply):
+                    versioned = f"/versions/{spec.version}" if spec.version else ""
+                    reply = await self._http[spec.backend].request(
+                        "POST", f"/v2/models/{spec.model}{versioned}/infer", job.payload,
+                        job.headers, extra)
+                    if reply.status != 200:
+                        self.metrics.requests.labels(job.model, label, "error").inc()
+                        return
+                    pair: tuple[HttpReply | GrpcReply, HttpReply | GrpcReply] = (
+                        job.primary, reply)
+                else:
+                    payload = with_model(job.payload, spec.model, spec.version)
+                    pair = (job.primary, await self._grpc[spec.backend].call(
+                        job.grpc_method, payload, job.headers, extra))
         except TimeoutError:
             self.metrics.requests.labels(job.model, label, "timeout").inc()
             return

@@ -287,6 +287,26 @@ def test_a_slow_shadow_adds_no_latency(canary: Gateway) -> None:
                    shadow="local/slow/default") >= 2.0
 
 
+def test_a_shadow_past_its_timeout_is_counted_as_such(canary: Gateway) -> None:
+    base = get_route(canary)["revision"]
+    # `slow` sleeps 300 ms per call by default; this shadow gives it 100 ms.
+    resp = put(canary, "claims_risk/shadow", {"base_revision": base, "shadow": {
+        "backend": "local", "model": "slow", "fraction": 1.0, "timeout_s": 0.1}})
+    assert resp.status_code == 200, resp.text
+    labels = {"model": "claims_risk", "shadow": "local/slow/default"}
+    before = _metric(canary, "aios_gateway_shadow_requests_total", outcome="timeout", **labels)
+    for i in range(3):
+        assert score(canary, f"t{i}").status_code == 200
+    deadline = time.monotonic() + 10
+    while _metric(canary, "aios_gateway_shadow_requests_total", outcome="timeout",
+                  **labels) < before + 3:
+        assert time.monotonic() < deadline, "the shadows' timeouts were not counted"
+        time.sleep(0.1)
+    cleared = put(canary, "claims_risk/shadow", {"base_revision": resp.json()["revision"],
+                                                 "shadow": None})
+    assert cleared.status_code == 200
+
+
 def test_replicas_apply_a_change_within_a_second(stack: Stack, redis_server: RedisServer,
                                                  tmp_path: Path) -> None:
     routing = {"store": "redis", "redis_url": redis_server.url, "key_prefix": "t:routes:"}
