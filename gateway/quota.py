@@ -68,6 +68,11 @@ class Decision:
     reason: str  # "" | "rate" | "concurrency"
 
 
+# What rounding may leave of a wait that is exactly zero (seconds; the Lua script has
+# the same in milliseconds).
+GCRA_SLACK_S = 1e-6
+
+
 def gcra(tat: float, now: float, cost: int, limit: Limit) -> tuple[Decision, float]:
     """Generic cell rate algorithm: return the decision and the new theoretical arrival time.
 
@@ -76,12 +81,16 @@ def gcra(tat: float, now: float, cost: int, limit: Limit) -> tuple[Decision, flo
     """
     interval = 1.0 / limit.rate_per_s
     tolerance = limit.burst * interval
-    new_tat = max(tat, now) + cost * interval
-    allow_at = new_tat - tolerance
-    if allow_at > now:
-        return Decision(False, 0, allow_at - now, max(tat, now) - now, "rate"), tat
-    remaining = int((tolerance - (new_tat - now)) / interval + 1e-9)
-    return Decision(True, remaining, 0.0, new_tat - now, ""), new_tat
+    # Measured from now, not as clock readings: a reading plus a step minus the same step
+    # is not always the reading again in floating point, which refused (or let through)
+    # a request that exactly fits the burst.
+    ahead = max(tat - now, 0.0)  # how far the theoretical arrival time runs ahead
+    wait = ahead + cost * interval - tolerance
+    if wait > GCRA_SLACK_S:
+        return Decision(False, 0, wait, ahead, "rate"), tat
+    after = ahead + cost * interval
+    remaining = int((tolerance - after) / interval + 1e-9)
+    return Decision(True, remaining, 0.0, after, ""), now + after
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,19 +162,18 @@ if max_conc > 0 then
 end
 local tolerance = burst * interval
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + cost * interval
-local allow_at = new_tat - tolerance
-if allow_at > now then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now), 'rate'}
+local ahead = math.max(tat - now, 0)
+local wait = ahead + cost * interval - tolerance
+if wait > 0.001 then
+  return {0, 0, math.ceil(wait), math.ceil(ahead), 'rate'}
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+local after = ahead + cost * interval
+redis.call('SET', KEYS[1], string.format('%.3f', now + after), 'PX', math.ceil(after) + 1000)
 if max_conc > 0 then
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[5])
   redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[6])) + 1000)
 end
-return {1, math.floor((tolerance - (new_tat - now)) / interval + 1e-9), 0,
-        math.ceil(new_tat - now), ''}
+return {1, math.floor((tolerance - after) / interval + 1e-9), 0, math.ceil(after), ''}
 """
 
 _SCRIPT = Script(_LUA)

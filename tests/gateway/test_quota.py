@@ -45,6 +45,17 @@ def test_gcra(tat: float, now: float, cost: int, allowed: bool, remaining: int,
     assert new_tat == (pytest.approx(max(tat, now) + cost * 0.1) if allowed else tat)
 
 
+@pytest.mark.parametrize("now", [1102.95383162537, 3640.5077535118667, 7582.041567075,
+                                 1216.1909274620946, 8.0])
+def test_a_request_that_exactly_fits_the_burst_passes_whatever_the_clock(now: float) -> None:
+    """Clock readings where (now + 1000) - 1000 != now in floating point."""
+    limit = Limit(rate_per_s=0.001, burst=1, max_concurrent=0)
+    first, tat = gcra(now, now, 1, limit)
+    second, _ = gcra(tat, now + 0.005, 1, limit)
+    assert (first.allowed, second.allowed) == (True, False)
+    assert second.retry_after_s == pytest.approx(1000 - 0.005)
+
+
 def test_gcra_caps_a_window_at_burst_plus_rate() -> None:
     tat, accepted = 0.0, 0
     for i in range(10_000):  # 10 s of attempts every millisecond
