@@ -156,7 +156,7 @@ class DecisionLog:
         if error is not None:
             raise error
 
-    async def append_many(self, records: list[DecisionRecord]) -> list[BaseException | None]:
+    async def append_many(self, records: list[DecisionRecord]) -> list[LogUnavailable | None]:
         """Log ``records`` (in this order); in sync mode return once each is durable, with
         the error of each that is not (None for those that are)."""
         if not self.sync:
@@ -172,7 +172,16 @@ class DecisionLog:
             futures.append(loop.create_future())
             await self._queue.put((record, futures[-1]))
         self.metrics.queue.set(self._queue.qsize())
-        return await asyncio.gather(*futures, return_exceptions=True)
+        # All are queued already: waiting for them in turn waits as long as for all at once.
+        errors: list[LogUnavailable | None] = []
+        for future in futures:
+            try:
+                await future
+            except LogUnavailable as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def _drop(self, count: int) -> None:
         """Count dropped records and raise the alarm (at most every few seconds)."""

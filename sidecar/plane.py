@@ -426,7 +426,7 @@ class SidecarPlane:
                       ) -> list[tuple[int, Answer]]:
         """Log each call's record, then count and answer it (503 for a record the sync log
         could not make durable)."""
-        errors: list[BaseException | None] = [None] * len(done)
+        errors: list[LogUnavailable | None] = [None] * len(done)
         if self._log is not None:
             with self._tracing.span("decision-log write"):
                 errors = await self._log.append_many([record for record, _ in done])
@@ -435,8 +435,7 @@ class SidecarPlane:
         out = []
         for (i, _), (_, answer), error in zip(calls, done, errors, strict=True):
             if error is not None:
-                answer = error_parts(error if isinstance(error, AiosError)
-                                     else LogUnavailable(str(error)))
+                answer = error_parts(error)
             else:
                 self._payload.labels(*labels, "response").observe(len(answer[2]))
             self._metrics.done(labels, str(answer[0]), seconds)
