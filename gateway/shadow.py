@@ -98,7 +98,8 @@ def _outputs(reply: HttpReply | GrpcReply) -> Outputs:
 
 
 class ShadowRunner:
-    """A bounded queue and a few workers that send and compare shadow copies."""
+    """A bounded queue, and batches of copies (at most ``concurrency`` in flight) sent and
+    compared with their primaries."""
 
     def __init__(self, http: Mapping[str, RestSender], grpc: Mapping[str, GrpcUpstream],
                  queue_size: int, concurrency: int, registry: CollectorRegistry,

@@ -250,7 +250,7 @@ class SidecarPlane:
     async def _infer_rest(self, call: ModelCall) -> HttpReply:
         started = time.perf_counter()
         inputs = infer_inputs(call)
-        labels = (call.model, call.version or "default", "rest")
+        labels = self._metrics.labels(call.model, call.version, "rest")
         self._payload.labels(*labels, "request").observe(len(call.body))
         self._batch.labels(*labels).observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
@@ -261,7 +261,7 @@ class SidecarPlane:
                                   started: float, alone: bool = False) -> HttpReply:
         headers = list(call.headers)
         rid = request_id(call)
-        labels = (call.model, call.version or "default", "rest")
+        labels = self._metrics.labels(call.model, call.version, "rest")
         try:
             with self._tracing.span("forward"):
                 reply = await self._forward(call, headers, inputs, rid, alone)
@@ -474,7 +474,7 @@ class SidecarPlane:
         started = time.perf_counter()
         request, inputs = grpc_request_inputs(payload)
         check_parameters(request.parameters.keys())
-        labels = (model, version or "default", "grpc")
+        labels = self._metrics.labels(model, version, "grpc")
         self._payload.labels(*labels, "request").observe(len(payload))
         first = next(iter(inputs.values()), None)
         self._batch.labels(*labels).observe(len(first) if first is not None and first.ndim else 1)
