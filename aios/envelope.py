@@ -59,13 +59,27 @@ def decode_calls(envelope: bytes) -> list[tuple[str, list[tuple[str, str]], Any]
     for i, call in enumerate(calls):
         if not isinstance(call, dict) or not isinstance(call.get("path"), str):
             raise InvalidInput(f"calls[{i}]: 'path' must be a string")
-        headers = call.get("headers")
-        if not isinstance(headers, list) or not all(
-                isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
-                for h in headers):
+        pairs = _header_pairs(call.get("headers"))
+        if pairs is None:
             raise InvalidInput(f"calls[{i}]: 'headers' must be a list of [name, value]")
-        out.append((call["path"], [(k.lower(), v) for k, v in headers], call.get("request")))
+        out.append((call["path"], pairs, call.get("request")))
     return out
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, str]] | None:
+    """``[[name, value], ...]`` as (lower-case name, value) pairs; None if malformed.
+    A plain loop: this runs for every call of every envelope."""
+    if type(headers) is not list:
+        return None
+    pairs = []
+    for pair in headers:
+        if type(pair) is not list or len(pair) != 2:
+            return None
+        name, value = pair
+        if type(name) is not str or type(value) is not str:
+            return None
+        pairs.append((name.lower(), value))
+    return pairs
 
 
 def encode_answers(answers: Sequence[Answer]) -> bytes:

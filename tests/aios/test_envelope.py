@@ -41,9 +41,19 @@ def test_calls_keep_their_headers_and_requests_in_order() -> None:
     (b'{"calls": [{"path": "/p", "headers": [], "request": {}}, '
      b'{"path": "/p", "headers": [["a", 1]]}]}',
      "calls[1]: 'headers' must be a list of [name, value]"),
+    (b'{"calls": [{"path": "/p", "headers": {"a": "b"}}]}',
+     "calls[0]: 'headers' must be a list of [name, value]"),
+    (b'{"calls": [{"path": "/p"}]}', "calls[0]: 'headers' must be a list of [name, value]"),
+    (b'{"calls": [{"path": "/p", "headers": ["ab"]}]}',
+     "calls[0]: 'headers' must be a list of [name, value]"),
+    (b'{"calls": [{"path": "/p", "headers": [["a", "b", "c"]]}]}',
+     "calls[0]: 'headers' must be a list of [name, value]"),
+    (b'{"calls": [{"path": "/p", "headers": [[null, "b"]]}]}',
+     "calls[0]: 'headers' must be a list of [name, value]"),
 ], ids=["not json", "not an object", "no calls", "empty calls", "too many calls",
         "call not an object", "no path", "path not a string", "header pair short",
-        "header value not text"])
+        "header value not text", "headers an object", "no headers", "pair not a list",
+        "pair too long", "header name not text"])
 def test_a_bad_envelope_is_refused_naming_what_is_wrong(envelope: bytes, message: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         decode_calls(envelope)
