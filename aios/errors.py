@@ -128,6 +128,24 @@ class UpstreamRejected(AiosError):
         self.http_status = self._HTTP_BY_CODE.get(code, 502)
 
 
+# The gRPC status of a call answered over REST with an HTTP status: the one a gRPC
+# server answers for the same error (Triton's two front ends, and ours, agree on these).
+_GRPC_BY_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED, 431: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED, 502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_code_for(http_status: int) -> grpc.StatusCode:
+    """The gRPC status that stands for an HTTP error status (INTERNAL if none does)."""
+    return _GRPC_BY_HTTP.get(http_status, grpc.StatusCode.INTERNAL)
+
+
 class QuotaExceeded(AiosError):
     """Over the tenant's rate or concurrency limit; says when to come back."""
 

@@ -52,6 +52,16 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
+def error_text(body: bytes) -> str:
+    """The message of a KServe error body (the body itself if it is not one)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    return str(doc["error"]) if isinstance(doc, dict) and "error" in doc else \
+        body.decode("utf-8", "replace")
+
+
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:

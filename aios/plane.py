@@ -21,6 +21,9 @@ SUBJECT_HEADER = "x-aios-subject"
 TARGET_HEADER = "x-aios-target"
 REVISION_HEADER = "x-aios-route-revision"
 SHADOW_HEADER = "x-aios-shadow"
+# A gRPC call the gateway carried to a sidecar as JSON (`aios.grpcjson`): recorded and
+# counted as the gRPC call it is.
+PROTOCOL_HEADER = "x-aios-protocol"
 # Set by an Envoy that routes for us (`gateway.envoy`): the version of an unpinned call,
 # and the model and version a mirrored copy is meant for.
 VERSION_HEADER = "x-aios-version"
@@ -57,6 +60,7 @@ class ModelCall:
     body: bytes
     headers: Iterable[tuple[str, str]]
     infer: InferHeader | None = None  # of an infer call: its validated JSON header
+    protocol: str = "rest"  # "grpc" for a gRPC call carried as JSON (PROTOCOL_HEADER)
 
     @property
     def batch(self) -> int:

@@ -19,6 +19,7 @@ import grpc.aio
 
 from aios.config import UpstreamSettings
 from aios.errors import (
+    AiosError,
     InvalidInput,
     UpstreamConnectFailed,
     UpstreamRejected,
@@ -119,6 +120,18 @@ class HttpUpstream:
         return reply.status == 200
 
 
+def grpc_error(backend: str, code: grpc.StatusCode, details: str) -> AiosError:
+    """What a gRPC call's error status from ``backend`` becomes here."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UpstreamTimeout(f"backend {backend!r} did not answer in time")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # grpc reports a refused connection so; then nothing reached the backend.
+        if "connect" in details.lower():
+            return UpstreamConnectFailed(f"backend {backend!r} unreachable: {details}")
+        return UpstreamUnavailable(f"backend {backend!r} unavailable: {details}")
+    return UpstreamRejected(code, details)
+
+
 @dataclass(frozen=True, slots=True)
 class GrpcReply:
     """A serialized gRPC response and the trailing metadata to pass back."""
@@ -162,17 +175,7 @@ class GrpcUpstream:
             response: bytes = await call
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise UpstreamTimeout(f"backend {self.name!r} did not answer in time") from exc
-            if code == grpc.StatusCode.UNAVAILABLE:
-                # grpc reports a refused connection so; then nothing reached the backend.
-                if "connect" in details.lower():
-                    raise UpstreamConnectFailed(
-                        f"backend {self.name!r} unreachable: {details}") from exc
-                raise UpstreamUnavailable(f"backend {self.name!r} unavailable: {details}"
-                                          ) from exc
-            raise UpstreamRejected(code, details) from exc
+            raise grpc_error(self.name, exc.code(), exc.details() or "") from exc
         except asyncio.CancelledError:
             call.cancel()
             raise

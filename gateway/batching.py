@@ -23,15 +23,27 @@ from aios.batching import (
     content_headers,
     input_layout,
 )
-from aios.envelope import BATCH_PATH, decode_answers, encode_calls
-from aios.errors import AiosError, InvalidInput, UpstreamUnavailable
-from aios.kserve import validate_infer_request
+from aios.envelope import BATCH_PATH, JSON_TYPE, decode_answers, encode_calls
+from aios.errors import AiosError, InvalidInput, UpstreamUnavailable, grpc_code_for
+from aios.grpcjson import request_json, response_message
+from aios.kserve import error_text, peek_model, validate_infer_request
 from aios.metrics import LoopHistogram
-from aios.upstream import HttpReply, HttpUpstream, kept_response_headers, outgoing
+from aios.plane import PROTOCOL_HEADER
+from aios.upstream import (
+    GrpcReply,
+    GrpcUpstream,
+    HttpReply,
+    HttpUpstream,
+    Metadata,
+    grpc_error,
+    kept_response_headers,
+    outgoing,
+)
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "aios-sidecar"
+INFER_METHOD = "/ModelInfer"
 
 # (timeout,): calls with the same timeout share an envelope, whatever model version
 # they are for.
@@ -76,6 +88,37 @@ class BackendBatching:
         return await self.coalescer.forward((timeout_s,), path, body, headers, extra, timeout_s,
                                             rows)
 
+    async def infer_grpc(self, path: str, payload: bytes, metadata: Metadata,
+                         extra: Mapping[str, str], timeout_s: float | None,
+                         ) -> GrpcReply | None:
+        """A gRPC infer call carried to the sidecar as JSON, in an envelope with others
+        (`aios.grpcjson`), answered as the gRPC response it stands for; None if it must go
+        over gRPC (not a sidecar, binary metadata, a request JSON would not carry exactly).
+        An error status is raised as the one a gRPC hop would have given."""
+        if not self._sidecar.rows(self._name) or any(
+                not isinstance(value, str) for _, value in metadata):
+            return None
+        body = request_json(payload)
+        if body is None:
+            return None
+        try:
+            header = validate_infer_request(body, len(body))
+        except InvalidInput:
+            return None  # past our limits (dims, elements): gRPC's answer stands
+        if input_layout(header, {}) is None:
+            return None
+        headers = [(key, str(value)) for key, value in metadata]
+        headers.append(("content-type", JSON_TYPE))
+        reply = await self.forward(path, body, headers, {**extra, PROTOCOL_HEADER: "grpc"},
+                                   timeout_s, header.batch)
+        if reply.status != 200:
+            raise grpc_error(self._name, grpc_code_for(reply.status), error_text(reply.body))
+        try:
+            return GrpcReply(response_message(reply.body), ())
+        except ValueError as exc:
+            raise UpstreamUnavailable(
+                f"backend {self._name!r} answered a gRPC call malformed") from exc
+
     async def _rows_if_sidecar(self, name: str) -> int:
         try:
             reply = await self._http.request("GET", "/v2", b"", ())
@@ -104,6 +147,28 @@ class BackendBatching:
                 f"backend {self._name!r} answered an envelope of calls malformed") from exc
         return [HttpReply(status, kept_response_headers(headers.items()), body)
                 for status, headers, body in answers]
+
+
+class GrpcCalls:
+    """gRPC calls to one backend: an infer call goes as JSON in an envelope where
+    `BackendBatching.infer_grpc` takes it, any other over gRPC."""
+
+    def __init__(self, grpc: GrpcUpstream, batching: BackendBatching | None) -> None:
+        self.grpc = grpc
+        self._batching = batching
+
+    async def call(self, method: str, payload: bytes, metadata: Metadata,
+                   extra: Mapping[str, str] | None = None,
+                   timeout_s: float | None = None) -> GrpcReply:
+        """`GrpcUpstream.call`, by way of an envelope where it can."""
+        if self._batching is not None and method.endswith(INFER_METHOD):
+            model, version = peek_model(payload)
+            versioned = f"/versions/{version}" if version else ""
+            reply = await self._batching.infer_grpc(f"/v2/models/{model}{versioned}/infer",
+                                                    payload, metadata, extra or {}, timeout_s)
+            if reply is not None:
+                return reply
+        return await self.grpc.call(method, payload, metadata, extra, timeout_s)
 
 
 def calls_histogram(registry: CollectorRegistry) -> LoopHistogram:

@@ -38,7 +38,7 @@ from gateway.admin import BackendVersions, RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
 from gateway.admin_rest import AdminAuth, admin_routes
 from gateway.auth import Authenticator, Principal, build_authenticator
-from gateway.batching import BackendBatching, calls_histogram
+from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.routestore import load_tables, open_route_store
@@ -74,7 +74,7 @@ class Backend:
     """One backend (a sidecar) over both protocols."""
 
     http: HttpUpstream
-    grpc: GrpcUpstream
+    grpc: GrpcCalls
     batching: BackendBatching | None = None
 
 
@@ -277,9 +277,8 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
                 batching = BackendBatching(name, http, settings.batching.max_rows,
                                            settings.batching.max_in_flight, calls)
                 stack.push_async_callback(batching.coalescer.aclose)
-            backends[name] = Backend(
-                http, await stack.enter_async_context(GrpcUpstream(name, upstream, limit)),
-                batching)
+            grpc = await stack.enter_async_context(GrpcUpstream(name, upstream, limit))
+            backends[name] = Backend(http, GrpcCalls(grpc, batching), batching)
         auth = build_authenticator(settings.auth, registry) if settings.auth.enabled else None
         quotas = None
         if settings.quota.enabled:

@@ -28,7 +28,7 @@ from aios.metrics import LATENCY_BUCKETS
 from aios.plane import SHADOW_HEADER
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.tracing import Tracing
-from aios.upstream import GrpcReply, GrpcUpstream, HttpReply
+from aios.upstream import GrpcReply, HttpReply, Metadata
 from gateway.compare import compare
 from gateway.routing import ShadowSpec
 
@@ -45,6 +45,17 @@ class RestSender(Protocol):
                       timeout_s: float | None = None) -> HttpReply:
         """Send one call; the reply, or an AiosError."""
         ...
+
+class GrpcSender(Protocol):
+    """What sends a gRPC shadow copy: a backend's `gateway.batching.GrpcCalls` (or its
+    `GrpcUpstream`)."""
+
+    async def call(self, method: str, payload: bytes, metadata: Metadata,
+                   extra: Mapping[str, str] | None = None,
+                   timeout_s: float | None = None) -> GrpcReply:
+        """Send one call; the reply, or an AiosError."""
+        ...
+
 
 # Copies taken from the queue at once, at most.
 SHADOW_BATCH = 64
@@ -101,7 +112,7 @@ class ShadowRunner:
     """A bounded queue, and batches of copies (at most ``concurrency`` in flight) sent and
     compared with their primaries."""
 
-    def __init__(self, http: Mapping[str, RestSender], grpc: Mapping[str, GrpcUpstream],
+    def __init__(self, http: Mapping[str, RestSender], grpc: Mapping[str, GrpcSender],
                  queue_size: int, concurrency: int, registry: CollectorRegistry,
                  tracing: Tracing, rng: Callable[[], float] = random.random,
                  linger_s: float = 0.0) -> None:

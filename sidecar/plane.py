@@ -29,12 +29,13 @@ from prometheus_client.registry import Collector
 from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
 from aios.envelope import Answer, decode_calls, encode_answers
-from aios.errors import AiosError, InvalidInput, LogUnavailable, NotReady
+from aios.errors import AiosError, InvalidInput, LogUnavailable, NotReady, grpc_code_for
 from aios.kserve import check_infer_doc, check_parameters, peek_model
 from aios.metrics import LoopHistogram, RequestMetrics
 from aios.plane import (
     GRPC_CALL_KINDS,
     MIRROR_HOST_SUFFIX,
+    PROTOCOL_HEADER,
     REVISION_HEADER,
     SHADOW_HEADER,
     SHADOW_MODEL_HEADER,
@@ -235,7 +236,7 @@ class SidecarPlane:
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Forward a REST model call; record and check it if it is an inference."""
         call = routed(call)
-        with self._metrics.track(call.model, call.version, "rest") as outcome:
+        with self._metrics.track(call.model, call.version, call.protocol) as outcome:
             if call.kind != "infer":
                 reply = await self._http.request(call.method, call.upstream_path, call.body,
                                                  call.headers)
@@ -244,13 +245,13 @@ class SidecarPlane:
             with self._tracing.server("sidecar infer", call.headers, model=call.model,
                                       version=call.version):
                 reply = await self._infer_rest(call)
-            outcome.code = str(reply.status)
+            outcome.code = status_name(call.protocol, reply.status)
             return reply
 
     async def _infer_rest(self, call: ModelCall) -> HttpReply:
         started = time.perf_counter()
         inputs = infer_inputs(call)
-        labels = self._metrics.labels(call.model, call.version, "rest")
+        labels = self._metrics.labels(call.model, call.version, call.protocol)
         self._payload.labels(*labels, "request").observe(len(call.body))
         self._batch.labels(*labels).observe(call.batch)
         profile, flags = self._check(call.model, call.version, inputs)
@@ -261,14 +262,14 @@ class SidecarPlane:
                                   started: float, alone: bool = False) -> HttpReply:
         headers = list(call.headers)
         rid = request_id(call)
-        labels = self._metrics.labels(call.model, call.version, "rest")
+        labels = self._metrics.labels(call.model, call.version, call.protocol)
         try:
             with self._tracing.span("forward"):
                 reply = await self._forward(call, headers, inputs, rid, alone)
         except AiosError as exc:
-            code, message = str(exc.http_status), exc.message
+            code, message = status_name(call.protocol, exc.http_status), exc.message
             await self._write(lambda: self._record(
-                "rest", call.model, call.version, headers, rid, inputs, {}, flags,
+                call.protocol, call.model, call.version, headers, rid, inputs, {}, flags,
                 code, message, started))
             raise
         self._payload.labels(*labels, "response").observe(len(reply.body))
@@ -284,8 +285,9 @@ class SidecarPlane:
             error = str(doc.get("error", ""))
         self._observe(profile, inputs, outputs)
         await self._write(lambda: self._record(
-            "rest", call.model, version, headers, rid, inputs, outputs, flags,
-            "ok" if reply.status == 200 else str(reply.status), error, started))
+            call.protocol, call.model, version, headers, rid, inputs, outputs, flags,
+            "ok" if reply.status == 200 else status_name(call.protocol, reply.status), error,
+            started))
         return reply
 
     async def _forward(self, call: ModelCall, headers: list[tuple[str, str]], inputs: Tensors,
@@ -362,8 +364,8 @@ class SidecarPlane:
         profile = self._parity.profile(model, version) if self._parity is not None else None
         if profile is not None and schema_violations(profile, merged):
             return await self._answer_alone(calls)
-        labels = self._metrics.labels(model, version, "rest")
         for _, call in calls:
+            labels = self._metrics.labels(model, version, call.protocol)
             self._payload.labels(*labels, "request").observe(len(call.body))
             self._batch.labels(*labels).observe(call.batch)
         self._metrics.now += len(calls)
@@ -395,8 +397,9 @@ class SidecarPlane:
         except AiosError as exc:
             failed = error_parts(exc)
             return await self._finish(key, calls, [
-                (self._record("rest", model, version, call.headers, rid, x, {}, [],
-                              str(exc.http_status), exc.message, started), failed)
+                (self._record(call.protocol, model, version, call.headers, rid, x, {}, [],
+                              status_name(call.protocol, exc.http_status), exc.message,
+                              started), failed)
                 for (_, call), rid, x in zip(calls, ids, inputs, strict=True)], started)
         try:
             doc = orjson.loads(reply.body) if reply.status == 200 else None
@@ -416,7 +419,8 @@ class SidecarPlane:
         for (_, call), rid, x, part in zip(calls, ids, inputs, parts, strict=True):
             mine = {name: y[start:start + call.batch] for name, y in outputs.items()}
             start += call.batch
-            done.append((self._record("rest", model, served, call.headers, rid, x, mine, [],
+            done.append((self._record(call.protocol, model, served, call.headers, rid, x,
+                                      mine, [],
                                       "ok", "", started),
                          (200, JSON_HEADERS, orjson.dumps(part))))
         return await self._finish(key, calls, done, started)
@@ -430,15 +434,15 @@ class SidecarPlane:
         if self._log is not None:
             with self._tracing.span("decision-log write"):
                 errors = await self._log.append_many([record for record, _ in done])
-        labels = self._metrics.labels(key[0], key[1], "rest")
         seconds = time.perf_counter() - started
         out = []
-        for (i, _), (_, answer), error in zip(calls, done, errors, strict=True):
+        for (i, call), (_, answer), error in zip(calls, done, errors, strict=True):
+            labels = self._metrics.labels(key[0], key[1], call.protocol)
             if error is not None:
                 answer = error_parts(error)
             else:
                 self._payload.labels(*labels, "response").observe(len(answer[2]))
-            self._metrics.done(labels, str(answer[0]), seconds)
+            self._metrics.done(labels, status_name(call.protocol, answer[0]), seconds)
             out.append((i, answer))
         return out
 
@@ -447,13 +451,13 @@ class SidecarPlane:
                            ) -> tuple[int, Answer]:
         """A call whose merged request Triton refused, sent as it came (already checked
         and counted in)."""
-        with self._metrics.track(call.model, call.version, "rest") as outcome:
+        with self._metrics.track(call.model, call.version, call.protocol) as outcome:
             try:
                 reply = await self._forward_and_record(call, inputs, profile, [], started,
                                                        alone=True)
             except AiosError as exc:
                 return i, error_parts(exc)
-            outcome.code = str(reply.status)
+            outcome.code = status_name(call.protocol, reply.status)
             return i, (reply.status, reply.headers, reply.body)
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
@@ -533,11 +537,21 @@ def mirrored(headers: Iterable[tuple[str, Any]]) -> bool:
     return (header_value(headers, "host") or "").endswith(MIRROR_HOST_SUFFIX)
 
 
+def status_name(protocol: str, status: int) -> str:
+    """How a call's outcome is counted and recorded: its HTTP status, or for a gRPC call
+    carried as JSON the gRPC code a gRPC hop would have answered."""
+    if protocol != "grpc":
+        return str(status)
+    return "OK" if status == 200 else grpc_code_for(status).name
+
+
 def routed(call: ModelCall) -> ModelCall:
     """The call as an Envoy route meant it: an unpinned call at the version its weighted
     cluster chose; a mirrored copy at the shadow's model and version. Without those
     headers (the gateway pins versions in the path) the call is unchanged."""
     model, version = call.model, call.version
+    if header_value(call.headers, PROTOCOL_HEADER) == "grpc" and call.protocol != "grpc":
+        call = dataclasses.replace(call, protocol="grpc")
     if mirrored(call.headers):
         model = header_value(call.headers, SHADOW_MODEL_HEADER) or model
         version = header_value(call.headers, SHADOW_VERSION_HEADER) or version

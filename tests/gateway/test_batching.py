@@ -9,10 +9,13 @@ import re
 import time
 from typing import Any
 
+import grpc
+import grpc.aio
 import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2
 
 from aios.config import UpstreamSettings
 from aios.envelope import BATCH_PATH, Call, encode_calls
@@ -298,3 +301,83 @@ def test_shadow_copies_that_come_close_together_reach_the_sidecar_in_one_envelop
     found = {r.request_id: (r.shadow, r.version) for r in records(decisions(stack))
              if r.request_id.startswith("shadow-batch-")}
     assert found == {f"shadow-batch-{i}": (True, "1") for i in range(10)}
+
+
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_infer(rows: np.ndarray, request_id: str, raw: bool = True,
+               output: str = "") -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="claims_risk", id=request_id)
+    tensor = request.inputs.add(name="features", datatype="FP32", shape=rows.shape)
+    if raw:
+        request.raw_input_contents.append(rows.tobytes())
+    else:
+        tensor.contents.fp32_contents.extend(rows.ravel().tolist())
+    if output:
+        request.outputs.add(name=output)
+    return bytes(request.SerializeToString())
+
+
+async def grpc_all(address: str, payloads: list[bytes],
+                   metadata: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(GRPC_INFER)
+        return list(await asyncio.gather(*(call(p, metadata=metadata, timeout=30)
+                                           for p in payloads)))
+
+
+def test_grpc_calls_reach_the_sidecar_as_json_in_envelopes_and_answer_as_triton_does(
+        stack: Stack) -> None:
+    metadata = tuple(bearer().items())
+    asyncio.run(grpc_all(stack.gateway_grpc, [grpc_infer(GOLDEN[:1], "warm")], metadata))
+    time.sleep(0.5)  # the first call asks the backend whether it is a sidecar
+    payloads = [grpc_infer(GOLDEN[i:i + 1 + i % 2], f"grpc-env-{i}", raw=i % 3 != 0)
+                for i in range(20)]
+    before = histogram(stack.gateway_http, "aios_gateway_calls_per_backend_request")
+    replies = asyncio.run(grpc_all(stack.gateway_grpc, payloads, metadata))
+    after = histogram(stack.gateway_http, "aios_gateway_calls_per_backend_request")
+    requests, merged = after[0] - before[0], after[1] - before[1]
+    assert merged == 20 and requests < 20, (requests, merged)
+    # What Triton's own gRPC front end answers: id, version, outputs as raw contents (the
+    # scores to float rounding: rows merged with others go through other batch kernels).
+    for ours, tritons in zip(replies, asyncio.run(grpc_all(stack.triton_grpc, payloads)),
+                             strict=True):
+        a, b = (service_pb2.ModelInferResponse.FromString(r) for r in (ours, tritons))
+        assert (a.id, a.model_name, a.model_version, a.outputs) == (
+            b.id, b.model_name, b.model_version, b.outputs)
+        np.testing.assert_allclose(np.frombuffer(a.raw_output_contents[0], "<f4"),
+                                   np.frombuffer(b.raw_output_contents[0], "<f4"), rtol=1e-5)
+    found = {r.request_id: (r.protocol, r.outcome) for r in records(decisions(stack))
+             if r.request_id.startswith("grpc-env-")}
+    assert found == {f"grpc-env-{i}": ("grpc", "ok") for i in range(20)}
+
+
+def test_a_grpc_call_json_would_not_carry_exactly_still_goes_over_grpc(stack: Stack) -> None:
+    payload = grpc_infer(GOLDEN[:2], "grpc-outputs-1", output="risk_score")
+    before = histogram(stack.gateway_http, "aios_gateway_calls_per_backend_request")
+    (reply,) = asyncio.run(grpc_all(stack.gateway_grpc, [payload], tuple(bearer().items())))
+    assert histogram(stack.gateway_http, "aios_gateway_calls_per_backend_request") == before
+    assert reply == asyncio.run(grpc_all(stack.triton_grpc, [payload]))[0]
+
+
+def test_a_grpc_call_triton_refuses_gets_tritons_grpc_error_by_way_of_json(
+        stack: Stack) -> None:
+    request = service_pb2.ModelInferRequest(model_name="claims_risk", id="grpc-bad-1")
+    request.inputs.add(name="nope", datatype="FP32", shape=[1, 8])
+    request.raw_input_contents.append(GOLDEN[:1].tobytes())
+    payload = request.SerializeToString()
+    errors = []
+    for address, metadata in ((stack.gateway_grpc, tuple(bearer().items())),
+                              (stack.triton_grpc, ())):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            asyncio.run(grpc_all(address, [payload], metadata))
+        errors.append((caught.value.code(), caught.value.details()))
+    assert errors[0] == errors[1]
+    assert errors[0][0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert records_of(stack, "grpc-bad-1") == [("grpc", "INVALID_ARGUMENT")]
+
+
+def records_of(stack: Stack, request_id: str) -> list[tuple[str, str]]:
+    return [(r.protocol, r.outcome) for r in records(decisions(stack))
+            if r.request_id == request_id]

@@ -1,0 +1,69 @@
+"""A gRPC infer call as the KServe v2 JSON request it stands for, and the JSON answer as
+the gRPC response Triton would have sent.
+
+The gateway carries gRPC infer calls to a sidecar in its REST envelopes (`aios.envelope`)
+this way: the hop then costs what a REST call costs, where grpcio's per-call threads and
+context switches cost several times more. Only what converts exactly is converted:
+numeric tensors (a float32 goes to JSON as the shortest decimal of its float64 value, which
+reads back as the same float32), no parameters, no requested outputs. Anything else stays
+a gRPC call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from tritonclient.grpc import service_pb2
+
+from aios.batching import MERGEABLE_DATATYPES
+from aios.errors import InvalidInput
+from aios.tensors import NUMPY_DTYPES, grpc_request_inputs
+
+
+def request_json(payload: bytes) -> bytes | None:
+    """The JSON body of a serialized ModelInferRequest, or None if it must stay gRPC
+    (malformed, parameters, requested outputs, a datatype JSON does not carry exactly)."""
+    try:
+        request, arrays = grpc_request_inputs(payload)
+    except InvalidInput:
+        return None  # the gRPC path answers it, with the error it always gave
+    if not request.inputs or request.parameters or request.outputs or len(arrays) != len(
+            request.inputs):
+        return None
+    inputs = []
+    for tensor in request.inputs:
+        if tensor.parameters or tensor.datatype not in MERGEABLE_DATATYPES:
+            return None
+        inputs.append({"name": tensor.name, "datatype": tensor.datatype,
+                       "shape": list(tensor.shape), "data": arrays[tensor.name].ravel().tolist()})
+    doc: dict[str, Any] = {"inputs": inputs}
+    if request.id:
+        doc["id"] = request.id
+    return orjson.dumps(doc)
+
+
+def response_message(body: bytes) -> bytes:
+    """The serialized ModelInferResponse for a JSON infer response, outputs as raw
+    contents (as Triton's gRPC front end sends them); ValueError if it is not one."""
+    try:
+        doc = orjson.loads(body)
+        response = service_pb2.ModelInferResponse(
+            model_name=doc["model_name"], model_version=str(doc.get("model_version", "")),
+            id=doc.get("id", ""))
+        for output in doc["outputs"]:
+            datatype = output["datatype"]
+            if datatype not in MERGEABLE_DATATYPES or output.get("parameters"):
+                raise ValueError(f"output {output['name']!r} is not plain {datatype} data")
+            shape = output["shape"]
+            values = np.asarray(output["data"], dtype=NUMPY_DTYPES[datatype])
+            if values.size != math.prod(shape):
+                raise ValueError(f"output {output['name']!r}: {values.size} values for "
+                                 f"shape {shape}")
+            response.outputs.add(name=output["name"], datatype=datatype, shape=shape)
+            response.raw_output_contents.append(values.tobytes())
+    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"not a KServe v2 infer response: {exc!r}") from exc
+    return bytes(response.SerializeToString())
