@@ -12,7 +12,8 @@ an envelope; the sidecar groups them). Reply: ``{"replies": [{"status": 200, "bo
 <JSON>}, ...]}``, or ``"base64"`` for a body that is not JSON.
 
 The calls' JSON bodies are placed in the envelope as they are, not parsed again: the
-gateway validated them as JSON already.
+gateway validated them as JSON already. A gRPC infer call travels as the JSON request it
+stands for (`aios.grpcjson`), marked by ``x-aios-protocol: grpc`` among its headers.
 """
 
 from __future__ import annotations
