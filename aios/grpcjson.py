@@ -22,16 +22,21 @@ from aios.batching import MERGEABLE_DATATYPES
 from aios.errors import InvalidInput
 from aios.tensors import NUMPY_DTYPES, grpc_request_inputs
 
+# Values a call may carry to be converted: JSON text costs several times the raw bytes
+# per value, while what the envelope saves is per call; a large tensor is cheaper as gRPC.
+MAX_JSON_VALUES = 4096
+
 
 def request_json(payload: bytes) -> bytes | None:
     """The JSON body of a serialized ModelInferRequest, or None if it must stay gRPC
-    (malformed, parameters, requested outputs, a datatype JSON does not carry exactly)."""
+    (malformed, parameters, requested outputs, a datatype JSON does not carry exactly,
+    more than MAX_JSON_VALUES values)."""
     try:
         request, arrays = grpc_request_inputs(payload)
     except InvalidInput:
         return None  # the gRPC path answers it, with the error it always gave
     if not request.inputs or request.parameters or request.outputs or len(arrays) != len(
-            request.inputs):
+            request.inputs) or sum(a.size for a in arrays.values()) > MAX_JSON_VALUES:
         return None
     inputs = []
     for tensor in request.inputs:
@@ -53,6 +58,8 @@ def response_message(body: bytes) -> bytes:
         response = service_pb2.ModelInferResponse(
             model_name=doc["model_name"], model_version=str(doc.get("model_version", "")),
             id=doc.get("id", ""))
+        for name, value in doc.get("parameters", {}).items():
+            _set_parameter(response.parameters[name], name, value)
         for output in doc["outputs"]:
             datatype = output["datatype"]
             if datatype not in MERGEABLE_DATATYPES or output.get("parameters"):
@@ -67,3 +74,17 @@ def response_message(body: bytes) -> bytes:
     except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"not a KServe v2 infer response: {exc!r}") from exc
     return bytes(response.SerializeToString())
+
+
+def _set_parameter(parameter: Any, name: str, value: Any) -> None:
+    # bool first: in Python a bool is an int too.
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, str):
+        parameter.string_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        raise ValueError(f"parameter {name!r} is not a bool, number or string")

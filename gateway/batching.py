@@ -93,10 +93,11 @@ class BackendBatching:
                          ) -> GrpcReply | None:
         """A gRPC infer call carried to the sidecar as JSON, in an envelope with others
         (`aios.grpcjson`), answered as the gRPC response it stands for; None if it must go
-        over gRPC (not a sidecar, binary metadata, a request JSON would not carry exactly).
+        over gRPC (not a sidecar, binary metadata, a request JSON would not carry exactly,
+        more rows than an envelope holds).
         An error status is raised as the one a gRPC hop would have given."""
-        if not self._sidecar.rows(self._name) or any(
-                not isinstance(value, str) for _, value in metadata):
+        rows = self._sidecar.rows(self._name)
+        if not rows or any(not isinstance(value, str) for _, value in metadata):
             return None
         body = request_json(payload)
         if body is None:
@@ -105,8 +106,8 @@ class BackendBatching:
             header = validate_infer_request(body, len(body))
         except InvalidInput:
             return None  # past our limits (dims, elements): gRPC's answer stands
-        if input_layout(header, {}) is None:
-            return None
+        if header.batch > rows or input_layout(header, {}) is None:
+            return None  # it would go alone: as gRPC, then
         headers = [(key, str(value)) for key, value in metadata]
         headers.append(("content-type", JSON_TYPE))
         reply = await self.forward(path, body, headers, {**extra, PROTOCOL_HEADER: "grpc"},

@@ -11,7 +11,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from aios.errors import grpc_code_for
-from aios.grpcjson import request_json, response_message
+from aios.grpcjson import MAX_JSON_VALUES, request_json, response_message
 
 EXTREMES = np.asarray([0.0, -0.0, 1e-45, 1.1754942e-38, 3.4028235e38, -3.4028235e38,
                        0.1, 1 / 3, 5255.7, np.pi], dtype="<f4")
@@ -100,8 +100,10 @@ def _short_raw() -> bytes:
     _bytes_tensor(),
     infer_request({"x": np.ones((1, 2), "f2")}).SerializeToString(),
     _short_raw(),
+    infer_request({"x": np.ones((1, MAX_JSON_VALUES + 1), "<f4")}).SerializeToString(),
 ], ids=["malformed", "no inputs", "request parameters", "tensor parameters",
-        "requested outputs", "BYTES", "FP16", "raw contents short of the shape"])
+        "requested outputs", "BYTES", "FP16", "raw contents short of the shape",
+        "more values than JSON is worth"])
 def test_a_request_json_would_not_carry_exactly_stays_grpc(payload: bytes) -> None:
     assert request_json(payload) is None
 
@@ -118,6 +120,20 @@ def test_a_json_response_becomes_the_response_triton_sends_over_grpc() -> None:
     assert response_message(body) == expected.SerializeToString()
 
 
+def test_response_parameters_keep_their_types() -> None:
+    body = orjson.dumps({"model_name": "m", "parameters": {
+        "final": True, "sequence_id": 2 ** 40, "note": "x", "score": 0.5}, "outputs": []})
+    parameters = service_pb2.ModelInferResponse.FromString(response_message(body)).parameters
+    assert (parameters["final"].bool_param, parameters["sequence_id"].int64_param,
+            parameters["note"].string_param, parameters["score"].double_param) == (
+        True, 2 ** 40, "x", 0.5)
+
+
+def test_the_largest_request_json_is_worth_is_converted() -> None:
+    assert request_json(infer_request({"x": np.ones((4, MAX_JSON_VALUES // 4), "<f4")})
+                        .SerializeToString()) is not None
+
+
 @pytest.mark.parametrize("body, message", [
     (b"{", "not a KServe v2 infer response"),
     (b'{"model_name": "m"}', "not a KServe v2 infer response"),
@@ -128,7 +144,10 @@ def test_a_json_response_becomes_the_response_triton_sends_over_grpc() -> None:
     (b'{"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], '
      b'"data": [1.0], "parameters": {"binary_data_size": 4}}]}',
      "output 'y' is not plain FP32 data"),
-], ids=["not json", "no outputs", "BYTES output", "values short of the shape", "binary output"])
+    (b'{"model_name": "m", "parameters": {"p": [1]}, "outputs": []}',
+     "parameter 'p' is not a bool, number or string"),
+], ids=["not json", "no outputs", "BYTES output", "values short of the shape", "binary output",
+        "list parameter"])
 def test_a_response_that_is_not_plain_json_data_is_refused(body: bytes, message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
         response_message(body)
