@@ -28,7 +28,7 @@ from aios.errors import AiosError, InvalidInput, UpstreamUnavailable, grpc_code_
 from aios.grpcjson import request_json, response_message
 from aios.kserve import error_text, peek_model, validate_infer_request
 from aios.metrics import LoopHistogram
-from aios.plane import PROTOCOL_HEADER
+from aios.plane import PROTOCOL_HEADER, valid_model_name
 from aios.upstream import (
     GrpcReply,
     GrpcUpstream,
@@ -163,13 +163,22 @@ class GrpcCalls:
                    timeout_s: float | None = None) -> GrpcReply:
         """`GrpcUpstream.call`, by way of an envelope where it can."""
         if self._batching is not None and method.endswith(INFER_METHOD):
-            model, version = peek_model(payload)
-            versioned = f"/versions/{version}" if version else ""
-            reply = await self._batching.infer_grpc(f"/v2/models/{model}{versioned}/infer",
-                                                    payload, metadata, extra or {}, timeout_s)
+            path = infer_path(payload)
+            reply = None if path is None else await self._batching.infer_grpc(
+                path, payload, metadata, extra or {}, timeout_s)
             if reply is not None:
                 return reply
         return await self.grpc.call(method, payload, metadata, extra, timeout_s)
+
+
+def infer_path(payload: bytes) -> str | None:
+    """The REST infer path of a gRPC infer request (None: a model name or version that no
+    path carries)."""
+    model, version = peek_model(payload)
+    if not valid_model_name(model) or (version and not (version.isascii() and version.isdigit())):
+        return None
+    versioned = f"/versions/{version}" if version else ""
+    return f"/v2/models/{model}{versioned}/infer"
 
 
 def calls_histogram(registry: CollectorRegistry) -> LoopHistogram:

@@ -21,7 +21,7 @@ from aios.config import UpstreamSettings
 from aios.envelope import BATCH_PATH, Call, encode_calls
 from aios.tracing import Tracing
 from aios.upstream import HttpReply, HttpUpstream
-from gateway.batching import BackendBatching, calls_histogram
+from gateway.batching import BackendBatching, calls_histogram, infer_path
 from gateway.routing import ShadowSpec
 from gateway.shadow import ShadowJob, ShadowRunner
 from sidecar.audit import records
@@ -381,3 +381,17 @@ def test_a_grpc_call_triton_refuses_gets_tritons_grpc_error_by_way_of_json(
 def records_of(stack: Stack, request_id: str) -> list[tuple[str, str]]:
     return [(r.protocol, r.outcome) for r in records(decisions(stack))
             if r.request_id == request_id]
+
+
+@pytest.mark.parametrize("version", ["", "2"])
+def test_grpc_calls_convert_only_for_paths_rest_can_carry(version: str) -> None:
+    request = service_pb2.ModelInferRequest(model_name="claims_risk", model_version=version)
+    assert infer_path(request.SerializeToString()) == (
+        f"/v2/models/claims_risk{f'/versions/{version}' if version else ''}/infer")
+
+
+@pytest.mark.parametrize("model, version", [("claims risk", ""), ("claims_risk", "two"),
+                                            ("claims_risk", "²")])
+def test_a_grpc_call_no_rest_path_names_stays_grpc(model: str, version: str) -> None:
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    assert infer_path(request.SerializeToString()) is None
