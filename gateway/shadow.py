@@ -46,6 +46,7 @@ class RestSender(Protocol):
         """Send one call; the reply, or an AiosError."""
         ...
 
+
 class GrpcSender(Protocol):
     """What sends a gRPC shadow copy: a backend's `gateway.batching.GrpcCalls` (or its
     `GrpcUpstream`)."""

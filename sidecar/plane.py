@@ -420,8 +420,7 @@ class SidecarPlane:
             mine = {name: y[start:start + call.batch] for name, y in outputs.items()}
             start += call.batch
             done.append((self._record(call.protocol, model, served, call.headers, rid, x,
-                                      mine, [],
-                                      "ok", "", started),
+                                      mine, [], "ok", "", started),
                          (200, JSON_HEADERS, orjson.dumps(part))))
         return await self._finish(key, calls, done, started)
 
@@ -548,7 +547,8 @@ def status_name(protocol: str, status: int) -> str:
 def routed(call: ModelCall) -> ModelCall:
     """The call as an Envoy route meant it: an unpinned call at the version its weighted
     cluster chose; a mirrored copy at the shadow's model and version. Without those
-    headers (the gateway pins versions in the path) the call is unchanged."""
+    headers (the gateway pins versions in the path) the call is unchanged, but for a gRPC
+    call the gateway carried as JSON (PROTOCOL_HEADER), which is marked as one."""
     model, version = call.model, call.version
     if header_value(call.headers, PROTOCOL_HEADER) == "grpc" and call.protocol != "grpc":
         call = dataclasses.replace(call, protocol="grpc")
