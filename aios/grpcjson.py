@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2
 
 from aios.batching import MERGEABLE_DATATYPES
 from aios.errors import InvalidInput
+from aios.kserve import InferHeader, check_infer_doc
 from aios.tensors import NUMPY_DTYPES, grpc_request_inputs
 
 # Values a call may carry to be converted: JSON text costs several times the raw bytes
@@ -27,10 +28,10 @@ from aios.tensors import NUMPY_DTYPES, grpc_request_inputs
 MAX_JSON_VALUES = 4096
 
 
-def request_json(payload: bytes) -> bytes | None:
-    """The JSON body of a serialized ModelInferRequest, or None if it must stay gRPC
-    (malformed, parameters, requested outputs, a datatype JSON does not carry exactly,
-    more than MAX_JSON_VALUES values)."""
+def request_json(payload: bytes) -> tuple[bytes, InferHeader] | None:
+    """The JSON body of a serialized ModelInferRequest and its checked header, or None if
+    it must stay gRPC (malformed, parameters, requested outputs, a datatype JSON does not
+    carry exactly, more than MAX_JSON_VALUES values, past the REST checks' limits)."""
     try:
         request, arrays = grpc_request_inputs(payload)
     except InvalidInput:
@@ -47,7 +48,11 @@ def request_json(payload: bytes) -> bytes | None:
     doc: dict[str, Any] = {"inputs": inputs}
     if request.id:
         doc["id"] = request.id
-    return orjson.dumps(doc)
+    body = orjson.dumps(doc)
+    try:
+        return body, check_infer_doc(doc, len(body))
+    except InvalidInput:
+        return None  # past the REST limits (dims, elements): gRPC's answer stands
 
 
 def response_message(body: bytes) -> bytes:

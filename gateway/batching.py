@@ -99,13 +99,10 @@ class BackendBatching:
         rows = self._sidecar.rows(self._name)
         if not rows or any(not isinstance(value, str) for _, value in metadata):
             return None
-        body = request_json(payload)
-        if body is None:
+        converted = request_json(payload)
+        if converted is None:
             return None
-        try:
-            header = validate_infer_request(body, len(body))
-        except InvalidInput:
-            return None  # past our limits (dims, elements): gRPC's answer stands
+        body, header = converted
         if header.batch > rows or input_layout(header, {}) is None:
             return None  # it would go alone: as gRPC, then
         headers = [(key, str(value)) for key, value in metadata]

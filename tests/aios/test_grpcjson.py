@@ -12,6 +12,7 @@ from tritonclient.grpc import service_pb2
 
 from aios.errors import grpc_code_for
 from aios.grpcjson import MAX_JSON_VALUES, request_json, response_message
+from aios.kserve import MAX_DIMS
 
 EXTREMES = np.asarray([0.0, -0.0, 1e-45, 1.1754942e-38, 3.4028235e38, -3.4028235e38,
                        0.1, 1 / 3, 5255.7, np.pi], dtype="<f4")
@@ -43,9 +44,11 @@ def infer_request(arrays: dict[str, np.ndarray], raw: bool = True,
 ], ids=["FP32 extremes", "INT64 beyond 2^53", "FP64", "BOOL", "INT32"])
 def test_a_request_becomes_json_that_reads_back_as_the_same_values(
         array: np.ndarray, raw: bool) -> None:
-    body = request_json(infer_request({"x": array}, raw, id="r-1").SerializeToString())
-    assert body is not None
+    converted = request_json(infer_request({"x": array}, raw, id="r-1").SerializeToString())
+    assert converted is not None
+    body, header = converted
     doc = orjson.loads(body)
+    assert (header.doc, header.length, header.batch) == (doc, len(body), array.shape[0])
     assert doc["id"] == "r-1" and doc.keys() == {"id", "inputs"}
     (tensor,) = doc["inputs"]
     assert (tensor["name"], tensor["shape"]) == ("x", list(array.shape))
@@ -54,10 +57,10 @@ def test_a_request_becomes_json_that_reads_back_as_the_same_values(
 
 
 def test_raw_uint8_goes_as_numbers() -> None:
-    body = request_json(infer_request({"x": np.asarray([[0, 255]], dtype="u1")})
-                        .SerializeToString())
-    assert body is not None
-    assert orjson.loads(body)["inputs"][0] == {"name": "x", "datatype": "UINT8",
+    converted = request_json(infer_request({"x": np.asarray([[0, 255]], dtype="u1")})
+                             .SerializeToString())
+    assert converted is not None
+    assert orjson.loads(converted[0])["inputs"][0] == {"name": "x", "datatype": "UINT8",
                                                "shape": [1, 2], "data": [0, 255]}
 
 
@@ -101,9 +104,10 @@ def _short_raw() -> bytes:
     infer_request({"x": np.ones((1, 2), "f2")}).SerializeToString(),
     _short_raw(),
     infer_request({"x": np.ones((1, MAX_JSON_VALUES + 1), "<f4")}).SerializeToString(),
+    infer_request({"x": np.ones((1,) * (MAX_DIMS + 1), "<f4")}).SerializeToString(),
 ], ids=["malformed", "no inputs", "request parameters", "tensor parameters",
         "requested outputs", "BYTES", "FP16", "raw contents short of the shape",
-        "more values than JSON is worth"])
+        "more values than JSON is worth", "more dims than REST takes"])
 def test_a_request_json_would_not_carry_exactly_stays_grpc(payload: bytes) -> None:
     assert request_json(payload) is None
 
