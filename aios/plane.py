@@ -42,6 +42,11 @@ def valid_model_name(name: str) -> bool:
     return _MODEL_NAME.fullmatch(name) is not None and name not in (".", "..")
 
 
+def valid_version(version: str) -> bool:
+    """Whether ``version`` can be a model version in a path ("" for none: unpinned)."""
+    return not version or (version.isascii() and version.isdigit())
+
+
 # REST path tails and gRPC methods, by the kind of call they make.
 CALL_KINDS = {"": "metadata", "/ready": "ready", "/config": "config", "/stats": "stats",
               "/infer": "infer"}

@@ -28,7 +28,7 @@ from aios.errors import AiosError, InvalidInput, UpstreamUnavailable, grpc_code_
 from aios.grpcjson import request_json, response_message
 from aios.kserve import error_text, peek_model, validate_infer_request
 from aios.metrics import LoopHistogram
-from aios.plane import PROTOCOL_HEADER, valid_model_name
+from aios.plane import PROTOCOL_HEADER, valid_model_name, valid_version
 from aios.upstream import (
     GrpcReply,
     GrpcUpstream,
@@ -172,7 +172,7 @@ def infer_path(payload: bytes) -> str | None:
     """The REST infer path of a gRPC infer request (None: a model name or version that no
     path carries)."""
     model, version = peek_model(payload)
-    if not valid_model_name(model) or (version and not (version.isascii() and version.isdigit())):
+    if not (valid_model_name(model) and valid_version(version)):
         return None
     versioned = f"/versions/{version}" if version else ""
     return f"/v2/models/{model}{versioned}/infer"

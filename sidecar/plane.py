@@ -47,6 +47,7 @@ from aios.plane import (
     ModelCall,
     header_value,
     valid_model_name,
+    valid_version,
 )
 from aios.rest import PREFIX, error_parts, parse_model_path
 from aios.serve import ServiceParts, run_service
@@ -559,7 +560,7 @@ def routed(call: ModelCall) -> ModelCall:
         version = header_value(call.headers, VERSION_HEADER) or ""
     if (model, version) == (call.model, call.version):
         return call
-    if version and not (version.isascii() and version.isdigit()):
+    if not valid_version(version):
         raise InvalidInput(f"routing header: bad model version {version!r}")
     if not valid_model_name(model):
         raise InvalidInput(f"routing header: bad model name {model!r}")
