@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= deploy/local/stack.yaml
 MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
+# The local stack's HS256 secret: made on this machine, readable by its owner only.
+DEV_SECRET := var/dev-hs256.secret
 
 .PHONY: setup run test lint models clean help tools proto bench loadtest fuzz
 
@@ -33,7 +35,12 @@ $(MODELS): | $(STAMP)
 models: $(STAMP)
 	$(BIN)/aios models build
 
-run: $(STAMP) $(MODELS)
+$(DEV_SECRET):
+	@mkdir -p $(dir $@)
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))' > $@
+	@echo "wrote a development HS256 secret to $@ (this machine's stack only)"
+
+run: $(STAMP) $(MODELS) $(DEV_SECRET)
 	$(BIN)/aios up --config $(CONFIG)
 
 # System programs the tests start themselves (a hermetic redis-server per test run).

@@ -223,4 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     handler: Command = args.handler
-    return handler(args, config)
+    try:
+        return handler(args, config)
+    except ConfigError as exc:  # found only when a service starts (e.g. a secret file)
+        logger.error("%s", exc)
+        return 2

@@ -28,7 +28,7 @@ GATEWAY_GRPC_PORT = 8081
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-DEV_HS256_SECRET = "aios-dev-secret-change-me-in-production-0123456789"
+MIN_HS256_SECRET_CHARS = 32
 
 
 class ConfigError(Exception):
@@ -254,14 +254,16 @@ class ResilienceSettings(_Frozen):
 class AuthSettings(_Frozen):
     """Token verification (gateway) and issuing (`aios token`).
 
-    Keys: an HS256 shared secret (the development default) and/or RS256/ES256 public
-    keys from a JWKS file or URL. Deny unless a scope allows.
+    Keys: an HS256 shared secret (from a file, e.g. a mounted Secret; inline only for
+    tests) and/or RS256/ES256 public keys from a JWKS file or URL. There is no default
+    key: `load_auth` refuses to start with auth on and none. Deny unless a scope allows.
     """
 
     enabled: bool = True
     issuer: str = "aios-dev"
     audience: str = "aios-gateway"
-    hs256_secret: str | None = Field(DEV_HS256_SECRET, min_length=32)
+    hs256_secret: str | None = Field(None, min_length=MIN_HS256_SECRET_CHARS)
+    hs256_secret_file: Path | None = None
     jwks_file: Path | None = None
     jwks_url: str | None = None
     # An unknown `kid` refreshes the key set at most once per this interval.
@@ -278,10 +280,34 @@ class AuthSettings(_Frozen):
         {"metadata", "ready"})
 
     @model_validator(mode="after")
-    def _has_a_key(self) -> AuthSettings:
-        if self.enabled and not (self.hs256_secret or self.jwks_file or self.jwks_url):
-            raise ValueError("auth: enabled, but no hs256_secret, jwks_file or jwks_url")
+    def _one_secret_source(self) -> AuthSettings:
+        if self.hs256_secret is not None and self.hs256_secret_file is not None:
+            raise ValueError("hs256_secret and hs256_secret_file: set one of them, not both")
         return self
+
+
+def load_auth(auth: AuthSettings, where: str = "gateway.auth") -> AuthSettings:
+    """``auth`` with its HS256 secret read from ``hs256_secret_file``; ConfigError naming
+    the field when the file is unusable, or when auth is on and has no key at all (there
+    is no built-in secret to fall back on). Called once, where a service or `aios token`
+    starts."""
+    path = auth.hs256_secret_file
+    if path is not None:
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}.hs256_secret_file: cannot read {path}: {exc.strerror} "
+                              "(`make run` writes a development one; in production mount "
+                              "your secret there)") from exc
+        if len(secret) < MIN_HS256_SECRET_CHARS:
+            raise ConfigError(f"{where}.hs256_secret_file: the secret in {path} has "
+                              f"{len(secret)} characters, at least {MIN_HS256_SECRET_CHARS} "
+                              "are needed")
+        auth = auth.model_copy(update={"hs256_secret": secret, "hs256_secret_file": None})
+    if auth.enabled and not (auth.hs256_secret or auth.jwks_file or auth.jwks_url):
+        raise ConfigError(f"{where}: auth is enabled but has no key: set hs256_secret_file, "
+                          "jwks_file or jwks_url (or enabled: false)")
+    return auth
 
 
 class TenantQuota(_Frozen):
@@ -359,8 +385,12 @@ class EnvoyOptions:
     # envoyproxy/ratelimit's gRPC address (the quota's shared counters live there).
     ratelimit_service: str = "127.0.0.1:8089"
     ratelimit_domain: str = "aios"
-    # Where `aios envoy serve` listens (and the ADS bootstrap points).
+    # Where `aios envoy serve` listens (and the ADS bootstrap points): loopback only,
+    # unless it serves TLS (and, with a client CA, checks the Envoys' certificates).
     xds_address: str | None = None
+    xds_tls_cert: Path | None = None
+    xds_tls_key: Path | None = None
+    xds_tls_client_ca: Path | None = None
 
 
 class StackConfig(_Frozen):

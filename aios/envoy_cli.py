@@ -20,7 +20,9 @@ DEFAULTS = EnvoyOptions()
 def _options(args: argparse.Namespace) -> EnvoyOptions:
     return EnvoyOptions(listen_host=args.listen_host, listen_port=args.listen_port,
                         admin_port=args.admin_port, ratelimit_service=args.ratelimit_service,
-                        xds_address=args.xds)
+                        xds_address=args.xds, xds_tls_cert=getattr(args, "tls_cert", None),
+                        xds_tls_key=getattr(args, "tls_key", None),
+                        xds_tls_client_ca=getattr(args, "tls_client_ca", None))
 
 
 def _write(data: dict[str, Any], out: Path | None) -> None:
@@ -57,9 +59,6 @@ def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
     if want_limits:
         _write(ratelimit_service_config(config.gateway.quota, sorted(tables),
                                         options.ratelimit_domain), args.ratelimit_out)
-    if config.gateway.auth.enabled and config.gateway.auth.hs256_secret and not args.xds:
-        print("note: the HS256 secret is in the exported config as a JWK; protect the file",
-              file=sys.stderr)
     return 0
 
 
@@ -100,5 +99,10 @@ def add_envoy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.set_defaults(handler=cmd_serve)
     serve.add_argument("--xds", default="127.0.0.1:18000",
                        help="where to serve ADS (default: 127.0.0.1:18000)")
+    serve.add_argument("--tls-cert", type=Path, help="serve ADS over TLS with this "
+                       "certificate (PEM); needed for any address but loopback")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="accept only Envoys whose client "
+                       "certificate this CA (PEM) signed")
     serve.add_argument("--metrics", default="127.0.0.1:18001",
                        help="where to serve Prometheus metrics (default: 127.0.0.1:18001)")

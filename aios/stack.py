@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from aios.config import StackConfig
+from aios.config import AuthSettings, StackConfig, load_auth
 from aios.process import (
     LAUNCHER_STOP_TIMEOUT_S,
     StartupError,
@@ -34,13 +34,22 @@ def _spawn(command: str, config_path: Path) -> subprocess.Popen[bytes]:
                             start_new_session=True, preexec_fn=child_preexec)
 
 
-def banner(config: StackConfig) -> str:
-    """What `aios up` prints once everything is ready: URLs and a curl to paste."""
+def banner(config: StackConfig, auth: AuthSettings) -> str:
+    """What `aios up` prints once everything is ready: URLs, where the development secret
+    is, and a curl to paste (``auth`` as `load_auth` resolved it)."""
     gw = config.gateway.server
     rest = f"http://{gw.host}:{gw.http_port}"
-    token = mint_token(config.gateway.auth, "dev", "dev", "infer:*")
     body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8],
                                    "data": EXAMPLE_CLAIM}]})
+    key: list[str] = []
+    header: list[str] = []
+    if auth.enabled and auth.hs256_secret is not None:
+        source = config.gateway.auth.hs256_secret_file or "the config file"
+        key = [f"  HS256 secret  {source} (this stack's own; never reuse it)"]
+        token = mint_token(auth, "dev", "dev", "infer:*")
+        header = [f"    -H 'Authorization: Bearer {token}' \\"]
+    elif auth.enabled:
+        key = ["  tokens        from your identity provider (JWKS)"]
     return "\n".join([
         "",
         "AIOS stack is up.",
@@ -48,10 +57,11 @@ def banner(config: StackConfig) -> str:
         f"  gateway gRPC  {gw.host}:{gw.grpc_port}",
         f"  sidecar REST  http://{config.sidecar.server.host}:{config.sidecar.server.http_port}",
         f"  Triton HTTP   http://{config.triton.http_address}",
+        *key,
         "",
         "Score a claim:",
         f"  curl -s {rest}/v2/models/claims_risk/infer \\",
-        f"    -H 'Authorization: Bearer {token}' \\",
+        *header,
         "    -H 'Content-Type: application/json' \\",
         f"    -d '{body}'",
         "",
@@ -62,6 +72,8 @@ def banner(config: StackConfig) -> str:
 
 def run_stack(config: StackConfig, config_path: Path) -> int:
     """Start the stack in dependency order, wait for a signal or a crash, stop in reverse."""
+    # A missing or short secret is an error before anything starts.
+    auth = load_auth(config.gateway.auth)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     previous = {s: signal.signal(s, raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -79,7 +91,7 @@ def run_stack(config: StackConfig, config_path: Path) -> int:
         for name, server in (("sidecar", config.sidecar.server),
                              ("gateway", config.gateway.server)):
             start(name, f"{server.host}:{server.http_port}", SERVICE_READY_TIMEOUT_S)
-        print(banner(config), flush=True)
+        print(banner(config, auth), flush=True)
         while True:
             for name, process in children:
                 if process.poll() is not None:

@@ -51,9 +51,10 @@ class ShadowBody(_Body):
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
-    """Validate ``data`` into ``model``; InvalidInput naming the bad field."""
+    """Validate ``data`` into ``model`` strictly (``"5"`` is no weight); InvalidInput
+    naming the bad field."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from exc
 

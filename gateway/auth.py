@@ -21,7 +21,7 @@ import aiohttp
 import jwt
 from prometheus_client import CollectorRegistry, Counter
 
-from aios.config import AuthSettings
+from aios.config import AuthSettings, load_auth
 from aios.errors import Forbidden, Unauthenticated
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,10 @@ class JwtVerifier:
         if not isinstance(scope, str):
             raise Unauthenticated("token 'scope' must be a space-separated string")
         exp = claims.get("exp")
-        return Principal(str(claims["sub"]), tenant, frozenset(scope.split()),
+        # RFC 6749 3.3: scopes are separated by U+0020 alone; any other character,
+        # other white space included, is part of an (opaque) scope.
+        scopes = frozenset(part for part in scope.split(" ") if part)
+        return Principal(str(claims["sub"]), tenant, scopes,
                          float(exp) if isinstance(exp, int | float) else None)
 
 
@@ -253,6 +256,8 @@ class Authenticator:
 
 
 def build_authenticator(settings: AuthSettings, registry: CollectorRegistry) -> Authenticator:
-    """The authenticator for ``settings``: HS256 secret and/or JWKS keys."""
+    """The authenticator for ``settings``: HS256 secret and/or JWKS keys; ConfigError
+    when they are unusable (read here, once, at start)."""
+    settings = load_auth(settings)
     keys = JwksKeys(settings) if settings.jwks_file or settings.jwks_url else None
     return Authenticator(JwtVerifier(settings, keys), registry)

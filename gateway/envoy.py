@@ -10,7 +10,7 @@ construction. What Envoy enforces, and how it maps to what the gateway does:
 - a shadow is a `request_mirror_policies` entry with the shadow's fraction. Envoy marks a
   mirrored copy by appending ``-shadow`` to its Host; the route sets
   ``x-aios-shadow-model``/``-version``, which the sidecar applies to such copies only.
-- `jwt_authn` verifies tokens (issuer, audience, JWKS or the HS256 key as a JWK), copies
+- `jwt_authn` verifies tokens (issuer, audience, a JWKS: never an HMAC secret), copies
   tenant and subject into the headers the sidecar records, and `rbac` allows an
   inference only with an ``infer:<model>`` or ``infer:*`` scope (deny unless allowed).
 - quotas become rate-limit descriptors (tenant, model) for a rate-limit service, whose
@@ -21,9 +21,7 @@ construction. What Envoy enforces, and how it maps to what the gateway does:
 
 from __future__ import annotations
 
-import base64
 import datetime
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -135,6 +133,7 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 
 from aios.config import (
     AuthSettings,
+    ConfigError,
     EnvoyOptions,
     GatewaySettings,
     QuotaSettings,
@@ -362,13 +361,13 @@ def _open_path_regex(auth: AuthSettings) -> str | None:
     return f"/v2/models/[A-Za-z0-9_.\\-]+(/versions/[0-9]+)?{tail}"
 
 
-def _jwks_inline(secret: str) -> str:
-    key = base64.urlsafe_b64encode(secret.encode()).rstrip(b"=").decode()
-    return json.dumps({"keys": [{"kty": "oct", "alg": "HS256", "k": key}]})
-
-
 def jwt_providers(auth: AuthSettings) -> dict[str, JwtProvider]:
-    """One provider per key source (HS256 secret, JWKS file, JWKS URL)."""
+    """One provider per public key source (JWKS file, JWKS URL). An HS256 secret is never
+    exported: whoever could read Envoy's config could then mint tokens. ConfigError when
+    auth is on and there is no JWKS."""
+    if not (auth.jwks_file or auth.jwks_url):
+        raise ConfigError("gateway.auth: Envoy verifies tokens with public keys only: set "
+                          "jwks_file or jwks_url (an HS256 secret is never exported)")
 
     def provider(**source: Any) -> JwtProvider:
         return JwtProvider(
@@ -383,9 +382,6 @@ def jwt_providers(auth: AuthSettings) -> dict[str, JwtProvider]:
             **source)
 
     providers = {}
-    if auth.hs256_secret:
-        providers["aios_hs256"] = provider(
-            local_jwks=DataSource(inline_string=_jwks_inline(auth.hs256_secret)))
     if auth.jwks_file:
         providers["aios_jwks_file"] = provider(
             local_jwks=DataSource(filename=str(auth.jwks_file)))

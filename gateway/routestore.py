@@ -129,9 +129,10 @@ class FileRouteStore:
 
     async def commit(self, table: ModelTable, base_revision: int, change: Change) -> None:
         current = self._tables.get(table.model)
-        if current is None or current.revision != base_revision:
-            raise Conflict(f"routing table of '{table.model}' is at revision "
-                           f"{current.revision if current else 0}, not {base_revision}")
+        stored = current.revision if current is not None else 0  # 0: a new model's table
+        if stored != base_revision:
+            raise Conflict(f"routing table of '{table.model}' is at revision {stored}, "
+                           f"not {base_revision}")
         self._tables[table.model] = table
         self._write()
         with self._history.open("a") as out:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import itertools
 import logging
 import secrets
@@ -32,7 +33,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, Discov
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from aios.config import EnvoyOptions, GatewaySettings, split_address
+from aios.config import ConfigError, EnvoyOptions, GatewaySettings, split_address
 from gateway.envoy import (
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
@@ -214,10 +215,13 @@ class XdsServer:
             {"StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self.stream, request_deserializer=DiscoveryRequest.FromString,
                 response_serializer=DiscoveryResponse.SerializeToString)})
+        address = self._options.xds_address or "127.0.0.1:18000"
+        credentials = server_credentials(self._options, address)
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers((handler,))
-        address = self._options.xds_address or "127.0.0.1:18000"
-        if self._server.add_insecure_port(address) == 0:
+        bound = (self._server.add_insecure_port(address) if credentials is None
+                 else self._server.add_secure_port(address, credentials))
+        if bound == 0:
             raise OSError(f"xds: cannot bind {address}")
         await self._server.start()
         logger.info("xds: ADS on %s, version %s", address, self.snapshot.version)
@@ -227,6 +231,32 @@ class XdsServer:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._server is not None:
             await self._server.stop(1.0)
+
+
+def server_credentials(options: EnvoyOptions, address: str) -> grpc.ServerCredentials | None:
+    """TLS for the ADS server (None: plain, allowed on a loopback address only, since
+    whoever connects learns every backend and route); ConfigError when the options do not
+    allow ``address``."""
+    if options.xds_tls_cert is None or options.xds_tls_key is None:
+        if options.xds_tls_cert or options.xds_tls_key or options.xds_tls_client_ca:
+            raise ConfigError("xds: TLS needs both --tls-cert and --tls-key")
+        host = split_address(address)[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise ConfigError(f"xds: {address} is not a loopback address: serve it with "
+                              "--tls-cert and --tls-key (and --tls-client-ca to check Envoys)")
+        return None
+    try:
+        pair = (options.xds_tls_key.read_bytes(), options.xds_tls_cert.read_bytes())
+        client_ca = (options.xds_tls_client_ca.read_bytes()
+                     if options.xds_tls_client_ca else None)
+    except OSError as exc:
+        raise ConfigError(f"xds: cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 def _short(type_url: str) -> str:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -47,6 +48,9 @@ from aios.claims import synthesize_claims
 from aios.config import AuthSettings
 from aios.tokens import mint_token
 from aios.tracing import Tracing
+
+# Each run's own secret: the bench's gateways live only as long as the run.
+BENCH_AUTH = AuthSettings(hs256_secret=secrets.token_urlsafe(48))
 
 REPO = Path(__file__).resolve().parent.parent
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -203,7 +207,7 @@ def build(stack: Stack, redis_server: str) -> list[Path_]:
             "server": {"http_port": stack.port(f"{name}_http"),
                        "grpc_port": stack.port(f"{name}_grpc")},
             "backends": {"b": backend}, "models": {MODEL: route},
-            "auth": {"enabled": auth}, "quota": quota,
+            "auth": {"enabled": auth, "hs256_secret": BENCH_AUTH.hs256_secret}, "quota": quota,
             "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")}}},
             stack.port(f"{name}_http"))
     paths = [
@@ -388,7 +392,7 @@ def _auth_headers(path: Path_) -> dict[str, str]:
     """A bearer token for a path through an authenticating gateway, else nothing."""
     if not path.auth:
         return {}
-    token = mint_token(AuthSettings(), "bench", "bench", f"infer:{MODEL}", 7200)
+    token = mint_token(BENCH_AUTH, "bench", "bench", f"infer:{MODEL}", 7200)
     return {"authorization": f"Bearer {token}"}
 
 

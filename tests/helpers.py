@@ -98,6 +98,7 @@ def stack_config(ports: StackPorts, tmp: Path, model_repo: Path = MODEL_REPO,
                     "models": {"claims_risk": {"backend": "local"},
                                "slow": {"backend": "local"}},
                     "routing": {"state_file": str(tmp / "routes.json")},
+                    "auth": TEST_AUTH,
                     # The functional tests must not trip over quotas; test_quota sets its own.
                     "quota": {"tenants": {
                         TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000},
@@ -192,15 +193,18 @@ def interrupt_and_wait(process: subprocess.Popen[bytes], timeout_s: float = 60) 
 
 
 TEST_TENANT = "tests"
+# The test stacks' own HS256 secret (there is no built-in one).
+TEST_HS256_SECRET = "tests-only-hs256-secret-" + "0123456789abcdef" * 2
+TEST_AUTH = {"hs256_secret": TEST_HS256_SECRET}
 
 
 def token(scope: str = "infer:*", tenant: str = TEST_TENANT, subject: str = "pytest",
           ttl_s: int = 3600, **auth: Any) -> str:
-    """A token signed with the development secret the test stacks use."""
+    """A token signed with the secret the test stacks use."""
     from aios.config import AuthSettings
     from aios.tokens import mint_token
 
-    return mint_token(AuthSettings(**auth), subject, tenant, scope, ttl_s)
+    return mint_token(AuthSettings(**{**TEST_AUTH, **auth}), subject, tenant, scope, ttl_s)
 
 
 def bearer(scope: str = "infer:*", tenant: str = TEST_TENANT) -> dict[str, str]:
@@ -257,5 +261,5 @@ def gateway_config(sidecar_http: str, sidecar_grpc: str, models: dict[str, Any],
     section = {"server": {"http_port": http_port, "grpc_port": grpc_port, **(server or {})},
                "backends": backends, "models": models,
                "quota": {"tenants": {TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000}}},
-               **extra}
+               "auth": TEST_AUTH, **extra}
     return {"gateway": section}, http_port, grpc_port

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from aios.cli import main
-from aios.config import StackConfig
+from aios.config import StackConfig, load_config
 from tests.helpers import REPO, gateway_config, write_config
 
 COMMANDS = [["up"], ["gateway"], ["sidecar"], ["triton"], ["models", "build"], ["token"], []]
@@ -24,12 +24,17 @@ def test_help(command: list[str]) -> None:
     assert out.stdout.startswith(f"usage: aios {' '.join(command)}".rstrip())
 
 
-def test_token_is_signed_with_the_configured_secret(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["token", "--sub", "alice", "--tenant", "acme", "--scope", "infer:claims_risk",
-                 "--ttl", "60"]) == 0
+def test_token_is_signed_with_the_configured_secret(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "hs256.secret"
+    secret.write_text("a-secret-of-this-test-only-" + "x" * 20 + "\n")
+    path = write_config(tmp_path / "stack.yaml",
+                        {"gateway": {"auth": {"hs256_secret_file": str(secret)}}})
+    assert main(["token", "--config", str(path), "--sub", "alice", "--tenant", "acme",
+                 "--scope", "infer:claims_risk", "--ttl", "60"]) == 0
     token = capsys.readouterr().out.strip()
     auth = StackConfig().gateway.auth
-    claims = jwt.decode(token, auth.hs256_secret, algorithms=["HS256"],
+    claims = jwt.decode(token, secret.read_text().strip(), algorithms=["HS256"],
                         audience=auth.audience, issuer=auth.issuer)
     assert (claims["sub"], claims["tenant"], claims["scope"]) == ("alice", "acme",
                                                                    "infer:claims_risk")
@@ -42,6 +47,56 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: object, caplog: pytest.Lo
     path.write_text("gateway: {server: {http_port: 70000, grpc_port: 1}}\n")
     assert main(["token", "--config", str(path)]) == 2
     assert "gateway.server.http_port" in caplog.text
+
+
+NO_KEY = {
+    "no key at all": ({}, "gateway.auth: auth is enabled but has no key: set "
+                          "hs256_secret_file, jwks_file or jwks_url"),
+    "missing secret file": ({"hs256_secret_file": "{tmp}/nowhere.secret"},
+                            "gateway.auth.hs256_secret_file: cannot read {tmp}/nowhere.secret: "
+                            "No such file or directory"),
+    "short secret file": ({"hs256_secret_file": "{tmp}/short.secret"},
+                          "gateway.auth.hs256_secret_file: the secret in {tmp}/short.secret "
+                          "has 5 characters, at least 32 are needed"),
+}
+
+
+@pytest.mark.parametrize("command", ["gateway", "token", "up"])
+@pytest.mark.parametrize(("auth", "error"), NO_KEY.values(), ids=NO_KEY.keys())
+def test_no_key_is_a_startup_error_naming_the_field(tmp_path: Path, command: str,
+                                                    auth: dict[str, str], error: str) -> None:
+    (tmp_path / "short.secret").write_text("short\n")
+    config, port, _ = gateway_config("127.0.0.1:1", "127.0.0.1:1", {})
+    config["gateway"]["auth"] = {k: v.format(tmp=tmp_path) for k, v in auth.items()}
+    config["gateway"]["routing"] = {"state_file": str(tmp_path / "routes.json")}
+    path = write_config(tmp_path / "gateway.yaml", config)
+    out = subprocess.run([sys.executable, "-m", "aios", command, "--config", str(path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert error.format(tmp=tmp_path) in out.stderr
+    assert "Traceback" not in out.stderr
+    with socket.socket() as probe:  # it stopped before listening
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_shipped_stack_has_no_secret_of_its_own() -> None:
+    text = (REPO / "deploy/local/stack.yaml").read_text()
+    auth = load_config(REPO / "deploy/local/stack.yaml").gateway.auth
+    assert auth.hs256_secret is None and auth.hs256_secret_file == Path("var/dev-hs256.secret")
+    assert "hs256_secret:" not in text
+    assert "var/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_make_run_writes_a_development_secret_of_its_own(tmp_path: Path) -> None:
+    target = "var/dev-hs256.secret"
+    for run in range(2):
+        out = subprocess.run(["make", "-s", "-C", str(REPO), f"DEV_SECRET={tmp_path}/{run}",
+                              f"{tmp_path}/{run}"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    first, second = ((tmp_path / str(r)).read_text().strip() for r in range(2))
+    assert len(first) >= 32 and first != second, "each machine gets a secret of its own"
+    assert (tmp_path / "0").stat().st_mode & 0o077 == 0, "readable by its owner only"
+    assert target in (REPO / "Makefile").read_text()
 
 
 def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ def test_shipped_local_stack_matches_documented_ports() -> None:
     assert config.sidecar.server.http_port not in (8080, 8081, 8000, 8001, 8002)
     assert config.gateway.backends["local"].http == (
         f"127.0.0.1:{config.sidecar.server.http_port}")
-    assert config.gateway.auth.hs256_secret == StackConfig().gateway.auth.hs256_secret
+    assert StackConfig().gateway.auth.hs256_secret is None, "no built-in secret"
 
 
 @pytest.mark.parametrize(("data", "error"), [
@@ -35,7 +35,8 @@ def test_shipped_local_stack_matches_documented_ports() -> None:
     ({"triton": {"colour": "blue"}}, "triton.colour: Extra inputs are not permitted"),
     ({"gateway": {"auth": {"hs256_secret": "short"}}},
      "gateway.auth.hs256_secret: String should have at least 32"),
-    ({"gateway": {"auth": {"hs256_secret": None}}}, "no hs256_secret, jwks_file or jwks_url"),
+    ({"gateway": {"auth": {"hs256_secret": "x" * 32, "hs256_secret_file": "/s"}}},
+     "hs256_secret and hs256_secret_file: set one of them, not both"),
     ({"gateway": {"quota": {"default": {"cost": "bytes"}}}},
      "gateway.quota.default.cost: Input should be 'request' or 'batch'"),
     ({"gateway": {"quota": {"redis_url": "unix:///run/redis.sock"}}},

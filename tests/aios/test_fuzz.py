@@ -29,6 +29,7 @@ from aios.kserve import (
 from aios.tensors import grpc_request_inputs
 from gateway.admin import ReplaceBody, ShadowBody, WeightsBody, parse
 from gateway.auth import JwtVerifier, bearer_token
+from tests.helpers import TEST_AUTH
 
 # Bounded time: any single input that takes longer than the deadline fails the property.
 DEADLINE = timedelta(seconds=2)
@@ -85,7 +86,7 @@ def test_grpc_bytes(body: bytes) -> None:
 
 @given(st.text(max_size=300))
 async def test_tokens(text: str) -> None:
-    verifier = JwtVerifier(AuthSettings(), None)
+    verifier = JwtVerifier(AuthSettings(**TEST_AUTH), None)
     with contextlib.suppress(Unauthenticated):
         await verifier.verify(bearer_token(text))
 

@@ -67,6 +67,9 @@ def build(directory: Path) -> list[dict[str, Any]]:
     return docs
 
 
+# Secrets the operator creates (the tree ships none: a shipped value is a shared secret).
+OPERATOR_SECRETS = {"aios-jwt": {"hs256_secret"}}
+
 TREES = {"base": K8S / "base", "dev": K8S / "overlays/dev", "prod": K8S / "overlays/prod"}
 
 
@@ -96,7 +99,7 @@ def test_selectors_ports_and_references_hold(objects: list[dict[str, Any]]) -> N
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in configmaps
             if "secret" in volume:
-                assert volume["secret"]["secretName"] in secrets
+                assert volume["secret"]["secretName"] in {*secrets, *OPERATOR_SECRETS}
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
         mounts = {m["name"] for c in pods[name]["spec"]["containers"]
@@ -141,6 +144,24 @@ def test_config_addresses_point_where_they_should(objects: list[dict[str, Any]])
         # The sidecar calls the Triton in its own pod.
         assert host == "127.0.0.1" and int(port) in triton_ports
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_the_gateway_reads_its_key_from_the_mounted_secret(
+        objects: list[dict[str, Any]]) -> None:
+    assert not by_kind(objects, "Secret"), "no secret value ships with the manifests"
+    configmaps = by_kind(objects, "ConfigMap")
+    auth = parse_config(yaml.safe_load(
+        configmaps["aios-gateway-config"]["data"]["stack.yaml"])).gateway.auth
+    assert auth.enabled and auth.hs256_secret is None and auth.hs256_secret_file is not None
+    pod = by_kind(objects, "Deployment")["aios-gateway"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    mounts = [m for m in gateway["volumeMounts"]
+              if auth.hs256_secret_file.parent == Path(m["mountPath"])]
+    assert len(mounts) == 1 and mounts[0]["readOnly"] is True
+    secret = volumes[mounts[0]["name"]]["secret"]
+    assert auth.hs256_secret_file.name in OPERATOR_SECRETS[secret["secretName"]]
+    assert secret.get("optional", False) is False, "no secret, no gateway"
 
 
 def test_our_containers_are_locked_down(objects: list[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ def exposed_families(stack: Stack) -> set[str]:
              for service in (stack.gateway_http, stack.sidecar_http)]
     # `aios envoy serve`'s metrics, from the same server class in this process.
     registry = CollectorRegistry()
-    gateway = GatewaySettings()
+    gateway = GatewaySettings(auth={"jwks_file": "/keys/jwks.json"})
     XdsServer(gateway, EnvoyOptions(), {m: table_from_route(m, r, 1, None)
                                         for m, r in gateway.models.items()}, registry)
     texts.append(generate_latest(registry).decode())

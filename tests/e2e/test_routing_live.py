@@ -129,6 +129,16 @@ INVALID = {
     "bad fraction": ("shadow", {"shadow": {"backend": "local", "fraction": 2}},
                      "fraction: Input should be less than or equal to 1"),
     "no revision": ("weights", {"weights": {"canary": 5}}, "base_revision: Field required"),
+    "string weight": ("weights", {"weights": {"canary": "5"}},
+                      "weights.canary: Input should be a valid integer"),
+    "float weight": ("weights", {"weights": {"canary": 5.0}},
+                     "weights.canary: Input should be a valid integer"),
+    "string target weight": ("", {"targets": {"a": {"backend": "local", "weight": "5"}}},
+                             "targets.a.weight: Input should be a valid integer"),
+    "numeric version": ("", {"targets": {"a": {"backend": "local", "version": 1}}},
+                        "targets.a.version: Input should be a valid string"),
+    "string fraction": ("shadow", {"shadow": {"backend": "local", "fraction": "0.5"}},
+                        "fraction: Input should be a valid number"),
 }
 
 
@@ -141,6 +151,23 @@ def test_invalid_changes_are_400_naming_the_field(canary: Gateway, suffix: str,
     resp = put(canary, path, body)
     assert resp.status_code == 400
     assert error in resp.json()["error"], resp.json()
+
+
+def test_string_revision_is_400(canary: Gateway) -> None:
+    resp = put(canary, "claims_risk/weights", {"base_revision": "1", "weights": {"canary": 5}})
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith("base_revision: Input should be a valid integer")
+
+
+def test_a_new_model_is_created_from_revision_0(canary: Gateway) -> None:
+    body = {"base_revision": 0, "targets": {"only": {"backend": "local", "version": "1"}},
+            "reason": "new model"}
+    resp = put(canary, "claims_risk_new", body)
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["revision"], resp.json()["targets"]["only"]["weight"]) == (1, 1)
+    again = put(canary, "claims_risk_new", body)
+    assert (again.status_code, again.json()) == (409, {
+        "error": "routing table of 'claims_risk_new' is at revision 1, not 0"})
 
 
 def test_changes_need_the_scope(canary: Gateway) -> None:

@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from aios.config import DEV_HS256_SECRET, AuthSettings
+from aios.config import AuthSettings
 from aios.errors import Forbidden, Unauthenticated
 from gateway.auth import JwksKeys, JwtVerifier, Principal, authorize, bearer_token
+from tests.helpers import TEST_HS256_SECRET
 
 # pyjwt checks exp/nbf/iat against the real clock.
 # Tables are built at import; TTL keeps their tokens valid for any suite's length.
@@ -64,7 +65,7 @@ def unsigned(payload: dict[str, Any]) -> str:
 
 
 def hs(payload: dict[str, Any]) -> str:
-    return jwt.encode(payload, DEV_HS256_SECRET, algorithm="HS256")
+    return jwt.encode(payload, TEST_HS256_SECRET, algorithm="HS256")
 
 
 def rs(payload: dict[str, Any], kid: str = "rsa-1", key: Any = RSA_KEY) -> str:
@@ -97,7 +98,7 @@ def jwks_file(tmp_path: Path) -> Path:
 
 
 def verifier(jwks: Path | None = None, **settings: Any) -> JwtVerifier:
-    auth = AuthSettings(jwks_file=jwks, **settings)
+    auth = AuthSettings(jwks_file=jwks, **{"hs256_secret": TEST_HS256_SECRET, **settings})
     return JwtVerifier(auth, JwksKeys(auth) if jwks else None, clock=lambda: NOW + 1)
 
 
@@ -132,7 +133,7 @@ async def test_attacks_are_rejected_with_the_reason(jwks_file: Path, token: str,
         await verifier(jwks_file).verify(token)
     assert info.value.message.startswith(reason), info.value.message
     assert info.value.http_status == 401
-    assert "BEGIN" not in info.value.message and DEV_HS256_SECRET not in info.value.message
+    assert "BEGIN" not in info.value.message and TEST_HS256_SECRET not in info.value.message
 
 
 async def test_hs256_refused_when_only_public_keys_are_configured(jwks_file: Path) -> None:
@@ -177,6 +178,20 @@ def test_scopes(scopes: str, scope: str, allowed: bool) -> None:
             authorize(principal, scope)
 
 
+@pytest.mark.parametrize(("scope", "scopes"), [
+    ("infer:a routes:read", {"infer:a", "routes:read"}),
+    ("infer:a  routes:read ", {"infer:a", "routes:read"}),
+    ("infer:a\u00a0routes:read", {"infer:a\u00a0routes:read"}),
+    ("infer:a\troutes:read", {"infer:a\troutes:read"}),
+    ("infer:a\nroutes:read", {"infer:a\nroutes:read"}),
+    ("infer:a\u2003routes:read", {"infer:a\u2003routes:read"}),
+], ids=["space", "spaces", "nbsp", "tab", "newline", "em space"])
+async def test_scopes_are_split_on_spaces_only(scope: str, scopes: set[str]) -> None:
+    principal = await verifier().verify(hs(claims(scope=scope)))
+    assert principal.scopes == scopes
+    assert principal.allows("routes:read") == ("routes:read" in scopes)
+
+
 @pytest.mark.parametrize(("value", "error"), [
     (None, "missing bearer token"),
     ("", "missing bearer token"),
@@ -202,7 +217,8 @@ class CountingVerifier(JwtVerifier):
 async def test_cache_serves_until_expiry_and_is_bounded() -> None:
     start = int(time.time())
     now = [float(start)]
-    v = CountingVerifier(AuthSettings(token_cache_size=2, leeway_s=0), None,
+    v = CountingVerifier(AuthSettings(hs256_secret=TEST_HS256_SECRET, token_cache_size=2,
+                                      leeway_s=0), None,
                          clock=lambda: now[0])
     token = hs(claims(iat=start, nbf=start, exp=start + 10))
     for _ in range(5):

@@ -18,7 +18,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.envoy.type.v3 import FractionalPercentDenominatorType
 
-from aios.config import EnvoyOptions, GatewaySettings, ModelRoute
+from aios.config import ConfigError, EnvoyOptions, GatewaySettings, ModelRoute
 from gateway.envoy import (
     bootstrap,
     cluster_name,
@@ -31,7 +31,7 @@ from gateway.envoy import (
 )
 from gateway.routestore import Change, FileRouteStore, table_from_route
 from gateway.routing import ModelTable
-from tests.helpers import REPO, write_config
+from tests.helpers import REPO, TEST_HS256_SECRET, write_config
 
 BACKENDS = {"a": {"http": "sidecar-a:8090", "grpc": "sidecar-a:8091"},
             "b": {"http": "10.0.0.7:9090", "grpc": "10.0.0.7:9091", "request_timeout_s": 12}}
@@ -40,9 +40,12 @@ CANARY = {"targets": {"stable": {"backend": "a", "version": "1", "weight": 70},
           "shadow": {"backend": "b", "version": "2", "fraction": 0.125}}
 
 
+JWKS_FILE = "/keys/jwks.json"
+
+
 def settings(**overrides: Any) -> GatewaySettings:
     data: dict[str, Any] = {"backends": BACKENDS, "models": {
-        "claims_risk": CANARY, "fraud.v2": {"backend": "a"}}}
+        "claims_risk": CANARY, "fraud.v2": {"backend": "a"}}, "auth": {"jwks_file": JWKS_FILE}}
     data.update(overrides)
     return GatewaySettings.model_validate(data)
 
@@ -125,8 +128,7 @@ def test_pinned_versions_go_to_the_backend_that_serves_them() -> None:
 
 
 def test_clusters_name_every_backend_address() -> None:
-    gw = settings(auth={"jwks_url": "https://idp.example/.well-known/jwks.json",
-                        "hs256_secret": None})
+    gw = settings(auth={"jwks_url": "https://idp.example/.well-known/jwks.json"})
     found = {c.name: c for c in clusters(gw, EnvoyOptions(ratelimit_service="rl:8081"))}
     for backend, upstream in BACKENDS.items():
         host, port = upstream["http"].split(":")
@@ -143,9 +145,11 @@ def test_clusters_name_every_backend_address() -> None:
 
 
 @pytest.mark.parametrize("auth, providers", [
-    ({}, {"aios_hs256"}),
-    ({"hs256_secret": None, "jwks_file": "/keys/jwks.json"}, {"aios_jwks_file"}),
-    ({"jwks_url": "http://idp:8080/jwks"}, {"aios_hs256", "aios_jwks_url"}),
+    ({"jwks_file": JWKS_FILE}, {"aios_jwks_file"}),
+    ({"jwks_url": "http://idp:8080/jwks"}, {"aios_jwks_url"}),
+    ({"jwks_file": JWKS_FILE, "jwks_url": "http://idp:8080/jwks"},
+     {"aios_jwks_file", "aios_jwks_url"}),
+    ({"jwks_file": JWKS_FILE, "hs256_secret": TEST_HS256_SECRET}, {"aios_jwks_file"}),
 ])
 def test_jwt_providers_verify_the_configured_issuer_and_audience(
         auth: dict[str, Any], providers: set[str]) -> None:
@@ -164,6 +168,18 @@ def test_jwt_providers_verify_the_configured_issuer_and_audience(
     assert open_rule.match.safe_regex.regex == \
         "/v2/models/[A-Za-z0-9_.\\-]+(/versions/[0-9]+)?(/(ready))?"
     assert model_rule.match.prefix == "/v2/models/" and model_rule.requires is not None
+
+
+@pytest.mark.parametrize("auth", [{"hs256_secret": TEST_HS256_SECRET}, {}],
+                         ids=["HS256 only", "no key"])
+def test_an_hmac_secret_is_never_exported(auth: dict[str, Any]) -> None:
+    gw = settings(auth=auth)
+    with pytest.raises(ConfigError, match=r"gateway\.auth: Envoy verifies tokens with public "
+                       "keys only: set jwks_file or jwks_url"):
+        jwt_filter(gw.auth)
+    both = settings(auth={**auth, "jwks_file": JWKS_FILE})
+    exported = json.dumps(to_json(bootstrap(both, tables(both), EnvoyOptions())))
+    assert TEST_HS256_SECRET not in exported and '"oct"' not in exported
 
 
 def test_rbac_allows_a_model_only_with_its_scope() -> None:
@@ -215,7 +231,8 @@ async def test_export_reads_the_live_routing_table(tmp_path: Path) -> None:
     """`aios envoy export` writes what the store holds now, not the config's seed."""
     state = tmp_path / "routes.json"
     config = {"gateway": {"backends": BACKENDS, "models": {"claims_risk": CANARY},
-                          "routing": {"state_file": str(state)}}}
+                          "routing": {"state_file": str(state)},
+                          "auth": {"jwks_file": JWKS_FILE}}}
     path = write_config(tmp_path / "stack.yaml", config)
     gw = GatewaySettings.model_validate(config["gateway"])
     store = FileRouteStore(state)

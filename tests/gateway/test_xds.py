@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,10 @@ import grpc
 import grpc.aio
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
@@ -28,7 +36,7 @@ from gateway.xds import (
     AdsStream,
     build_snapshot,
 )
-from tests.helpers import aios, free_ports, wait_until, write_config
+from tests.helpers import REPO, TEST_HS256_SECRET, aios, free_ports, wait_until, write_config
 
 BACKENDS = {"a": {"http": "127.0.0.1:8090", "grpc": "127.0.0.1:8091"},
             "b": {"http": "127.0.0.1:9090", "grpc": "127.0.0.1:9091"}}
@@ -39,7 +47,8 @@ def route(stable: int, canary: int) -> dict[str, Any]:
                         "canary": {"backend": "b", "version": "2", "weight": canary}}}
 
 
-SETTINGS = GatewaySettings.model_validate({"backends": BACKENDS,
+AUTH = {"jwks_file": "/keys/jwks.json"}
+SETTINGS = GatewaySettings.model_validate({"backends": BACKENDS, "auth": AUTH,
                                            "models": {"claims_risk": route(90, 10)}})
 
 
@@ -145,7 +154,7 @@ def served(tmp_path: Path) -> Any:
     state = tmp_path / "routes.json"
     port, metrics = free_ports(2)
     config = write_config(tmp_path / "stack.yaml", {"gateway": {
-        "backends": BACKENDS, "models": {"claims_risk": route(90, 10)},
+        "backends": BACKENDS, "models": {"claims_risk": route(90, 10)}, "auth": AUTH,
         "routing": {"state_file": str(state), "poll_interval_s": 0.1}}})
     log = tmp_path / "xds.log"
     process = aios("envoy", "serve", "--config", str(config), "--xds", f"127.0.0.1:{port}",
@@ -214,3 +223,112 @@ def test_the_served_listener_takes_its_routes_by_rds_over_ads() -> None:
     assert hcm.route_config is None and hcm.rds.route_config_name == "aios_routes"
     assert hcm.rds.config_source.ads is not None
     assert set(snap.resources[ROUTE_TYPE]) == {"aios_routes"}
+
+
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, Any],
+                 ca: bool = False) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer[0] or name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+def _pem(path: Path, thing: Any) -> Path:
+    if isinstance(thing, x509.Certificate):
+        path.write_bytes(thing.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(thing.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    return path
+
+
+@pytest.fixture()
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client (Envoy) certificate."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("aios test CA", ca_key, (x509.Name([]), ca_key), ca=True)
+    files = {"ca": _pem(tmp_path / "ca.pem", ca)}
+    for who in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[who] = _pem(tmp_path / f"{who}.pem", _certificate(who, key, (ca.subject, ca_key)))
+        files[f"{who}_key"] = _pem(tmp_path / f"{who}.key", key)
+    return files
+
+
+def _serve_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "stack.yaml", {"gateway": {
+        "backends": BACKENDS, "models": {"claims_risk": route(90, 10)},
+        # Both keys: the HMAC secret must stay in the gateway.
+        "auth": {**AUTH, "hs256_secret": TEST_HS256_SECRET},
+        "routing": {"state_file": str(tmp_path / "routes.json")}}})
+
+
+REFUSED_SERVES = {
+    "any address without TLS": ([], "xds: 0.0.0.0:{port} is not a loopback address: serve "
+                                    "it with --tls-cert and --tls-key"),
+    "a certificate without its key": (["--tls-cert", "{server}"],
+                                      "xds: TLS needs both --tls-cert and --tls-key"),
+    "an unreadable key": (["--tls-cert", "{server}", "--tls-key", "{tmp}/none.key"],
+                          "xds: cannot read {tmp}/none.key: No such file or directory"),
+}
+
+
+@pytest.mark.parametrize(("flags", "error"), REFUSED_SERVES.values(),
+                         ids=REFUSED_SERVES.keys())
+def test_envoy_serve_refuses_plain_text_beyond_loopback(tmp_path: Path, pki: dict[str, Path],
+                                                        flags: list[str], error: str) -> None:
+    port, metrics = free_ports(2)
+    values = {"port": port, "server": pki["server"], "tmp": tmp_path}
+    out = subprocess.run(
+        [sys.executable, "-m", "aios", "envoy", "serve", "--config", str(_serve_config(tmp_path)),
+         "--xds", f"0.0.0.0:{port}", "--metrics", f"127.0.0.1:{metrics}",
+         *(f.format(**values) for f in flags)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert error.format(**values) in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_envoy_serve_over_tls_checks_client_certificates(tmp_path: Path,
+                                                               pki: dict[str, Path]) -> None:
+    port, metrics = free_ports(2)
+    log = tmp_path / "xds.log"
+    process = aios("envoy", "serve", "--config", str(_serve_config(tmp_path)),
+                   "--xds", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics}",
+                   "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"]),
+                   "--tls-client-ca", str(pki["ca"]), log=log)
+    try:
+        wait_until(lambda: "xds: ADS on" in log.read_text(), 30, "envoy serve up", process, log)
+        ca = pki["ca"].read_bytes()
+        envoy = grpc.ssl_channel_credentials(ca, pki["client_key"].read_bytes(),
+                                             pki["client"].read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", envoy) as channel:
+            client = AdsClient(channel)
+            try:
+                client.send(request(LISTENER_TYPE))
+                listeners = await client.receive()
+            finally:
+                client.cancel()
+        assert listeners.type_url == LISTENER_TYPE
+        served = b"".join(bytes(r.value) for r in listeners.resources)
+        assert b"/keys/jwks.json" in served and TEST_HS256_SECRET.encode() not in served
+        stranger = grpc.ssl_channel_credentials(ca)  # trusts the server, has no certificate
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", stranger) as channel:
+            client = AdsClient(channel)
+            try:
+                client.send(request(LISTENER_TYPE))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await client.receive()
+            finally:
+                client.cancel()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0, log.read_text()[-2000:]
