@@ -34,7 +34,6 @@ DATATYPE_SIZES: dict[str, int] = {
 }
 MAX_DIMS = 16
 MAX_ELEMENTS = 1 << 40
-MAX_NESTING = 32
 # Request parameters that steer Triton's scheduling: set by operators, never by clients.
 RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
                                  "timeout"})
@@ -189,15 +188,62 @@ def json_header_length(header_value: str | None, body_length: int) -> int:
     return length
 
 
-def _count(data: Any, depth: int = 0) -> int:
-    if depth > MAX_NESTING:
-        raise InvalidInput("'data' is nested too deeply")
-    if not isinstance(data, list):
-        return 1
-    # A flat list (the usual shape of `data`) is counted without a call per value.
-    if list not in map(type, data):
-        return len(data)
-    return sum(_count(item, depth + 1) for item in data)
+_NUMBER = frozenset({int, float})
+_INTEGER = frozenset({int})
+# The JSON types a datatype's `data` may hold (bool is not a number here: Triton refuses
+# it for numeric inputs, as it refuses numbers for BOOL).
+JSON_TYPES: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool}), "BYTES": frozenset({str}),
+    **{t: _NUMBER for t in ("FP16", "BF16", "FP32", "FP64")},
+    **{t: _INTEGER for t in ("UINT8", "UINT16", "UINT32", "UINT64",
+                             "INT8", "INT16", "INT32", "INT64")},
+}
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    **{f"UINT{b}": (0, (1 << b) - 1) for b in (8, 16, 32, 64)},
+    **{f"INT{b}": (-(1 << (b - 1)), (1 << (b - 1)) - 1) for b in (8, 16, 32, 64)},
+}
+_JSON_NAMES = {bool: "booleans", str: "strings", int: "integers", float: "numbers"}
+
+
+def _describe_types(allowed: frozenset[type]) -> str:
+    return "numbers" if allowed == _NUMBER else _JSON_NAMES[next(iter(allowed))]
+
+
+def _check_values(values: list[Any], datatype: str, where: str, shape: list[int]) -> int:
+    """InvalidInput naming the first value of a flat list that ``datatype`` cannot hold;
+    else how many there are. Checked by the types and extremes the list holds, without a
+    call per value."""
+    types = set(map(type, values))
+    allowed = JSON_TYPES[datatype]
+    if not types <= allowed:
+        bad = next(v for v in values if type(v) not in allowed)
+        if isinstance(bad, list):
+            raise InvalidInput(f"{where}: nested 'data' does not have the shape {shape}")
+        shown = repr(bad) if len(repr(bad)) <= 40 else repr(bad)[:37] + "..."
+        raise InvalidInput(f"{where}: {datatype} 'data' must hold "
+                           f"{_describe_types(allowed)}, got {shown}")
+    bounds = INTEGER_RANGES.get(datatype)
+    if bounds is not None and values and (min(values) < bounds[0] or max(values) > bounds[1]):
+        bad = next(v for v in values if not bounds[0] <= v <= bounds[1])
+        raise InvalidInput(f"{where}: {bad} is out of range for {datatype} "
+                           f"[{bounds[0]}, {bounds[1]}]")
+    return len(values)
+
+
+def _count(data: Any, datatype: str, where: str, shape: list[int], depth: int = 0) -> int:
+    """How many values ``data`` holds, each checked against ``datatype``. `data` is flat
+    (the usual shape), or nested exactly as ``shape`` says (what Triton accepts), so the
+    recursion is as deep as the shape's dimensions at most."""
+    values = data if isinstance(data, list) else [data]
+    if depth == 0 and list not in map(type, values):
+        return _check_values(values, datatype, where, shape)
+    if depth >= len(shape) or len(values) != shape[depth]:
+        raise InvalidInput(f"{where}: nested 'data' does not have the shape {shape}")
+    if depth == len(shape) - 1:
+        return _check_values(values, datatype, where, shape)
+    if not all(isinstance(item, list) for item in values):
+        raise InvalidInput(f"{where}: nested 'data' does not have the shape {shape}")
+    return sum(_count(item, datatype, where, shape, depth + 1) for item in values)
 
 
 def _element_count(shape: Any, where: str) -> int:
@@ -277,7 +323,7 @@ def check_infer_doc(doc: Any, header_length: int, binary_length: int = 0) -> Inf
             binary_total += size
         elif "data" not in tensor:
             raise InvalidInput(f"{where}: has neither 'data' nor 'binary_data_size'")
-        elif (found := _count(tensor["data"])) != count:
+        elif (found := _count(tensor["data"], datatype, where, tensor["shape"])) != count:
             raise InvalidInput(f"{where}: shape {tensor['shape']} needs {count} values, "
                                f"'data' has {found}")
     if binary_total != binary_length:

@@ -75,12 +75,29 @@ class HttpReply:
     body: bytes
 
 
+# Triton (2.51) answers these client mistakes with 500 (a `data` it cannot parse as the
+# input's datatype, a shape its `data` does not have, JSON it cannot read): they are the
+# client's, so they are 400 with Triton's own message.
+TRITON_CLIENT_ERRORS = (b'{"error":"Unable to parse ',
+                        b'{"error":"failed to parse the request JSON')
+
+
+def client_error_status(status: int, body: bytes, client_errors: tuple[bytes, ...]) -> int:
+    """``status``, or 400 for a 500 whose body is one of the next hop's client errors."""
+    if status == 500 and body.startswith(client_errors):
+        return 400
+    return status
+
+
 class HttpUpstream:
     """A pooled keep-alive HTTP/1.1 client to one next hop. Bodies pass through as they
-    are: compressed stays compressed."""
+    are: compressed stays compressed. ``client_errors``: body prefixes of 500 replies that
+    are really the client's mistakes (Triton's, `TRITON_CLIENT_ERRORS`), answered as 400."""
 
-    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+    def __init__(self, name: str, settings: UpstreamSettings,
+                 client_errors: tuple[bytes, ...] = ()) -> None:
         self.name = name
+        self._client_errors = client_errors
         self._timeout = settings.request_timeout_s
         self._pool = Http1Pool(settings.http, settings.connect_timeout_s)
 
@@ -109,7 +126,8 @@ class HttpUpstream:
                                       f"{type(exc).__name__}") from exc
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
-        return HttpReply(resp.status, kept_response_headers(resp.headers), resp.body)
+        return HttpReply(client_error_status(resp.status, resp.body, self._client_errors),
+                         kept_response_headers(resp.headers), resp.body)
 
     async def ready(self) -> bool:
         """Whether the next hop reports itself ready."""

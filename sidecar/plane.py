@@ -61,7 +61,14 @@ from aios.tensors import (
     rest_response,
 )
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings, current_trace_id, open_tracing
-from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
+from aios.upstream import (
+    TRITON_CLIENT_ERRORS,
+    GrpcReply,
+    GrpcUpstream,
+    HttpReply,
+    HttpUpstream,
+    Metadata,
+)
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.batching import (
     BatchKey,
@@ -579,7 +586,8 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
     """Open the connections to Triton, the decision log and the parity checks."""
     limit = settings.server.max_body_bytes
     async with AsyncExitStack() as stack:
-        http = await stack.enter_async_context(HttpUpstream("triton", settings.triton))
+        http = await stack.enter_async_context(
+            HttpUpstream("triton", settings.triton, TRITON_CLIENT_ERRORS))
         grpc = await stack.enter_async_context(GrpcUpstream("triton", settings.triton, limit))
         log = None
         if settings.decision_log.enabled:

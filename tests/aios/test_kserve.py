@@ -112,7 +112,8 @@ BAD = [
     (body([{**GOOD, "parameters": {"binary_data_size": -1}}]),
      "'binary_data_size' must be a non-negative integer"),
     (body([{**GOOD, "parameters": []}]), "'parameters' must be an object"),
-    (body([{**GOOD, "data": json.loads("[" * 40 + "1" + "]" * 40)}]), "nested too deeply"),
+    (body([{**GOOD, "data": json.loads("[" * 40 + "1" + "]" * 40)}]),
+     r"nested 'data' does not have the shape \[2, 2\]"),
     (body([GOOD], outputs="risk_score"), "'outputs' must be a list of objects"),
 ]
 
