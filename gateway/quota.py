@@ -231,10 +231,13 @@ class RedisLimiter:
         lease_id = uuid.uuid4().hex if limit.max_concurrent else ""
         # The hash tag keeps a key's two entries on one cluster slot.
         base = f"{self._prefix}{{{key}}}"
+        # A script that runs after this call gave up (Redis paused, then resumed) would take
+        # a slot nobody releases: the lease is removed right behind it.
+        undo = ("ZREM", f"{base}:leases", lease_id) if lease_id else ()
         allowed, remaining, retry_ms, reset_ms, reason = await self._client.run(
             _SCRIPT, [f"{base}:rate", f"{base}:leases"],
             [1000.0 / limit.rate_per_s, limit.burst, cost, limit.max_concurrent, lease_id,
-             self._lease_ttl_ms])
+             self._lease_ttl_ms], undo=undo)
         decision = Decision(bool(allowed), int(remaining), int(retry_ms) / 1000,
                             int(reset_ms) / 1000,
                             reason.decode() if isinstance(reason, bytes) else str(reason))

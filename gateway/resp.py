@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -164,9 +165,10 @@ class PipelinedRedis:
         conn.send(hiredis.pack_command(args))
         return future
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: Any, undo: Sequence[Any] = ()) -> Any:
         """Run one command within the client's timeout; its reply, a redis-py exception,
-        or TimeoutError."""
+        or TimeoutError. ``undo``: a command that reverses it, sent if the caller gives up
+        (timeout or cancellation) — the command still runs when Redis gets to it."""
         conn = await self._connection()
         future = self._send(conn, *args)
         # A bare timer, not asyncio.timeout: this runs for every quota decision.
@@ -174,6 +176,10 @@ class PipelinedRedis:
         try:
             return await future
         except (asyncio.CancelledError, TimeoutError):
+            if undo:
+                # On the same connection, so Redis runs it after the late command (RESP
+                # is ordered per connection), whenever that is; nobody waits for it.
+                self._send(conn, *undo).cancel()
             # Calls queued behind a late reply would be late too: new calls take a new
             # connection; this one finishes the calls it has and closes.
             conn.retire()
@@ -181,13 +187,17 @@ class PipelinedRedis:
         finally:
             timer.cancel()
 
-    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA ``script``, loading it first if Redis does not have it."""
+    async def run(self, script: Script, keys: list[str], args: list[Any],
+                  undo: Sequence[Any] = ()) -> Any:
+        """EVALSHA ``script``, loading it first if Redis does not have it; ``undo`` as in
+        `execute`."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
+                                      undo=undo)
         except NoScriptError:
             await self.execute("SCRIPT", "LOAD", script.source)
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
+                                      undo=undo)
 
     async def aclose(self) -> None:
         """Close the connection."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from aios.config import QuotaSettings, TenantQuota
@@ -294,4 +296,47 @@ async def test_requests_that_find_the_stock_empty_together_share_one_chunk(
         calls = evalsha_calls(await client.execute("INFO", "commandstats")) - before
         assert calls == expected_calls
     finally:
+        await client.aclose()
+
+
+async def test_a_redis_pause_leaves_no_orphaned_leases(own_redis: RedisServer) -> None:
+    """Calls that time out while Redis is paused still run when it resumes; the slots they
+    take must be given back, so capped tenants are admitted again at once."""
+    tenant = TenantQuota(rate_per_s=1000, burst=1000, max_concurrent=3)
+    s = settings(own_redis, default=tenant)
+    registry = CollectorRegistry()
+    client = redis_client(s)
+    quotas = Quotas(s, RedisLimiter(client, s.key_prefix, s.lease_ttl_s), LocalLimiter(),
+                    registry)
+    unreachable = {"tenant": "acme", "policy": "fail_open"}
+    assert own_redis.process is not None
+    checker = redis.asyncio.Redis(port=own_redis.port)
+    try:
+        quotas.release(await quotas.acquire("acme", "m", 1))
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            # All sent before the first times out: 30 scripts wait in Redis.
+            paused = await asyncio.gather(*(quotas.acquire("acme", "m", 1) for _ in range(30)),
+                                          return_exceptions=True)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        for lease in paused:
+            if not isinstance(lease, BaseException):
+                quotas.release(lease)
+        await checker.ping()  # Redis answers again: the late scripts and their undos ran
+        decided_without_redis = registry.get_sample_value(
+            "aios_gateway_quota_redis_unavailable_decisions_total", unreachable)
+        await asyncio.sleep(0.25)  # past redis_retry_interval_s
+        leases = await asyncio.gather(*(quotas.acquire("acme", "m", 1) for _ in range(3)))
+        assert registry.get_sample_value(
+            "aios_gateway_quota_redis_unavailable_decisions_total",
+            unreachable) == decided_without_redis, "decided by Redis, not the fallback"
+        keys = [k async for k in checker.scan_iter(f"{s.key_prefix}*:leases")]
+        assert [await checker.zcard(k) for k in keys] == [3]
+        with pytest.raises(QuotaExceeded, match="concurrent requests"):
+            await quotas.acquire("acme", "m", 1)
+        for lease in leases:
+            quotas.release(lease)
+    finally:
+        await checker.aclose()
         await client.aclose()
