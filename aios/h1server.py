@@ -15,7 +15,8 @@ This server does what a front door of these services needs and no more:
   taken what arrived), so the app's body limit holds in bounded memory;
 - ``Expect: 100-continue`` is answered when the app first reads the body;
 - pipelined requests are answered in order;
-- invalid HTTP gets a 400 with a KServe error body, and the connection closes;
+- invalid HTTP gets a 400 with a KServe error body, and the connection closes; behind
+  pipelined requests, after their answers (they ran: the client must see them);
 - on shutdown: stop accepting, close idle connections, let requests in flight finish
   (within ``SHUTDOWN_GRACE_S``), then close the rest.
 
@@ -203,6 +204,9 @@ class _Connection(asyncio.Protocol):
         self._cycle: _Cycle | None = None  # the request the app is answering
         self._parsing: _Cycle | None = None  # the request being parsed
         self._pipeline: deque[_Cycle] = deque()
+        # The answer to a malformed request that came behind requests still being
+        # answered: sent after theirs, then the connection closes.
+        self._refusal: bytes | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -224,15 +228,15 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self._refusal is not None:
             return
         self.idle_deadline = None
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade:  # about the request just parsed: at once
             self.refuse(InvalidInput("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            self.refuse(InvalidInput(f"invalid HTTP request: {exc}"))
+            self.refuse_incoming(InvalidInput(f"invalid HTTP request: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -274,7 +278,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
         limit = self.server.settings.max_headers
         if len(self._headers) > limit:
-            self.refuse(HeadersTooLarge(f"more than {limit} request headers"))
+            self.refuse_incoming(HeadersTooLarge(f"more than {limit} request headers"))
             raise httptools.HttpParserError("too many headers")
         self._count(len(name) + len(value))
 
@@ -282,7 +286,8 @@ class _Connection(asyncio.Protocol):
         self._header_bytes += size
         limit = self.server.settings.max_header_bytes
         if self._header_bytes > limit:
-            self.refuse(HeadersTooLarge(f"request headers exceed the {limit}-byte limit"))
+            self.refuse_incoming(HeadersTooLarge(
+                f"request headers exceed the {limit}-byte limit"))
             raise httptools.HttpParserError("headers too large")
 
     def on_headers_complete(self) -> None:
@@ -360,6 +365,9 @@ class _Connection(asyncio.Protocol):
         self._cycle = None
         if self._pipeline:
             self._start(self._pipeline.popleft())
+        elif self._refusal is not None:
+            self.write(self._refusal)
+            self.close()
         elif self.server.stopping:
             self.close()
         else:
@@ -376,13 +384,28 @@ class _Connection(asyncio.Protocol):
             return
         cycle = self._parsing
         full = cycle is not None and cycle.buffered > HIGH_WATER_BYTES
-        pause = bool(self._pipeline) or full
+        pause = bool(self._pipeline) or full or self._refusal is not None
         if pause and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
         elif not pause and self._read_paused:
             self._read_paused = False
             self.transport.resume_reading()
+
+    def refuse_incoming(self, exc: AiosError) -> None:
+        """Refuse the request being received. Behind a request still being answered (and
+        not that request's own body), the refusal waits for the answers before it: they
+        ran, so the client must see them. Nothing more is read either way."""
+        if self._refusal is not None:  # the parser's own error after a limit's refusal
+            return
+        if self._cycle is None or self._parsing is self._cycle:
+            self.refuse(exc)
+            return
+        if self._parsing is not None:  # a pipelined request whose body is broken
+            self._pipeline.remove(self._parsing)
+            self._parsing = None
+        self._refusal = _refusal(exc)
+        self.update_reading()
 
     def refuse(self, exc: AiosError) -> None:
         """Answer with an error and close (the request stream cannot be trusted)."""
@@ -398,7 +421,7 @@ class _Connection(asyncio.Protocol):
         """Apply the header, body and keep-alive timeouts."""
         if self.header_deadline is not None and now >= self.header_deadline:
             self.header_deadline = None
-            self.refuse(RequestTimeout("request headers not received in time"))
+            self.refuse_incoming(RequestTimeout("request headers not received in time"))
         elif self.body_deadline is not None and now >= self.body_deadline:
             self.body_deadline = None
             self.refuse(RequestTimeout("request body not received in time"))

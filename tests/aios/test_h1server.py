@@ -180,3 +180,26 @@ async def test_a_stalled_body_is_cut_off_with_408(server: H1Server) -> None:
     [(line, headers, body)] = responses(answer)
     assert (line, headers["connection"]) == ("HTTP/1.1 408 Request Timeout", "close")
     assert json.loads(body) == {"error": "request body not received in time"}
+
+
+GOOD_POST = b"POST /%b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+BAD_AFTER_GOOD = {
+    "a bad request line": b"GARBAGE\r\n\r\n",
+    "a bad header": b"GET /c HTTP/1.1\r\nHost x\r\n\r\n",
+    "a broken chunked body": b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                             b"\r\nzz\r\nabc\r\n",
+    "too many headers": b"GET /c HTTP/1.1\r\n" + b"".join(
+        b"x-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("path", [b"a", b"slow"])
+@pytest.mark.parametrize("bad", BAD_AFTER_GOOD.values(), ids=BAD_AFTER_GOOD.keys())
+async def test_a_bad_pipelined_request_is_answered_after_the_good_ones(
+        server: H1Server, path: bytes, bad: bytes) -> None:
+    got = responses(await exchange(server, GOOD_POST % path + GOOD_POST % b"b" + bad))
+    assert [line for line, _, _ in got] == ["HTTP/1.1 200 OK"] * 2 + [got[-1][0]]
+    assert [json.loads(body)["path"] for _, _, body in got[:2]] == [f"/{path.decode()}", "/b"]
+    assert got[-1][0] in ("HTTP/1.1 400 Bad Request",
+                          "HTTP/1.1 431 Request Header Fields Too Large")
+    assert got[-1][1]["connection"] == "close" and "error" in json.loads(got[-1][2])
