@@ -96,6 +96,11 @@ class ServerSettings(_Frozen):
     # A request's headers must arrive within this (slowloris), and a body must not stall
     # longer between bytes; else 408 and close.
     header_timeout_s: float = Field(10.0, gt=0)
+    # A whole request body must arrive within this of its headers (else 408 and close),
+    # so a body trickled in a byte at a time holds an in-flight slot this long at most.
+    body_timeout_s: float = Field(60.0, gt=0)
+    # Requests whose body is still arriving, per client address (beyond: 503 and close).
+    max_uploads_per_client: int = Field(64, ge=1)
 
 
 Redaction = Literal["keep", "hash", "drop"]

@@ -6,8 +6,10 @@ call, and it sends a response in two writes (head, body), which wakes the caller
 This server does what a front door of these services needs and no more:
 
 - a response with a known length leaves in one write; otherwise it is chunked;
-- request headers must arrive within ``header_timeout_s`` of a request's start, and a
-  body the app waits for must not stall that long between bytes, else 408 and close
+- request headers must arrive within ``header_timeout_s`` of a request's start, a body
+  the app waits for must not stall that long between bytes, and a whole body must arrive
+  within ``body_timeout_s``, else 408 and close; at most ``max_uploads_per_client``
+  bodies arrive at once from one address (beyond: 503 and close)
   (slowloris, slow body); more than ``max_headers`` headers or ``max_header_bytes`` bytes
   (request line included) is a 431 while parsing, before anything is buffered beyond it;
 - idle keep-alive connections close after ``keepalive_timeout_s``;
@@ -38,7 +40,7 @@ import httptools
 from starlette.types import ASGIApp, Message
 
 from aios.config import ServerSettings
-from aios.errors import AiosError, HeadersTooLarge, InvalidInput, RequestTimeout
+from aios.errors import AiosError, HeadersTooLarge, InvalidInput, Overloaded, RequestTimeout
 from aios.rest import error_parts
 
 logger = logging.getLogger(__name__)
@@ -212,6 +214,8 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = 0
         self.header_deadline: float | None = None
         self.body_deadline: float | None = None  # while the app waits for body bytes
+        self.upload_deadline: float | None = None  # while a request's body is arriving
+        self._uploading = False  # counted in the server's uploads of this peer
         self.idle_deadline: float | None = None
         self._peer: Any = None
         self._sock: Any = None
@@ -241,6 +245,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
+        self._upload_done()
         for cycle in (self._cycle, self._parsing, *self._pipeline):
             if cycle is not None:
                 cycle.wake()
@@ -295,10 +300,15 @@ class _Connection(asyncio.Protocol):
         parsed = httptools.parse_url(self._url)
         raw_path = parsed.path
         method = self.parser.get_method().decode("ascii")
-        expect_100 = False
+        expect_100 = has_body = False
         for name, value in self._headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 expect_100 = True
+            elif (name == b"content-length" and value.strip(b"0 ")) or \
+                    name == b"transfer-encoding":
+                has_body = True
+        if has_body and not self._upload_started():
+            raise httptools.HttpParserError("too many uploads from this address")
         scope = {
             "type": "http", "asgi": _ASGI, "http_version": self.parser.get_http_version(),
             "server": self._sock, "client": self._peer, "scheme": "http", "method": method,
@@ -326,6 +336,7 @@ class _Connection(asyncio.Protocol):
             self.update_reading()
 
     def on_message_complete(self) -> None:
+        self._upload_done()
         cycle = self._parsing
         self._parsing = None
         if cycle is not None:
@@ -392,6 +403,33 @@ class _Connection(asyncio.Protocol):
             self._read_paused = False
             self.transport.resume_reading()
 
+    def _upload_started(self) -> bool:
+        """Count this connection's body against its peer's uploads and start the body's
+        deadline; False (and refused) when the peer has too many uploads already."""
+        settings = self.server.settings
+        peer = self._peer[0] if self._peer else None
+        uploads = self.server.uploads
+        if uploads.get(peer, 0) >= settings.max_uploads_per_client:
+            self.refuse_incoming(Overloaded(
+                f"more than {settings.max_uploads_per_client} request bodies arriving from "
+                "this address; retry shortly"))
+            return False
+        uploads[peer] = uploads.get(peer, 0) + 1
+        self._uploading = True
+        self.upload_deadline = self.loop.time() + settings.body_timeout_s
+        return True
+
+    def _upload_done(self) -> None:
+        self.upload_deadline = None
+        if self._uploading:
+            self._uploading = False
+            peer = self._peer[0] if self._peer else None
+            left = self.server.uploads[peer] - 1
+            if left:
+                self.server.uploads[peer] = left
+            else:
+                del self.server.uploads[peer]
+
     def refuse_incoming(self, exc: AiosError) -> None:
         """Refuse the request being received. Behind a request still being answered (and
         not that request's own body), the refusal waits for the answers before it: they
@@ -425,6 +463,10 @@ class _Connection(asyncio.Protocol):
         elif self.body_deadline is not None and now >= self.body_deadline:
             self.body_deadline = None
             self.refuse(RequestTimeout("request body not received in time"))
+        elif self.upload_deadline is not None and now >= self.upload_deadline:
+            self.upload_deadline = None
+            self.refuse(RequestTimeout(f"request body not received within "
+                                       f"{self.server.settings.body_timeout_s:g} s"))
         elif self.idle_deadline is not None and now >= self.idle_deadline:
             self.close()
 
@@ -440,6 +482,8 @@ class H1Server:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
+        # Per client address, its requests whose body is still arriving.
+        self.uploads: dict[Any, int] = {}
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None

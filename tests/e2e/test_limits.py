@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER
-from tests.helpers import bearer, gateway_config, infer_json, running
+from tests.helpers import bearer, gateway_config, infer_json, running, token
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 LIMIT = 64 * 1024
@@ -37,6 +37,7 @@ def small(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
         {"claims_risk": {"backend": "local"}, "slow": {"backend": "local"}},
         server={"max_body_bytes": LIMIT, "max_header_bytes": 4096, "max_headers": 30,
                 "max_concurrent_requests": 2, "header_timeout_s": 1,
+                "body_timeout_s": 2, "max_uploads_per_client": 1,
                 "keepalive_timeout_s": 1})
     with contextlib.ExitStack() as services:
         services.enter_context(running("gateway", config, http_port,
@@ -130,6 +131,53 @@ def test_slowloris_is_cut_off_with_408(small: Small) -> None:
     assert 0.9 < time.monotonic() - start < 3
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
     assert answer.endswith(b'{"error": "request headers not received in time"}')
+
+
+def _trickle(small: Small, source: str) -> socket.socket:
+    """A connection from ``source`` that sends a request's headers and then its body a
+    byte at a time, each byte within the between-bytes timeout."""
+    host, port = small.http.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+    sock.sendall(b"POST /v2/models/claims_risk/infer HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + token().encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
+def test_a_trickled_body_holds_no_slot_for_long(small: Small) -> None:
+    slow = _trickle(small, "127.0.0.2")
+    try:
+        start = time.monotonic()
+        # One address may have only max_uploads_per_client bodies arriving at once.
+        with _trickle(small, "127.0.0.2") as second:
+            assert _answer(second).startswith(b"HTTP/1.1 503 Service Unavailable")
+        # Clients elsewhere are served meanwhile (the cap holds a slot for them).
+        assert post(small, infer_json([CLAIM])).status_code == 200
+        answer = b""
+        while not answer:  # a byte every 0.5 s: never stalls past header_timeout_s
+            time.sleep(0.5)
+            with contextlib.suppress(OSError):
+                slow.sendall(b" ")
+            slow.settimeout(0.01)
+            try:
+                answer = slow.recv(4096)
+            except TimeoutError:
+                continue
+            slow.settimeout(5)
+            answer += _answer(slow)
+        assert 1.9 < time.monotonic() - start < 3.5
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert answer.endswith(b'{"error": "request body not received within 2 s"}')
+    finally:
+        slow.close()
+    assert post(small, infer_json([CLAIM])).status_code == 200
 
 
 def test_a_prompt_client_is_not_cut_off(small: Small) -> None:
