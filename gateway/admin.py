@@ -9,18 +9,16 @@ configured backends and the versions those backends serve, and is recorded with 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aios.config import GatewaySettings, ModelRoute, ShadowConfig, describe_validation
-from aios.errors import InvalidInput, NotFound, NotReady
-from aios.upstream import HttpUpstream
+from aios.errors import InvalidInput, NotFound
 from gateway.breaker import Breaker
 from gateway.routestore import Change, RouteStore, new_change, route_of, table_from_route
 from gateway.routing import ModelTable, Router
+from gateway.versions import VersionLookup
 
 
 class _Body(BaseModel):
@@ -57,30 +55,6 @@ def parse(model: type[BaseModel], data: Any) -> Any:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from exc
-
-
-class VersionLookup(Protocol):
-    """Which versions of a model a backend serves."""
-
-    async def versions(self, backend: str, model: str) -> set[str]:
-        """The versions ``backend`` serves of ``model`` (empty if it does not serve it)."""
-        ...
-
-
-class BackendVersions:
-    """Asks the backend (the sidecar, hence Triton) for the model's metadata."""
-
-    def __init__(self, http: Mapping[str, HttpUpstream]) -> None:
-        self._http = http
-
-    async def versions(self, backend: str, model: str) -> set[str]:
-        reply = await self._http[backend].request("GET", f"/v2/models/{model}", b"", ())
-        if reply.status == 404:
-            return set()
-        if reply.status != 200:
-            raise NotReady(f"cannot check versions: backend '{backend}' answered "
-                           f"{reply.status}")
-        return {str(v) for v in json.loads(reply.body).get("versions", [])}
 
 
 class RoutingAdmin:

@@ -34,7 +34,7 @@ from aios.plane import (
 from aios.serve import ServiceParts, run_service
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings, open_tracing
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
-from gateway.admin import BackendVersions, RoutingAdmin
+from gateway.admin import RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
 from gateway.admin_rest import AdminAuth, admin_routes
 from gateway.auth import Authenticator, Principal, build_authenticator
@@ -44,6 +44,7 @@ from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_clien
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
 from gateway.shadow import ShadowJob, ShadowRunner
+from gateway.versions import BackendVersions, ServedVersions
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ class GatewayPlane:
                  backends: Mapping[str, Backend], auth: Authenticator | None,
                  quotas: Quotas | None, breaker: Breaker, shadows: ShadowRunner,
                  metrics: RequestMetrics, registry: CollectorRegistry,
-                 tracing: Tracing) -> None:
+                 tracing: Tracing, versions: ServedVersions) -> None:
         self._tracing = tracing
+        self._versions = versions
         self._open_calls = settings.auth.open_model_calls
         self._router = router
         self._backends = dict(backends)
@@ -192,6 +194,8 @@ class GatewayPlane:
 
     async def _forward_rest(self, call: ModelCall) -> HttpReply:
         table = self._router.table(call.model)
+        if call.version:
+            await self._versions.check(table, call.version)
         admission = await self._admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
             key = self._sticky_key(table, admission, call.headers)
@@ -235,6 +239,8 @@ class GatewayPlane:
         if not model:
             raise InvalidInput("the request names no model")
         table = self._router.table(model)
+        if version:
+            await self._versions.check(table, version)
         kind = GRPC_CALL_KINDS[method.rsplit("/", 1)[1]]
         if kind == "infer":
             check_parameters(peek_parameters(payload))
@@ -301,11 +307,12 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
             {n: b.grpc for n, b in backends.items()},
             res.shadow_queue, res.shadow_concurrency, registry, tracing,
             linger_s=res.shadow_linger_s))
-        admin = RoutingAdmin(settings, router, store,
-                             BackendVersions({n: b.http for n, b in backends.items()}), breaker)
+        versions = BackendVersions({n: b.http for n, b in backends.items()})
+        admin = RoutingAdmin(settings, router, store, versions, breaker)
         admin_auth = AdminAuth(auth)
         plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,
-                             RequestMetrics(registry, "gateway"), registry, tracing)
+                             RequestMetrics(registry, "gateway"), registry, tracing,
+                             ServedVersions(versions))
         yield ServiceParts(plane, admin_routes(admin, admin_auth),
                            [register_admin(RoutingAdminService(admin, admin_auth))])
 

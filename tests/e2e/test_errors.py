@@ -14,7 +14,15 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from tests.conftest import Stack
-from tests.helpers import bearer, free_ports, http_ready, infer_json, refused_ports, running
+from tests.helpers import (
+    TEST_AUTH,
+    bearer,
+    free_ports,
+    http_ready,
+    infer_json,
+    refused_ports,
+    running,
+)
 
 CLAIM = [5255.7, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -106,7 +114,7 @@ def _start_lone(tmp: Path, service: str) -> Iterator[Lone]:
         dead = {"http": f"127.0.0.1:{dead_http}", "grpc": f"127.0.0.1:{dead_grpc}",
                 "connect_timeout_s": 1}
         server = {"http_port": http_port, "grpc_port": grpc_port}
-        section = ({"server": server, "backends": {"dead": dead},
+        section = ({"server": server, "backends": {"dead": dead}, "auth": TEST_AUTH,
                     "models": {"claims_risk": {"backend": "dead"}}}
                    if service == "gateway" else {"server": server, "triton": dead})
         with running(service, {service: section}, http_port, tmp):

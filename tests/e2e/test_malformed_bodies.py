@@ -179,3 +179,30 @@ def test_grpc_malformed_messages_are_client_errors(stack: Stack, hop: str, messa
 
 def test_the_table_covers_thirty_classes() -> None:
     assert len(REST) + len(GRPC) >= 30
+
+
+def test_a_version_nobody_serves_is_404_before_routing(stack: Stack) -> None:
+    made_up = [str(v) for v in range(900, 940)]
+    for version in made_up:
+        resp = httpx.post(f"http://{stack.gateway_http}/v2/models/claims_risk/versions/"
+                          f"{version}/infer", content=tensor(), headers=bearer(), timeout=30)
+        assert (resp.status_code, resp.json()) == (404, {
+            "error": f"Request for unknown model: 'claims_risk' version {version} is not found"})
+    grpc_call = service_pb2.ModelInferRequest.FromString(grpc_infer(fp32_contents=CLAIM))
+    grpc_call.model_version = "941"
+    with grpc.insecure_channel(stack.gateway_grpc) as channel, \
+            pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary(INFER)(grpc_call.SerializeToString(),
+                                   metadata=tuple(bearer().items()), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == ("Request for unknown model: 'claims_risk' version 941 is "
+                                    "not found")
+    served = httpx.post(f"http://{stack.gateway_http}/v2/models/claims_risk/versions/1/infer",
+                        content=tensor(), headers=bearer(), timeout=30)
+    assert (served.status_code, served.json()["model_version"]) == (200, "1")
+    metrics = httpx.get(f"http://{stack.gateway_http}/metrics").text
+    series = [line for line in metrics.splitlines() if line.startswith("aios_gateway_")]
+    assert not [line for line in series if 'version="9' in line], "no series per made-up one"
+    assert any('version="1"' in line for line in series)
+    sidecar = httpx.get(f"http://{stack.sidecar_http}/metrics").text
+    assert not [line for line in sidecar.splitlines() if 'version="9' in line]
