@@ -1,7 +1,9 @@
 """Where routing tables live: a JSON file (embedded default) or Redis (shared by replicas).
 
 Every change is committed against the revision it was based on (a stale one is a
-Conflict) and recorded with who made it, when, why, and the table before and after.
+Conflict) and recorded with who made it, when, why, and what it changed (`route_diff`:
+the fields that differ, before and after, so a change to one weight of a large table
+records one weight). Each store keeps the latest ``history_limit`` changes.
 With Redis, a change is published and every replica also polls revisions, so a replica
 that missed the message catches up within one poll interval.
 """
@@ -9,6 +11,7 @@ that missed the message catches up within one poll interval.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -104,12 +107,16 @@ class RouteStore(Protocol):
 
 
 class FileRouteStore:
-    """Tables in a JSON file (written atomically), history in a JSON-lines file beside it."""
+    """Tables in a JSON file (written atomically), history in a JSON-lines file beside it,
+    cut back to the latest ``history_limit`` changes once it holds a tenth more."""
 
-    def __init__(self, path: Path, poll_interval_s: float = 0.5) -> None:
+    def __init__(self, path: Path, poll_interval_s: float = 0.5,
+                 history_limit: int = 10_000) -> None:
         self._path = path
         self._poll_interval_s = poll_interval_s
         self._history = path.with_name(path.stem + "-history.jsonl")
+        self._history_limit = history_limit
+        self._history_lines: int | None = None  # counted on the first commit
         self._tables: dict[str, ModelTable] = {}
 
     async def load(self, seed: Mapping[str, ModelTable]) -> dict[str, ModelTable]:
@@ -135,14 +142,35 @@ class FileRouteStore:
                            f"not {base_revision}")
         self._tables[table.model] = table
         self._write()
+        await asyncio.to_thread(self._append, json.dumps(asdict(change)))
+
+    def _lines(self) -> list[str]:
+        try:
+            return self._history.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def _append(self, line: str) -> None:
+        if self._history_lines is None:
+            self._history_lines = len(self._lines())
         with self._history.open("a") as out:
-            out.write(json.dumps(asdict(change)) + "\n")
+            out.write(line + "\n")
+        self._history_lines += 1
+        if self._history_lines > self._history_limit + max(1, self._history_limit // 10):
+            kept = self._lines()[-self._history_limit:]
+            tmp = self._history.with_suffix(".tmp")
+            tmp.write_text("".join(f"{k}\n" for k in kept))
+            os.replace(tmp, self._history)
+            self._history_lines = len(kept)
+
+    def _read_history(self, model: str | None, limit: int) -> list[Change]:
+        changes = (Change(**json.loads(line)) for line in reversed(self._lines()))
+        return list(itertools.islice(
+            (c for c in changes if model is None or c.model == model), limit))
 
     async def history(self, model: str | None, limit: int) -> list[Change]:
-        if not self._history.exists():
-            return []
-        changes = [Change(**json.loads(line)) for line in self._history.read_text().splitlines()]
-        return [c for c in reversed(changes) if model is None or c.model == model][:limit]
+        # Off the event loop: the file may hold history_limit changes.
+        return await asyncio.to_thread(self._read_history, model, limit)
 
     async def watch(self, apply: Callable[[ModelTable], None]) -> None:
         # One gateway owns the file; a reader beside it (`aios envoy serve`) polls it.
@@ -269,11 +297,27 @@ class RedisRouteStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+def route_diff(before: Any, after: Any) -> tuple[Any, Any]:
+    """What differs between two route documents, as (before, after) holding only the
+    fields that changed (None on the side that lacks one); equal documents give ({}, {})."""
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return before, after
+    was, now = {}, {}
+    for key in sorted(set(before) | set(after), key=str):
+        b, a = before.get(key), after.get(key)
+        if b != a:
+            was[key], now[key] = route_diff(b, a)
+    return was, now
+
+
 def new_change(model: str, revision: int, who: str, action: str, reason: str,
                before: ModelTable | None, after: ModelTable) -> Change:
-    """A change record for the history."""
-    return Change(model, revision, who, time.time(), action, reason,
-                  route_of(before) if before else None, route_of(after))
+    """A change record for the history: the whole table when it is created, else what
+    changed."""
+    if before is None:
+        return Change(model, revision, who, time.time(), action, reason, None, route_of(after))
+    was, now = route_diff(route_of(before), route_of(after))
+    return Change(model, revision, who, time.time(), action, reason, was, now)
 
 
 def usable_tables(stored: Mapping[str, ModelTable], seed: Mapping[str, ModelTable],
@@ -296,7 +340,8 @@ def usable_tables(stored: Mapping[str, ModelTable], seed: Mapping[str, ModelTabl
 async def open_route_store(settings: GatewaySettings, stack: AsyncExitStack) -> RouteStore:
     """The configured store; a Redis client is closed with ``stack``."""
     if settings.routing.store == "file":
-        return FileRouteStore(settings.routing.state_file, settings.routing.poll_interval_s)
+        return FileRouteStore(settings.routing.state_file, settings.routing.poll_interval_s,
+                              settings.routing.history_limit)
     # A client of its own: pub/sub waits, and must not share the quota's short timeouts.
     client = aioredis.Redis.from_url(settings.routing.redis_url)
     stack.push_async_callback(client.aclose)
