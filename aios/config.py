@@ -336,6 +336,9 @@ class QuotaSettings(_Frozen):
     redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
     key_prefix: str = "aios:quota:"
     redis_timeout_ms: int = Field(50, ge=1, le=10_000)
+    # Opening the connection (once, and again after a fault): longer than a call, since a
+    # connect that times out sends every request of the retry interval to the fallback.
+    redis_connect_timeout_ms: int = Field(500, ge=1, le=60_000)
     # After a Redis failure, decide locally for this long before trying Redis again.
     redis_retry_interval_s: float = Field(1.0, gt=0)
     # fail_open falls back to 1/replicas of each limit.

@@ -254,7 +254,8 @@ class RedisLimiter:
 def redis_client(settings: QuotaSettings) -> PipelinedRedis:
     """A Redis client that fails fast: no retries; calls are bounded by the quota's
     timeout (`Quotas`), and so is connecting."""
-    return PipelinedRedis(settings.redis_url, settings.redis_timeout_ms / 1000)
+    return PipelinedRedis(settings.redis_url, settings.redis_timeout_ms / 1000,
+                          settings.redis_connect_timeout_ms / 1000)
 
 
 _PREPAID = Decision(True, 0, 0.0, 0.0, "")

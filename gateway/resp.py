@@ -3,10 +3,14 @@
 One connection carries every concurrent call: commands are written as they come and
 replies matched in order (RESP is ordered per connection), parsed by hiredis. Compared
 with a pooled client, a call costs no pool checkout, no lock and no per-read timer, and
-concurrent calls share a write. Every call is bounded by the client's timeout; a call
-that timed out leaves its slot in the queue, so later replies stay matched, and retires
-its connection (new calls open another). Errors are redis-py's exception classes, so
-callers handle one family.
+concurrent calls share a write. Every call is bounded by the client's timeout, counted
+from when its command is written, and a reply that has arrived is always read before a
+call is given up: so a timeout measures Redis, not our own event loop's lag (a busy
+loop that ran the timer before the write or before the read would otherwise fail calls
+Redis answered at once, and send quotas into their fallback). A call that timed out
+leaves its slot in the queue, so later replies stay matched, and retires its connection
+(new calls open another). Errors are redis-py's exception classes, so callers handle
+one family.
 """
 
 from __future__ import annotations
@@ -23,30 +27,48 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
+# Once a call's time is up, it is given up only after the event loop has polled its
+# sockets once more (a later timer, not one in the same pass of the loop's timers).
+READ_GRACE_S = 0.001
+
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self.pending: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.retired = False  # takes no new calls; closes once its replies are in
+        self._timeout_s = timeout_s
         self._out: list[bytes] = []
+        self._out_futures: list[asyncio.Future[Any]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def send(self, command: bytes) -> None:
-        """Queue ``command``; everything queued in one turn of the event loop leaves in
-        one write (one syscall, one wake-up of Redis) at the end of that turn."""
+    def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        """Queue ``command``, whose reply ``future`` awaits; everything queued in one turn
+        of the event loop leaves in one write (one syscall, one wake-up of Redis) at the
+        end of that turn, and the calls' time starts then."""
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(command)
+        self._out_futures.append(future)
 
     def _flush(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(b"".join(self._out))
+            # One timer for the whole write, rather than one armed and cancelled per call.
+            asyncio.get_running_loop().call_later(self._timeout_s, self._time_up,
+                                                  self._out_futures)
+            self._out_futures = []
+        else:
+            self._out_futures.clear()
         self._out.clear()
+
+    def _time_up(self, futures: list[asyncio.Future[Any]]) -> None:
+        if not all(f.done() for f in futures):
+            asyncio.get_running_loop().call_later(READ_GRACE_S, _expire_all, futures)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -91,9 +113,10 @@ def _error(reply: ResponseError) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else reply
 
 
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("Redis did not answer in time"))
+def _expire_all(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(TimeoutError("Redis did not answer in time"))
 
 
 class Script:
@@ -110,7 +133,8 @@ class PipelinedRedis:
     verified against the system's CAs or ``ssl_ca_certs``), opened on first use and again
     after it is lost."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, connect_timeout_s: float | None = None,
+                 ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} "
@@ -125,6 +149,9 @@ class PipelinedRedis:
         self._username = unquote(parts.username) if parts.username else None
         self._db = int(parts.path.lstrip("/") or 0)
         self._timeout = timeout_s
+        # Connecting (and AUTH, SELECT) is bounded by asyncio.timeout, which a busy loop
+        # can run out before it reads the answer: it gets a bound of its own.
+        self._connect_timeout = connect_timeout_s or timeout_s
         self._conn: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -143,9 +170,9 @@ class PipelinedRedis:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._timeout):
-                _, conn = await loop.create_connection(_Protocol, self._host, self._port,
-                                                       ssl=self._tls)
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Protocol(self._timeout),
+                                                       self._host, self._port, ssl=self._tls)
                 self._conn = conn
                 if self._password is not None:
                     user = (self._username,) if self._username else ()
@@ -162,7 +189,7 @@ class PipelinedRedis:
         assert conn.transport is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.pending.append(future)
-        conn.send(hiredis.pack_command(args))
+        conn.send(hiredis.pack_command(args), future)
         return future
 
     async def execute(self, *args: Any, undo: Sequence[Any] = ()) -> Any:
@@ -171,8 +198,6 @@ class PipelinedRedis:
         (timeout or cancellation) — the command still runs when Redis gets to it."""
         conn = await self._connection()
         future = self._send(conn, *args)
-        # A bare timer, not asyncio.timeout: this runs for every quota decision.
-        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
         try:
             return await future
         except (asyncio.CancelledError, TimeoutError):
@@ -184,8 +209,6 @@ class PipelinedRedis:
             # connection; this one finishes the calls it has and closes.
             conn.retire()
             raise
-        finally:
-            timer.cancel()
 
     async def run(self, script: Script, keys: list[str], args: list[Any],
                   undo: Sequence[Any] = ()) -> Any:

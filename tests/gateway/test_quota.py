@@ -340,3 +340,56 @@ async def test_a_redis_pause_leaves_no_orphaned_leases(own_redis: RedisServer) -
     finally:
         await checker.aclose()
         await client.aclose()
+
+
+ROUNDS = 20
+LAG_S = 0.08  # how long the loop is blocked after each wave: beyond redis_timeout_ms
+
+
+async def test_a_busy_loop_does_not_make_replicas_fail_open(redis_server: RedisServer) -> None:
+    """Three replicas share a tenant's quota through Redis while their loop is blocked
+    right after sending (as a flooded gateway's is), beyond the Redis timeout: Redis
+    answered at once, so nothing is decided by the fallback, and every round admits at
+    most burst + rate * t (+ each replica's prefetched stock)."""
+    tenant = TenantQuota(rate_per_s=50, burst=100)
+    s = settings(redis_server, redis_timeout_ms=50, replicas=3, default=tenant)
+    clients = [redis_client(s) for _ in range(3)]
+    registries = [CollectorRegistry() for _ in clients]
+    replicas = [Quotas(s, RedisLimiter(c, s.key_prefix, s.lease_ttl_s), LocalLimiter(), r)
+                for c, r in zip(clients, registries, strict=True)]
+    stock = 3 * Prefetch(s.prefetch_s, time.monotonic).chunk(
+        Limit(tenant.rate_per_s, tenant.burst, 0), 1)
+    loop = asyncio.get_running_loop()
+
+    async def one(replica: Quotas, tenant_name: str) -> bool:
+        try:
+            await replica.acquire(tenant_name, "m", 1)
+        except QuotaExceeded:
+            return False
+        return True
+
+    admitted = []
+    try:
+        for round_ in range(ROUNDS):
+            name = f"flood-{round_}"  # a fresh allowance each round
+            started = time.monotonic()
+            calls: list[asyncio.Future[bool]] = []
+            for _ in range(6):
+                wave = [asyncio.ensure_future(one(replicas[i % 3], name)) for i in range(60)]
+                # Runs after the wave's first steps, which send to Redis.
+                loop.call_soon(time.sleep, LAG_S)
+                await asyncio.sleep(0)
+                calls += wave
+            results = await asyncio.gather(*calls)
+            elapsed = time.monotonic() - started
+            admitted.append((sum(results), tenant.burst + tenant.rate_per_s * elapsed + stock))
+    finally:
+        for c in clients:
+            await c.aclose()
+    fallbacks = [sample.value for r in registries for metric in r.collect()
+                 if metric.name.endswith("unavailable_decisions")
+                 for sample in metric.samples if sample.name.endswith("_total")]
+    assert sum(fallbacks) == 0, "every decision came from Redis"
+    over = [(got, bound) for got, bound in admitted if got > bound]
+    assert not over, f"rounds over the shared bound (admitted, bound): {over}"
+    assert all(got >= tenant.burst for got, _ in admitted), admitted
