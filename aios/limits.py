@@ -1,7 +1,8 @@
 """Process-wide edge limits, the same on both front doors, and path normalisation.
 
 REST: a plain ASGI layer in front of everything normalises the path and, beyond the
-in-flight cap, answers a fast 503 with Retry-After (header sizes and timeouts are the
+in-flight cap (a request with a body counts once its body has arrived), answers a fast
+503 with Retry-After (header sizes and timeouts are the
 server's, `aios.h1server`). gRPC: an interceptor applies the same cap (metadata size is bounded
 by the server option).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aios.errors import AiosError, InvalidInput, Overloaded
 from aios.grpc_service import Handler, UnaryInterceptor
@@ -49,6 +50,12 @@ class InFlight:
         self.now -= 1
 
 
+# Methods whose requests carry a body: they count against the in-flight cap only once it
+# has arrived, so a body trickled in holds no slot (`server.body_timeout_s` and the
+# per-address upload cap bound such uploads themselves).
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 class RestLimits:
     """Path normalisation and the in-flight cap, before any other work is done."""
 
@@ -60,16 +67,30 @@ class RestLimits:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        in_flight = self._in_flight
+        entered = scope["method"] not in BODY_METHODS
         try:
             scope = normalized(scope)
-            self._in_flight.enter()
+            if entered:
+                in_flight.enter()
         except AiosError as exc:
             await send_response(send, *error_parts(exc))
             return
+
+        async def receive_counted() -> Message:
+            nonlocal entered
+            message = await receive()
+            if not entered and message["type"] == "http.request" and not message.get(
+                    "more_body", False):
+                in_flight.enter()  # Overloaded: the app answers it as it answers any error
+                entered = True
+            return message
+
         try:
-            await self._app(scope, receive, send)
+            await self._app(scope, receive if entered else receive_counted, send)
         finally:
-            self._in_flight.leave()
+            if entered:
+                in_flight.leave()
 
 
 class GrpcLimits(UnaryInterceptor):

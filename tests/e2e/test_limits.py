@@ -153,13 +153,16 @@ def _answer(sock: socket.socket) -> bytes:
 
 def test_a_trickled_body_holds_no_slot_for_long(small: Small) -> None:
     slow = _trickle(small, "127.0.0.2")
+    other = _trickle(small, "127.0.0.3")
     try:
         start = time.monotonic()
         # One address may have only max_uploads_per_client bodies arriving at once.
         with _trickle(small, "127.0.0.2") as second:
             assert _answer(second).startswith(b"HTTP/1.1 503 Service Unavailable")
-        # Clients elsewhere are served meanwhile (the cap holds a slot for them).
-        assert post(small, infer_json([CLAIM])).status_code == 200
+        # As many bodies arriving as the in-flight cap, and a prompt client is served:
+        # a request counts once its body is in.
+        for _ in range(3):
+            assert post(small, infer_json([CLAIM])).status_code == 200
         answer = b""
         while not answer:  # a byte every 0.5 s: never stalls past header_timeout_s
             time.sleep(0.5)
@@ -175,8 +178,10 @@ def test_a_trickled_body_holds_no_slot_for_long(small: Small) -> None:
         assert 1.9 < time.monotonic() - start < 3.5
         assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
         assert answer.endswith(b'{"error": "request body not received within 2 s"}')
+        assert _answer(other).startswith(b"HTTP/1.1 408 Request Timeout")
     finally:
         slow.close()
+        other.close()
     assert post(small, infer_json([CLAIM])).status_code == 200
 
 
