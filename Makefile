@@ -48,7 +48,7 @@ tools:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server"; exit 1; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check aios gateway sidecar tests loadtests
+	$(BIN)/ruff check aios aios_cli gateway sidecar tests loadtests
 	$(BIN)/mypy
 
 test: $(STAMP) $(MODELS) tools lint

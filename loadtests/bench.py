@@ -44,10 +44,10 @@ import numpy as np
 import yaml
 from tritonclient.grpc import service_pb2
 
-from aios.claims import synthesize_claims
 from aios.config import AuthSettings
-from aios.tokens import mint_token
 from aios.tracing import Tracing
+from aios_cli.claims import synthesize_claims
+from aios_cli.tokens import mint_token
 
 # Each run's own secret: the bench's gateways live only as long as the run.
 BENCH_AUTH = AuthSettings(hs256_secret=secrets.token_urlsafe(48))
@@ -144,7 +144,7 @@ class Stack:
     def aios(self, name: str, command: str, config: dict[str, Any], ready_port: int) -> None:
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.start(name, [sys.executable, "-m", "aios", command, "--config", str(path)],
+        self.start(name, [sys.executable, "-m", "aios_cli", command, "--config", str(path)],
                    command != "triton", f"http://127.0.0.1:{ready_port}/v2/health/ready")
 
     def stop(self) -> None:

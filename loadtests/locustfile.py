@@ -29,9 +29,9 @@ from locust import HttpUser, User, between, events, tag, task  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
-from aios.claims import synthesize_claims  # noqa: E402
 from aios.config import load_config  # noqa: E402
-from aios.tokens import mint_token  # noqa: E402
+from aios_cli.claims import synthesize_claims  # noqa: E402
+from aios_cli.tokens import mint_token  # noqa: E402
 
 CONFIG = load_config(Path(os.environ.get("AIOS_CONFIG", "deploy/local/stack.yaml")))
 GRPC_ADDRESS = os.environ.get(

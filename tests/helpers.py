@@ -119,7 +119,7 @@ def aios(*args: str, log: Path, cwd: Path = REPO,
     """Start ``aios ARGS`` in its own process group, output to ``log``; ``env`` adds to
     this process's environment."""
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "aios", *args], cwd=cwd,
+        return subprocess.Popen([sys.executable, "-m", "aios_cli", *args], cwd=cwd,
                                 env={**os.environ, **env} if env else None,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -202,7 +202,7 @@ def token(scope: str = "infer:*", tenant: str = TEST_TENANT, subject: str = "pyt
           ttl_s: int = 3600, **auth: Any) -> str:
     """A token signed with the secret the test stacks use."""
     from aios.config import AuthSettings
-    from aios.tokens import mint_token
+    from aios_cli.tokens import mint_token
 
     return mint_token(AuthSettings(**{**TEST_AUTH, **auth}), subject, tenant, scope, ttl_s)
 

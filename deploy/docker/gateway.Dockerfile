@@ -3,6 +3,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY aios aios
+COPY aios_cli aios_cli
 COPY gateway gateway
 COPY sidecar sidecar
 COPY proto proto

@@ -67,7 +67,7 @@ def test_rest_decision_is_recorded_with_who_what_and_why(stack: Stack) -> None:
     np.testing.assert_allclose(np.frombuffer(record.outputs[0].contents, "<f4"), served,
                                rtol=1e-6)
     assert record.latency_micros > 0 and record.parity_flags == []
-    out = subprocess.run([sys.executable, "-m", "aios", "audit", "show",
+    out = subprocess.run([sys.executable, "-m", "aios_cli", "audit", "show",
                           str(decisions(stack)), "--request-id", "rest-decision-1"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["tenant"] == "tests"

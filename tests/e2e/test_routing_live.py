@@ -231,7 +231,7 @@ def test_admin_over_grpc(canary: Gateway) -> None:
 
 def test_cli_sets_weights(canary: Gateway) -> None:
     def aios(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "aios", "routes", *args, "--url",
+        return subprocess.run([sys.executable, "-m", "aios_cli", "routes", *args, "--url",
                                canary.url, "--token", OPS["authorization"].split()[1]],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
 

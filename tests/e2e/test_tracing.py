@@ -19,8 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from aios.cli import tracing_settings
 from aios.tracing import Tracing
+from aios_cli.cli import tracing_settings
 from sidecar.audit import records
 from tests.e2e.test_errors import INFER, grpc_request
 from tests.helpers import (

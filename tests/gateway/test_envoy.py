@@ -244,7 +244,7 @@ async def test_export_reads_the_live_routing_table(tmp_path: Path) -> None:
     await store.commit(after, 1, Change("claims_risk", 2, "ops", 0.0, "weights", "", None, {}))
     out = tmp_path / "envoy.yaml"
     await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "aios", "envoy", "export", "--config", str(path),
+        subprocess.run, [sys.executable, "-m", "aios_cli", "envoy", "export", "--config", str(path),
                          "--out", str(out), "--ratelimit-out", str(tmp_path / "rl.yaml")],
         cwd=REPO, check=True, capture_output=True)
     data = yaml.safe_load(out.read_text())

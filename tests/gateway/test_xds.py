@@ -288,9 +288,9 @@ def test_envoy_serve_refuses_plain_text_beyond_loopback(tmp_path: Path, pki: dic
     port, metrics = free_ports(2)
     values = {"port": port, "server": pki["server"], "tmp": tmp_path}
     out = subprocess.run(
-        [sys.executable, "-m", "aios", "envoy", "serve", "--config", str(_serve_config(tmp_path)),
-         "--xds", f"0.0.0.0:{port}", "--metrics", f"127.0.0.1:{metrics}",
-         *(f.format(**values) for f in flags)],
+        [sys.executable, "-m", "aios_cli", "envoy", "serve", "--config",
+         str(_serve_config(tmp_path)), "--xds", f"0.0.0.0:{port}",
+         "--metrics", f"127.0.0.1:{metrics}", *(f.format(**values) for f in flags)],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert error.format(**values) in out.stderr and "Traceback" not in out.stderr

@@ -64,7 +64,7 @@ async def test_rotation_and_restart_continue_the_chain(tmp_path: Path) -> None:
 
 def audit_verify(directory: Path) -> subprocess.CompletedProcess[str]:
     """`aios audit verify DIR`, as an auditor runs it."""
-    return subprocess.run([sys.executable, "-m", "aios", "audit", "verify", str(directory)],
+    return subprocess.run([sys.executable, "-m", "aios_cli", "audit", "verify", str(directory)],
                           cwd=REPO, capture_output=True, text=True, check=False)
 
 

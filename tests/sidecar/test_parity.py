@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from aios.claims import synthesize_claims
 from aios.config import ParitySettings
 from aios.errors import Unprocessable
 from aios.profile import FEATURES, bin_index
+from aios_cli.claims import synthesize_claims
 from sidecar.parity import Parity, Window, ks, load_profiles, psi, schema_violations
 from tests.helpers import MODEL_REPO
 

@@ -25,8 +25,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from aios.claims import SEED, synthesize_claims
 from aios.profile import FEATURES, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, bin_index
+from aios_cli.claims import SEED, synthesize_claims
 
 logger = logging.getLogger(__name__)
 

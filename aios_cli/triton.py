@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from aios.config import TritonSettings
-from aios.process import Stop, child_preexec, raise_stop, stop_group, wait_ready
+from aios_cli.process import Stop, child_preexec, raise_stop, stop_group, wait_ready
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`aios.process.stop_group` across a launcher and its own child, with real processes."""
+"""`aios_cli.process.stop_group` across a launcher and its own child, with real processes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from aios.process import LAUNCHER_STOP_TIMEOUT_S, STOP_TIMEOUT_S, child_preexec, stop_group
+from aios_cli.process import LAUNCHER_STOP_TIMEOUT_S, STOP_TIMEOUT_S, child_preexec, stop_group
 from tests.helpers import REPO, alive
 
 # A launcher (as `aios triton`): starts a grandchild in its own group that takes SLOW_S to
 # stop (as a tritonserver unloading models), and stops it with stop_group(INNER_S).
 LAUNCHER = textwrap.dedent("""
     import signal, subprocess, sys
-    from aios.process import Stop, child_preexec, raise_stop, stop_group
+    from aios_cli.process import Stop, child_preexec, raise_stop, stop_group
     slow = ("import signal, time; signal.signal(signal.SIGTERM, lambda *a: None); "
             "print(flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", slow], start_new_session=True,

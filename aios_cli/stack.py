@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from aios.config import AuthSettings, StackConfig, load_auth
-from aios.process import (
+from aios_cli.process import (
     LAUNCHER_STOP_TIMEOUT_S,
     StartupError,
     Stop,
@@ -20,7 +20,7 @@ from aios.process import (
     stop_group,
     wait_ready,
 )
-from aios.tokens import mint_token
+from aios_cli.tokens import mint_token
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ EXAMPLE_CLAIM = [5255.708, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 
 def _spawn(command: str, config_path: Path) -> subprocess.Popen[bytes]:
     # Each child leads its own process group so that stopping it reaches its children.
-    return subprocess.Popen([sys.executable, "-m", "aios", command, "--config", str(config_path)],
-                            start_new_session=True, preexec_fn=child_preexec)
+    return subprocess.Popen([sys.executable, "-m", "aios_cli", command, "--config",
+                             str(config_path)], start_new_session=True, preexec_fn=child_preexec)
 
 
 def banner(config: StackConfig, auth: AuthSettings) -> str:

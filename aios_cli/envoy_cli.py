@@ -64,7 +64,7 @@ def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
 
 def cmd_serve(args: argparse.Namespace, config: StackConfig) -> int:
     """Serve Envoy's listeners, routes and clusters over ADS, following routing changes."""
-    from aios.cli import run_async
+    from aios_cli.runner import run_async
     from gateway.xds import run_xds
 
     return run_async(run_xds(config.gateway, _options(args), args.metrics))

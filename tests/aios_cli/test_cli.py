@@ -10,8 +10,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from aios.cli import main
 from aios.config import StackConfig, load_config
+from aios_cli.cli import main
 from tests.helpers import REPO, gateway_config, write_config
 
 COMMANDS = [["up"], ["gateway"], ["sidecar"], ["triton"], ["models", "build"], ["token"], []]
@@ -19,7 +19,7 @@ COMMANDS = [["up"], ["gateway"], ["sidecar"], ["triton"], ["models", "build"], [
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "aios")
 def test_help(command: list[str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "aios", *command, "--help"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "aios_cli", *command, "--help"], cwd=REPO,
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith(f"usage: aios {' '.join(command)}".rstrip())
 
@@ -70,7 +70,7 @@ def test_no_key_is_a_startup_error_naming_the_field(tmp_path: Path, command: str
     config["gateway"]["auth"] = {k: v.format(tmp=tmp_path) for k, v in auth.items()}
     config["gateway"]["routing"] = {"state_file": str(tmp_path / "routes.json")}
     path = write_config(tmp_path / "gateway.yaml", config)
-    out = subprocess.run([sys.executable, "-m", "aios", command, "--config", str(path)],
+    out = subprocess.run([sys.executable, "-m", "aios_cli", command, "--config", str(path)],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert error.format(tmp=tmp_path) in out.stderr
@@ -108,7 +108,7 @@ def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
         config["gateway"]["server"]["http_port"] = port
         config["gateway"]["routing"] = {"state_file": str(tmp_path / "routes.json")}
         path = write_config(tmp_path / "gateway.yaml", config)
-        out = subprocess.run([sys.executable, "-m", "aios", "gateway", "--config", str(path)],
+        out = subprocess.run([sys.executable, "-m", "aios_cli", "gateway", "--config", str(path)],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "cannot run:" in out.stderr and "address already in use" in out.stderr

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any
 
 from aios.config import StackConfig
-from aios.tokens import mint_token
+from aios_cli.tokens import mint_token
 
 TIMEOUT_S = 10.0
 

@@ -7,16 +7,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import uvloop
 
 from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_config
-from aios.envoy_cli import add_envoy_parser
-from aios.routes_cli import add_routes_parser
 from aios.tracing import TracingSettings
+from aios_cli.envoy_cli import add_envoy_parser
+from aios_cli.routes_cli import add_routes_parser
+from aios_cli.runner import run_async
 
 logger = logging.getLogger("aios")
 
@@ -35,20 +33,8 @@ def _config(args: argparse.Namespace) -> StackConfig:
     return load_config(path)
 
 
-def run_async(main: Coroutine[Any, Any, None]) -> int:
-    """Run a service on uvloop (asyncio's default loop costs more per call); the exit
-    status. An OS error at start (a port in use, a directory it cannot write) is one log
-    line and status 1, not a traceback."""
-    try:
-        uvloop.run(main)
-    except OSError as exc:
-        logger.error("cannot run: %s", exc)
-        return 1
-    return 0
-
-
 def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
-    from aios.stack import run_stack
+    from aios_cli.stack import run_stack
 
     return run_stack(config, args.config)
 
@@ -66,7 +52,7 @@ def tracing_settings(environ: Mapping[str, str], service: str) -> TracingSetting
 
 
 def _triton_tracing(environ: Mapping[str, str]) -> list[str]:
-    from aios.triton import trace_flags
+    from aios_cli.triton import trace_flags
 
     if not tracing_settings(environ, "triton").enabled:
         return []
@@ -90,8 +76,8 @@ def cmd_sidecar(_: argparse.Namespace, config: StackConfig) -> int:
 
 
 def cmd_triton(args: argparse.Namespace, config: StackConfig) -> int:
-    from aios.process import StartupError
-    from aios.triton import TritonError, run_triton
+    from aios_cli.process import StartupError
+    from aios_cli.triton import TritonError, run_triton
 
     settings = config.triton
     if args.model_repo is not None:
@@ -107,7 +93,7 @@ def cmd_triton(args: argparse.Namespace, config: StackConfig) -> int:
 
 def cmd_models_build(args: argparse.Namespace, config: StackConfig) -> int:
     try:
-        from aios.modelbuild import build
+        from aios_cli.modelbuild import build
     except ImportError as exc:
         logger.error("building models needs torch: install the 'triton' extra (%s)", exc)
         return 1
@@ -145,7 +131,7 @@ def cmd_audit_show(args: argparse.Namespace, _: StackConfig) -> int:
 
 
 def cmd_token(args: argparse.Namespace, config: StackConfig) -> int:
-    from aios.tokens import mint_token
+    from aios_cli.tokens import mint_token
 
     print(mint_token(config.gateway.auth, args.sub, args.tenant, args.scope, args.ttl))
     return 0

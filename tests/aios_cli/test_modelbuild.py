@@ -18,7 +18,7 @@ from tests.helpers import MODEL_REPO, REPO
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
-    subprocess.run([sys.executable, "-m", "aios", "models", "build", "--model-repo", str(repo)],
+    subprocess.run([sys.executable, "-m", "aios_cli", "models", "build", "--model-repo", str(repo)],
                    cwd=REPO, check=True, capture_output=True)
     return repo
 
