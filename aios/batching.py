@@ -8,10 +8,11 @@ layout) that arrive in the same event-loop turn, or while the key already has
 one reply per call. Nothing waits for company: a call alone in its turn with nothing
 out goes as it came, bytes unchanged.
 
-How a merged request looks is the caller's (`merged`): the sidecar merges tensors into one
-Triton request (`sidecar.batching`), the gateway wraps calls in an envelope for its
-sidecar (`aios.envelope`). `merged` returns None when nothing was done, and then every
-call is sent on its own; it raises an AiosError when the hop failed, and every call gets it.
+How a merged request looks is the `Merger`'s, given to the coalescer when it is made:
+the sidecar merges tensors into one Triton request (`sidecar.batching`), the gateway wraps
+calls in an envelope for its sidecar (`gateway.batching`). `together` returns None when
+nothing was done, and then every call is sent on its own; it raises an AiosError when the
+hop failed, and every call gets it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from aios.errors import AiosError
 from aios.kserve import InferHeader
 from aios.metrics import LoopHistogram
+from aios.tasks import Tasks
 from aios.tensors import Tensors
 from aios.upstream import HttpReply, HttpUpstream
 
 K = TypeVar("K", bound=Hashable)
+K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
 Q = TypeVar("Q", bound=Hashable)
 
 # How long an answer about the next hop (a model's config, whether it is a sidecar) is
@@ -98,30 +101,38 @@ class _Batch(Generic[K]):
     due: bool = False  # its loop turn is over; it waits for a request to come back
 
 
-Merged = Callable[[K, list[Waiting]], Awaitable[list[HttpReply] | None]]
+class Merger(Protocol[K_contra]):
+    """How calls of one key go to the next hop as one request."""
+
+    def rows(self, key: K_contra) -> int:
+        """Rows one merged request for ``key`` may hold (0: its calls are not merged)."""
+        ...
+
+    async def together(self, key: K_contra, calls: list[Waiting]) -> list[HttpReply] | None:
+        """Send ``calls`` as one request; their replies in order, or None if the next hop
+        did nothing with it (then each is sent alone)."""
+        ...
 
 
 class Coalescer(Generic[K]):
     """Forwards infer calls to one next hop, merging those of one key that meet."""
 
-    def __init__(self, http: HttpUpstream, limit: Callable[[K], int], merged: Merged[K],
-                 max_in_flight: int, calls_per_request: LoopHistogram) -> None:
+    def __init__(self, http: HttpUpstream, merger: Merger[K], max_in_flight: int,
+                 calls_per_request: LoopHistogram, tasks: Tasks) -> None:
         self._http = http
-        self._limit = limit
-        self._merged = merged
+        self._merger = merger
         self._max_in_flight = max_in_flight
         self._calls_per_request = calls_per_request
         self._open: dict[K, _Batch[K]] = {}
         self._in_flight: dict[K, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = tasks
 
     async def forward(self, key: K | None, path: str, body: bytes,
                       headers: list[tuple[str, str]], extra: Mapping[str, str] | None,
                       timeout_s: float | None, rows: int, request_id: str = "",
                       inputs: Tensors | None = None) -> HttpReply:
-        """Send one infer call, with others of its key where they meet. ``limit(key)``
-        rows fit in one merged request (0: this key is not merged)."""
-        limit = self._limit(key) if key is not None else 0
+        """Send one infer call, with others of its key where they meet."""
+        limit = self._merger.rows(key) if key is not None else 0
         if key is None or rows > limit:
             return await self._http.request("POST", path, body, headers, extra, timeout_s)
         loop = asyncio.get_running_loop()
@@ -138,17 +149,6 @@ class Coalescer(Generic[K]):
         batch.rows += rows
         return await waiting.reply
 
-    def spawn(self, work: Awaitable[Any]) -> None:
-        """Run ``work`` in the background, cancelled by `aclose`."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def aclose(self) -> None:
-        """Cancel what is still in flight (at shutdown)."""
-        for task in list(self._tasks):
-            task.cancel()
-
     def _close(self, key: K, batch: _Batch[K]) -> None:
         """The loop turn that opened ``batch`` is over: send it, unless its key already
         has its share of requests out; then it goes when one comes back, with whatever
@@ -163,7 +163,7 @@ class Coalescer(Generic[K]):
 
     def _send(self, batch: _Batch[K]) -> None:
         self._in_flight[batch.key] = self._in_flight.get(batch.key, 0) + 1
-        self.spawn(self._run(batch))
+        self._tasks.spawn(self._run(batch))
 
     async def _run(self, batch: _Batch[K]) -> None:
         live = [c for c in batch.calls if not c.reply.done()]  # a cancelled caller left
@@ -195,7 +195,7 @@ class Coalescer(Generic[K]):
 
     async def _together(self, key: K, calls: list[Waiting]) -> None:
         try:
-            replies = await self._merged(key, calls)
+            replies = await self._merger.together(key, calls)
         except AiosError as exc:
             for call in calls:
                 _settle(call, exc)
@@ -213,10 +213,9 @@ class Asked(Generic[Q]):
     and trusted for ANSWER_TTL_S: until the first answer, 0 (calls go alone meanwhile,
     never waiting for it); a stale answer stands while it is asked again."""
 
-    def __init__(self, ask: Callable[[Q], Awaitable[int]],
-                 spawn: Callable[[Awaitable[Any]], None]) -> None:
+    def __init__(self, ask: Callable[[Q], Awaitable[int]], tasks: Tasks) -> None:
         self._ask = ask
-        self._spawn = spawn
+        self._tasks = tasks
         self._answers: dict[Q, tuple[int, float]] = {}
         self._asking: set[Q] = set()
 
@@ -225,7 +224,7 @@ class Asked(Generic[Q]):
         rows, until = self._answers.get(question, (0, 0.0))
         if until <= time.monotonic() and question not in self._asking:
             self._asking.add(question)
-            self._spawn(self._refresh(question))
+            self._tasks.spawn(self._refresh(question))
         return rows
 
     async def _refresh(self, question: Q) -> None:

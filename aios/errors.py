@@ -1,16 +1,21 @@
 """The one exception tree of both services.
 
-Each class knows its HTTP status and gRPC code; they are mapped to responses in exactly
-two places: `aios.rest.error_response` (REST) and `aios.grpc_service.ErrorInterceptor`
-(gRPC). Third-party errors are translated into these at the boundary that meets them.
+Each class knows its HTTP status and gRPC code, and that is the only table: the
+translation between HTTP statuses and gRPC codes (a gRPC hop's error answered over REST,
+a REST hop's over gRPC) is read off the classes (`grpc_code_for`, `http_status_for`).
+An error becomes a response in one function per protocol: `error_parts` (REST: status,
+headers, KServe JSON body) and `aios.grpc_service.abort` (gRPC). Third-party errors are
+translated into these at the boundary that meets them.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import ClassVar
 
 import grpc
+
+JSON_ERROR = "application/json"
 
 
 class AiosError(Exception):
@@ -111,39 +116,10 @@ class UpstreamTimeout(AiosError):
 class UpstreamRejected(AiosError):
     """The next hop answered a gRPC call with an error status: passed on as it is."""
 
-    _HTTP_BY_CODE: ClassVar[dict[grpc.StatusCode, int]] = {
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.UNAUTHENTICATED: 401,
-        grpc.StatusCode.PERMISSION_DENIED: 403,
-        grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-        grpc.StatusCode.UNAVAILABLE: 503,
-        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-        grpc.StatusCode.UNIMPLEMENTED: 501,
-    }
-
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.grpc_code = code
-        self.http_status = self._HTTP_BY_CODE.get(code, 502)
-
-
-# The gRPC status of a call answered over REST with an HTTP status: the one a gRPC
-# server answers for the same error (Triton's two front ends, and ours, agree on these).
-_GRPC_BY_HTTP = {
-    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.ABORTED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED, 431: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED, 502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-def grpc_code_for(http_status: int) -> grpc.StatusCode:
-    """The gRPC status that stands for an HTTP error status (INTERNAL if none does)."""
-    return _GRPC_BY_HTTP.get(http_status, grpc.StatusCode.INTERNAL)
+        self.http_status = http_status_for(code)
 
 
 class QuotaExceeded(AiosError):
@@ -182,3 +158,45 @@ class Conflict(AiosError):
 
 class LogUnavailable(NotReady):
     """The decision could not be recorded, so it is not released (sync mode)."""
+
+
+class Unimplemented(AiosError):
+    """An API the gateway does not serve."""
+
+    http_status = 501
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+# The classes whose (HTTP status, gRPC code) pairs translate one protocol's error into
+# the other's; where several share a gRPC code, the first listed stands for it.
+_TRANSLATING: tuple[type[AiosError], ...] = (
+    InvalidInput, Unauthenticated, Forbidden, NotFound, UpstreamTimeout, Conflict,
+    QuotaExceeded, Unimplemented, NotReady, UpstreamUnavailable, RequestTimeout,
+    PayloadTooLarge, Unprocessable, HeadersTooLarge,
+)
+_GRPC_BY_HTTP = {c.http_status: c.grpc_code for c in _TRANSLATING}
+_HTTP_BY_GRPC: dict[grpc.StatusCode, int] = {}
+for _error in _TRANSLATING:
+    _HTTP_BY_GRPC.setdefault(_error.grpc_code, _error.http_status)
+
+
+def grpc_code_for(http_status: int) -> grpc.StatusCode:
+    """The gRPC status that stands for an HTTP error status (INTERNAL if none does)."""
+    return _GRPC_BY_HTTP.get(http_status, grpc.StatusCode.INTERNAL)
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    """The HTTP status that stands for a gRPC error code (502 if none does: the next hop
+    failed in a way we cannot name)."""
+    return _HTTP_BY_GRPC.get(code, 502)
+
+
+def error_body(message: str) -> bytes:
+    """KServe's error shape: ``{"error": "..."}``."""
+    return json.dumps({"error": message}).encode()
+
+
+def error_parts(exc: AiosError) -> tuple[int, dict[str, str], bytes]:
+    """The REST rendering of an AiosError: status, headers, KServe JSON body."""
+    return exc.http_status, {**exc.headers(), "content-type": JSON_ERROR}, \
+        error_body(exc.message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -95,6 +95,12 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+async def abort(context: grpc.aio.ServicerContext, exc: AiosError) -> NoReturn:
+    """The gRPC rendering of an AiosError: its code and message as the call's status."""
+    await context.abort(exc.grpc_code, exc.message)
+    raise AssertionError("unreachable: abort raises")
+
+
 class ErrorInterceptor(UnaryInterceptor):
     """Maps AiosError to its gRPC status; anything unexpected to INTERNAL, logged here."""
 
@@ -103,10 +109,9 @@ class ErrorInterceptor(UnaryInterceptor):
             try:
                 return await inner(request, context)
             except AiosError as exc:
-                await context.abort(exc.grpc_code, exc.message)
+                await abort(context, exc)
             except Exception:
                 logger.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            raise AssertionError("unreachable: abort raises")
+                await abort(context, AiosError("internal error"))
 
         return guarded

@@ -33,6 +33,7 @@ import contextlib
 import http
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -40,8 +41,15 @@ import httptools
 from starlette.types import ASGIApp, Message
 
 from aios.config import ServerSettings
-from aios.errors import AiosError, HeadersTooLarge, InvalidInput, Overloaded, RequestTimeout
-from aios.rest import error_parts
+from aios.errors import (
+    AiosError,
+    HeadersTooLarge,
+    InvalidInput,
+    Overloaded,
+    RequestTimeout,
+    error_parts,
+)
+from aios.tasks import Tasks
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +493,7 @@ class H1Server:
         # Per client address, its requests whose body is still arriving.
         self.uploads: dict[Any, int] = {}
         self.stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()  # the requests being answered
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -496,10 +504,8 @@ class H1Server:
             reuse_address=True, backlog=2048)
         self._sweeper = asyncio.create_task(self._sweep())
 
-    def spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
 
     async def _sweep(self) -> None:
         while True:

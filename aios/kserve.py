@@ -7,7 +7,6 @@ protobuf message on gRPC, which `peek_model` reads without parsing the tensors.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,11 +43,6 @@ def check_parameters(names: Iterable[str]) -> None:
     for name in names:
         if name in RESERVED_PARAMETERS or name.startswith("triton_"):
             raise InvalidInput(f"parameter '{name}' is reserved and cannot be set by clients")
-
-
-def error_body(message: str) -> bytes:
-    """KServe's error shape: ``{"error": "..."}``."""
-    return json.dumps({"error": message}).encode()
 
 
 def error_text(body: bytes) -> str:

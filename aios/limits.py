@@ -16,9 +16,9 @@ import grpc
 import grpc.aio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aios.errors import AiosError, InvalidInput, Overloaded
-from aios.grpc_service import Handler, UnaryInterceptor
-from aios.rest import error_parts, send_response
+from aios.errors import AiosError, InvalidInput, Overloaded, error_parts
+from aios.grpc_service import Handler, UnaryInterceptor, abort
+from aios.rest import send_response
 
 
 def normalized(scope: Scope) -> Scope:
@@ -107,7 +107,7 @@ class GrpcLimits(UnaryInterceptor):
             try:
                 in_flight.enter()
             except Overloaded as exc:
-                await context.abort(exc.grpc_code, exc.message)
+                await abort(context, exc)
             try:
                 return await inner(request, context)
             finally:

@@ -54,6 +54,12 @@ GRPC_CALL_KINDS = {"ModelMetadata": "metadata", "ModelReady": "ready", "ModelCon
                    "ModelStatistics": "stats", "ModelInfer": "infer"}
 
 
+def model_path(model: str, version: str = "", tail: str = "") -> str:
+    """A model's REST path: ``/v2/models/<model>[/versions/<version>]<tail>``."""
+    return f"/v2/models/{model}/versions/{version}{tail}" if version else \
+        f"/v2/models/{model}{tail}"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelCall:
     """A REST call addressed to a model: ``/v2/models/<model>[/versions/<v>]<tail>``."""
@@ -80,8 +86,7 @@ class ModelCall:
     @property
     def upstream_path(self) -> str:
         """The path to forward, with the version this call is addressed to."""
-        versioned = f"/versions/{self.version}" if self.version else ""
-        return f"/v2/models/{self.model}{versioned}{self.tail}"
+        return model_path(self.model, self.version, self.tail)
 
 
 class KServePlane(Protocol):

@@ -1,8 +1,5 @@
-"""The REST adapter: KServe v2 routes over a `KServePlane`, errors in KServe's shape.
-
-This is one of the two places where `AiosError` becomes a response (the other is the
-gRPC interceptor in `aios.grpc_service`).
-"""
+"""The REST adapter: KServe v2 routes over a `KServePlane`, errors in KServe's shape
+(`aios.errors.error_parts`)."""
 
 from __future__ import annotations
 
@@ -22,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aios import __version__
 from aios.envelope import BATCH_PATH
-from aios.errors import AiosError, NotFound, PayloadTooLarge
-from aios.kserve import error_body, json_header_length, validate_infer_request
+from aios.errors import JSON_ERROR, AiosError, NotFound, PayloadTooLarge, error_body, error_parts
+from aios.kserve import json_header_length, validate_infer_request
 from aios.plane import (
     CALL_KINDS,
     MODEL_NAME,
@@ -40,7 +37,6 @@ PREFIX = "/v2/models/"
 
 _MODEL_PATH = re.compile(
     rf"^(?P<model>{MODEL_NAME})(?:/versions/(?P<version>[0-9]+))?(?P<tail>/[a-z]+)?$")
-JSON_ERROR = "application/json"
 
 
 def parse_model_path(rest: str) -> tuple[str, str, str]:
@@ -50,12 +46,6 @@ def parse_model_path(rest: str) -> tuple[str, str, str]:
             match["model"]):
         raise NotFound(f"no such endpoint: /v2/models/{rest}")
     return match["model"], match["version"] or "", match["tail"] or ""
-
-
-def error_parts(exc: AiosError) -> tuple[int, dict[str, str], bytes]:
-    """The REST rendering of an AiosError: status, headers, KServe JSON body."""
-    return exc.http_status, {**exc.headers(), "content-type": JSON_ERROR}, \
-        error_body(exc.message)
 
 
 def error_response(exc: AiosError) -> Response:

@@ -28,7 +28,8 @@ from aios.errors import AiosError, InvalidInput, UpstreamUnavailable, grpc_code_
 from aios.grpcjson import request_json, response_message
 from aios.kserve import error_text, peek_model, validate_infer_request
 from aios.metrics import LoopHistogram
-from aios.plane import PROTOCOL_HEADER, valid_model_name, valid_version
+from aios.plane import PROTOCOL_HEADER, model_path, valid_model_name, valid_version
+from aios.tasks import Tasks
 from aios.upstream import (
     GrpcReply,
     GrpcUpstream,
@@ -50,6 +51,52 @@ INFER_METHOD = "/ModelInfer"
 EnvelopeKey = tuple[float | None]
 
 
+class Envelopes:
+    """How calls to one backend go together: in an envelope, if the backend is a sidecar
+    (asked in the background; until it has answered, none go together)."""
+
+    def __init__(self, name: str, http: HttpUpstream, max_rows: int, tasks: Tasks) -> None:
+        self._name = name
+        self._http = http
+        self._max_rows = max_rows
+        self._sidecar: Asked[str] = Asked(self._rows_if_sidecar, tasks)
+
+    def rows(self, key: EnvelopeKey) -> int:
+        """Rows an envelope to this backend may hold (0: it takes none), whatever its
+        timeout."""
+        return self._sidecar.rows(self._name)
+
+    async def _rows_if_sidecar(self, name: str) -> int:
+        try:
+            reply = await self._http.request("GET", "/v2", b"", ())
+            if reply.status == 200 and orjson.loads(reply.body).get("name") == SIDECAR_NAME:
+                return self._max_rows
+        except (AiosError, orjson.JSONDecodeError, AttributeError) as exc:
+            logger.info("backend %r: cannot tell whether it takes envelopes: %s", name, exc)
+        return 0
+
+    async def together(self, key: EnvelopeKey, calls: list[Waiting]) -> list[HttpReply] | None:
+        """The calls in one envelope; None if the backend refused it as a whole."""
+        envelope = encode_calls([(c.path, outgoing(c.headers, c.extra), c.body)
+                                 for c in calls])
+        reply = await self._http.request("POST", BATCH_PATH, envelope, JSON_HEADERS.items(),
+                                         None, key[0])
+        if reply.status != 200:
+            # The envelope was refused as a whole (too large, overloaded, not a sidecar
+            # after all): no call was answered, so each goes on its own.
+            logger.debug("backend %r refused an envelope of %d calls: %d", self._name,
+                         len(calls), reply.status)
+            return None
+        try:
+            answers = decode_answers(reply.body, len(calls))
+        except (ValueError, KeyError, TypeError) as exc:
+            # The calls were answered, so sending them again would decide them twice.
+            raise UpstreamUnavailable(
+                f"backend {self._name!r} answered an envelope of calls malformed") from exc
+        return [HttpReply(status, kept_response_headers(headers.items()), body)
+                for status, headers, body in answers]
+
+
 class BackendBatching:
     """Envelopes of calls to one backend, if it is a sidecar."""
 
@@ -57,12 +104,10 @@ class BackendBatching:
                  calls_per_request: LoopHistogram) -> None:
         self._name = name
         self._http = http
-        self._max_rows = max_rows
-        # Rows an envelope may hold: none until the backend said it is a sidecar.
+        self.tasks = Tasks()
+        self._envelopes = Envelopes(name, http, max_rows, self.tasks)
         self.coalescer: Coalescer[EnvelopeKey] = Coalescer(
-            http, lambda _: self._sidecar.rows(name), self._merged, max_in_flight,
-            calls_per_request)
-        self._sidecar: Asked[str] = Asked(self._rows_if_sidecar, self.coalescer.spawn)
+            http, self._envelopes, max_in_flight, calls_per_request, self.tasks)
 
     async def request(self, method: str, path: str, body: bytes,
                       headers: Iterable[tuple[str, str]],
@@ -96,7 +141,7 @@ class BackendBatching:
         over gRPC (not a sidecar, binary metadata, a request JSON would not carry exactly,
         more rows than an envelope holds).
         An error status is raised as the one a gRPC hop would have given."""
-        rows = self._sidecar.rows(self._name)
+        rows = self._envelopes.rows((timeout_s,))
         if not rows or any(not isinstance(value, str) for _, value in metadata):
             return None
         converted = request_json(payload)
@@ -116,35 +161,6 @@ class BackendBatching:
         except ValueError as exc:
             raise UpstreamUnavailable(
                 f"backend {self._name!r} answered a gRPC call malformed") from exc
-
-    async def _rows_if_sidecar(self, name: str) -> int:
-        try:
-            reply = await self._http.request("GET", "/v2", b"", ())
-            if reply.status == 200 and orjson.loads(reply.body).get("name") == SIDECAR_NAME:
-                return self._max_rows
-        except (AiosError, orjson.JSONDecodeError, AttributeError) as exc:
-            logger.info("backend %r: cannot tell whether it takes envelopes: %s", name, exc)
-        return 0
-
-    async def _merged(self, key: EnvelopeKey, calls: list[Waiting]) -> list[HttpReply] | None:
-        envelope = encode_calls([(c.path, outgoing(c.headers, c.extra), c.body)
-                                 for c in calls])
-        reply = await self._http.request("POST", BATCH_PATH, envelope, JSON_HEADERS.items(),
-                                         None, key[0])
-        if reply.status != 200:
-            # The envelope was refused as a whole (too large, overloaded, not a sidecar
-            # after all): no call was answered, so each goes on its own.
-            logger.debug("backend %r refused an envelope of %d calls: %d", self._name,
-                         len(calls), reply.status)
-            return None
-        try:
-            answers = decode_answers(reply.body, len(calls))
-        except (ValueError, KeyError, TypeError) as exc:
-            # The calls were answered, so sending them again would decide them twice.
-            raise UpstreamUnavailable(
-                f"backend {self._name!r} answered an envelope of calls malformed") from exc
-        return [HttpReply(status, kept_response_headers(headers.items()), body)
-                for status, headers, body in answers]
 
 
 class GrpcCalls:
@@ -174,8 +190,7 @@ def infer_path(payload: bytes) -> str | None:
     model, version = peek_model(payload)
     if not (valid_model_name(model) and valid_version(version)):
         return None
-    versioned = f"/versions/{version}" if version else ""
-    return f"/v2/models/{model}{versioned}/infer"
+    return model_path(model, version, "/infer")
 
 
 def calls_histogram(registry: CollectorRegistry) -> LoopHistogram:

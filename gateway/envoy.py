@@ -140,7 +140,7 @@ from aios.config import (
     UpstreamSettings,
     split_address,
 )
-from aios.kserve import error_body
+from aios.errors import error_body
 from aios.plane import (
     REVISION_HEADER,
     SHADOW_HEADER,

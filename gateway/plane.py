@@ -30,6 +30,7 @@ from aios.plane import (
     TENANT_HEADER,
     ModelCall,
     header_value,
+    model_path,
 )
 from aios.serve import ServiceParts, run_service
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings, open_tracing
@@ -204,8 +205,7 @@ class GatewayPlane:
 
             async def send(route: Route) -> HttpReply:
                 backend = self._backends[route.backend]
-                versioned = f"/versions/{route.version}" if route.version else ""
-                path = f"/v2/models/{call.model}{versioned}{call.tail}"
+                path = model_path(call.model, route.version, call.tail)
                 extra = {**admission.identity(), **route_headers(route),
                          **self._tracing.inject()}
                 if mergeable and backend.batching is not None:
@@ -282,7 +282,7 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
             if calls is not None:
                 batching = BackendBatching(name, http, settings.batching.max_rows,
                                            settings.batching.max_in_flight, calls)
-                stack.push_async_callback(batching.coalescer.aclose)
+                stack.push_async_callback(batching.tasks.aclose)
             grpc = await stack.enter_async_context(GrpcUpstream(name, upstream, limit))
             backends[name] = Backend(http, GrpcCalls(grpc, batching), batching)
         auth = build_authenticator(settings.auth, registry) if settings.auth.enabled else None

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from aios.config import QuotaSettings, TenantQuota
 from aios.errors import QuotaExceeded, QuotaUnavailable
+from aios.tasks import Tasks
 from gateway.resp import PipelinedRedis, Script
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ class Quotas:
         self._redis_down_until = 0.0
         self._unreachable_since_log = 0
         self._last_log = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()  # lease releases on their way
         self.rejections = Counter(
             "aios_gateway_quota_rejections", "Requests refused by quota",
             ("tenant", "model", "reason"), registry=registry)
@@ -381,9 +382,7 @@ class Quotas:
         """Give a request's slot back, off the response path."""
         if not lease.held:
             return
-        task = asyncio.create_task(self._release(lease))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._release(lease))
 
     async def _release(self, lease: Lease) -> None:
         try:

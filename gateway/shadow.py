@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from aios.errors import AiosError
 from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
-from aios.plane import SHADOW_HEADER
+from aios.plane import SHADOW_HEADER, model_path
+from aios.tasks import Tasks
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.tracing import Tracing
 from aios.upstream import GrpcReply, HttpReply, Metadata
@@ -124,8 +125,7 @@ class ShadowRunner:
         self._slots = asyncio.Semaphore(concurrency)
         self._linger_s = linger_s
         self._rng = rng
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()  # the dispatcher and the batches in flight
         self.metrics = ShadowMetrics(registry)
 
     def sampled(self, spec: ShadowSpec | None) -> bool:
@@ -140,14 +140,11 @@ class ShadowRunner:
             self.metrics.dropped.labels(job.model).inc()
 
     async def __aenter__(self) -> ShadowRunner:
-        self._dispatcher = asyncio.create_task(self._dispatch())
+        self._tasks.spawn(self._dispatch())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        tasks = [*self._batches, *([self._dispatcher] if self._dispatcher else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
 
     async def _dispatch(self) -> None:
         while True:
@@ -157,9 +154,7 @@ class ShadowRunner:
             while len(jobs) < SHADOW_BATCH and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             await self._slots.acquire()
-            task = asyncio.create_task(self._batch(jobs))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            self._tasks.spawn(self._batch(jobs))
 
     async def _batch(self, jobs: list[ShadowJob]) -> None:
         try:
@@ -185,9 +180,8 @@ class ShadowRunner:
             # A deadline on this task (`wait_for` would run the call in a task of its own).
             async with asyncio.timeout(spec.timeout_s):
                 if isinstance(job.primary, HttpReply):
-                    versioned = f"/versions/{spec.version}" if spec.version else ""
                     reply = await self._http[spec.backend].request(
-                        "POST", f"/v2/models/{spec.model}{versioned}/infer", job.payload,
+                        "POST", model_path(spec.model, spec.version, "/infer"), job.payload,
                         job.headers, extra)
                     if reply.status != 200:
                         self.metrics.requests.labels(job.model, label, "error").inc()

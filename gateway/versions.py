@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aios.errors import NotFound, NotReady
+from aios.plane import model_path
 from aios.upstream import HttpUpstream
 from gateway.routing import ModelTable
 
@@ -35,7 +36,7 @@ class BackendVersions:
         self._http = http
 
     async def versions(self, backend: str, model: str) -> set[str]:
-        reply = await self._http[backend].request("GET", f"/v2/models/{model}", b"", ())
+        reply = await self._http[backend].request("GET", model_path(model), b"", ())
         if reply.status == 404:
             return set()
         if reply.status != 200:

@@ -40,6 +40,8 @@ from aios.batching import (
 from aios.errors import AiosError
 from aios.kserve import InferHeader
 from aios.metrics import LoopHistogram
+from aios.plane import model_path
+from aios.tasks import Tasks
 from aios.tensors import Tensors
 from aios.upstream import HttpReply, HttpUpstream
 
@@ -128,32 +130,25 @@ def split_reply(body: bytes, rows: Sequence[int], ids: Sequence[str]) -> list[by
     return None if replies is None else [orjson.dumps(one) for one in replies]
 
 
-class TritonBatching:
-    """Which models Triton lets us merge calls for (from their config), and the merged
-    requests themselves."""
+class TritonMerger:
+    """Which models Triton lets us merge calls for (from their config, asked in the
+    background), and the merged requests themselves."""
 
-    def __init__(self, http: HttpUpstream, max_rows: int, max_in_flight: int,
-                 registry: CollectorRegistry) -> None:
+    def __init__(self, http: HttpUpstream, max_rows: int, tasks: Tasks) -> None:
         self._http = http
         self._max_rows = max_rows
-        self.calls = calls = LoopHistogram(
-            "aios_sidecar_calls_per_triton_request",
-            "Mergeable infer calls per request sent to Triton (1: sent alone)", (),
-            CALLS_BUCKETS, registry)
-        self.coalescer: Coalescer[BatchKey] = Coalescer(
-            http, lambda key: self.rows(key[0], key[1]), self._merged, max_in_flight, calls)
-        self._models: Asked[tuple[str, str]] = Asked(self._max_rows_of, self.coalescer.spawn)
+        self._models: Asked[tuple[str, str]] = Asked(self._max_rows_of, tasks)
 
-    def rows(self, model: str, version: str) -> int:
-        """How many rows one Triton request for this model version may carry (0: calls
-        for it are not merged)."""
-        return self._models.rows((model, version))
+    def rows(self, key: BatchKey) -> int:
+        """How many rows one Triton request for this key's model version may carry (0:
+        calls for it are not merged)."""
+        return self._models.rows((key[0], key[1]))
 
     async def _max_rows_of(self, model: tuple[str, str]) -> int:
         """Rows a merged request for this model version may hold, from its Triton config
         (0: Triton does not batch it, so neither do we)."""
         name, version = model
-        path = f"/v2/models/{name}{f'/versions/{version}' if version else ''}/config"
+        path = model_path(name, version, "/config")
         try:
             reply = await self._http.request("GET", path, b"", ())
             if reply.status == 200:
@@ -166,7 +161,8 @@ class TritonBatching:
                         version, exc)
         return 0
 
-    async def _merged(self, key: BatchKey, calls: list[Waiting]) -> list[HttpReply] | None:
+    async def together(self, key: BatchKey, calls: list[Waiting]) -> list[HttpReply] | None:
+        """The calls as one Triton request; None if Triton refused it."""
         body = merge_body(key, [c.inputs for c in calls])
         reply = await self._http.request("POST", calls[0].path, body, JSON_HEADERS.items())
         replies = split_reply(reply.body, [c.rows for c in calls],
@@ -178,3 +174,22 @@ class TritonBatching:
                           len(calls), reply.status)
             return None
         return [HttpReply(200, JSON_HEADERS, one) for one in replies]
+
+
+class TritonBatching:
+    """Calls to Triton merged where they meet (`aios.batching.Coalescer`)."""
+
+    def __init__(self, http: HttpUpstream, max_rows: int, max_in_flight: int,
+                 registry: CollectorRegistry) -> None:
+        self.calls = LoopHistogram(
+            "aios_sidecar_calls_per_triton_request",
+            "Mergeable infer calls per request sent to Triton (1: sent alone)", (),
+            CALLS_BUCKETS, registry)
+        self.tasks = Tasks()
+        self._merger = TritonMerger(http, max_rows, self.tasks)
+        self.coalescer: Coalescer[BatchKey] = Coalescer(
+            http, self._merger, max_in_flight, self.calls, self.tasks)
+
+    def rows(self, key: BatchKey) -> int:
+        """How many rows one Triton request for this key may carry (0: not merged)."""
+        return self._merger.rows(key)

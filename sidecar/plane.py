@@ -29,7 +29,14 @@ from prometheus_client.registry import Collector
 from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
 from aios.envelope import Answer, decode_calls, encode_answers
-from aios.errors import AiosError, InvalidInput, LogUnavailable, NotReady, grpc_code_for
+from aios.errors import (
+    AiosError,
+    InvalidInput,
+    LogUnavailable,
+    NotReady,
+    error_parts,
+    grpc_code_for,
+)
 from aios.kserve import check_infer_doc, check_parameters, peek_model
 from aios.metrics import LoopHistogram, RequestMetrics
 from aios.plane import (
@@ -46,10 +53,11 @@ from aios.plane import (
     VERSION_HEADER,
     ModelCall,
     header_value,
+    model_path,
     valid_model_name,
     valid_version,
 )
-from aios.rest import PREFIX, error_parts, parse_model_path
+from aios.rest import PREFIX, parse_model_path
 from aios.serve import ServiceParts, run_service
 from aios.tensors import (
     Tensors,
@@ -162,7 +170,7 @@ class SidecarPlane:
                 "name": profile.input_name, "datatype": "FP32",
                 "shape": list(profile.golden_inputs.shape),
                 "data": profile.golden_inputs.ravel().tolist()}]}).encode()
-            path = f"/v2/models/{profile.model}/versions/{profile.version}/infer"
+            path = model_path(profile.model, profile.version, "/infer")
             try:
                 reply = await self._http.request("POST", path, body, ())
                 outputs = rest_outputs(reply.body, reply.headers).get(profile.output_name) \
@@ -332,7 +340,7 @@ class SidecarPlane:
         work = [self._answer_alone(alone)] if alone else []
         for key, calls in groups.items():
             assert self._batching is not None
-            limit = self._batching.rows(key[0], key[1])
+            limit = self._batching.rows(key)
             for run in runs([call.batch for _, call in calls], limit):
                 chunk = calls[run]
                 work.append(self._answer_together(key, chunk) if len(chunk) > 1
@@ -602,7 +610,7 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
         if settings.batching.enabled:
             batching = TritonBatching(http, settings.batching.max_rows,
                                       settings.batching.max_in_flight, registry)
-            stack.push_async_callback(batching.coalescer.aclose)
+            stack.push_async_callback(batching.tasks.aclose)
         plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, batching)
         if parity is not None:
             task = asyncio.create_task(plane.golden_loop())

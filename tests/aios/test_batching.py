@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
 
 import pytest
 
 from aios import batching
 from aios.batching import ANSWER_TTL_S, Asked
+from aios.tasks import Tasks
+
+
+async def settled(tasks: Tasks) -> None:
+    """Let the questions asked so far be answered: they await nothing, so one turn of the
+    loop runs them and one more their done callbacks."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not len(tasks)
 
 
 def test_calls_go_alone_until_answered_then_a_stale_answer_stands_while_asked_again(
@@ -24,18 +31,15 @@ def test_calls_go_alone_until_answered_then_a_stale_answer_stands_while_asked_ag
         return next(answers)
 
     async def main() -> list[int]:
-        tasks: list[asyncio.Future[Any]] = []
-
-        def spawn(work: Awaitable[Any]) -> None:
-            tasks.append(asyncio.ensure_future(work))
-
-        known = Asked(ask, spawn)
+        tasks = Tasks()
+        known = Asked(ask, tasks)
         seen = [known.rows("m"), known.rows("m")]  # asked once, 0 meanwhile
-        await asyncio.gather(*tasks)
+        assert len(tasks) == 1
+        await settled(tasks)
         seen.append(known.rows("m"))
         now[0] += ANSWER_TTL_S
         seen.append(known.rows("m"))  # stale: stands while asked again
-        await asyncio.gather(*tasks)
+        await settled(tasks)
         seen.append(known.rows("m"))
         return seen
 
@@ -52,12 +56,12 @@ def test_a_failed_question_is_asked_again_on_the_next_call() -> None:
         raise OSError("down")
 
     async def main() -> int:
-        tasks: list[asyncio.Future[Any]] = []
-        known = Asked(ask, lambda work: tasks.append(asyncio.ensure_future(work)))
+        tasks = Tasks()
+        known = Asked(ask, tasks)
         assert known.rows("m") == 0
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await settled(tasks)
         assert known.rows("m") == 0
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await settled(tasks)
         return calls
 
     assert asyncio.run(main()) == 2

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import numpy as np
 import orjson
 import pytest
 from tritonclient.grpc import service_pb2
 
-from aios.errors import grpc_code_for
 from aios.grpcjson import MAX_JSON_VALUES, request_json, response_message
 from aios.kserve import MAX_DIMS
 
@@ -155,14 +153,3 @@ def test_the_largest_request_json_is_worth_is_converted() -> None:
 def test_a_response_that_is_not_plain_json_data_is_refused(body: bytes, message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
         response_message(body)
-
-
-@pytest.mark.parametrize("status, code", [
-    (400, grpc.StatusCode.INVALID_ARGUMENT), (404, grpc.StatusCode.NOT_FOUND),
-    (422, grpc.StatusCode.INVALID_ARGUMENT), (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (503, grpc.StatusCode.UNAVAILABLE), (504, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (500, grpc.StatusCode.INTERNAL), (418, grpc.StatusCode.INTERNAL),
-])
-def test_an_http_error_status_maps_to_the_grpc_code_a_grpc_hop_gives(
-        status: int, code: grpc.StatusCode) -> None:
-    assert grpc_code_for(status) == code

@@ -161,7 +161,7 @@ def test_copies_sent_with_only_their_body_meet_in_envelopes_too(stack: Stack) ->
             count = registry.get_sample_value("aios_gateway_calls_per_backend_request_count")
             total = registry.get_sample_value("aios_gateway_calls_per_backend_request_sum")
             assert total == 12 and count is not None and count < 12, (count, total)
-            await batching.coalescer.aclose()
+            await batching.tasks.aclose()
             return [json.loads(r.body) for r in replies]
 
     docs = asyncio.run(main())
@@ -292,7 +292,7 @@ def test_shadow_copies_that_come_close_together_reach_the_sidecar_in_one_envelop
                         "outcome": "ok"}) or 0) < 10:
                     assert time.monotonic() < deadline, "the shadow copies never came back"
                     await asyncio.sleep(0.05)
-            await batching.coalescer.aclose()
+            await batching.tasks.aclose()
             after = histogram_of(registry)
             return after[0] - before[0], after[1] - before[1]
 
