@@ -1,10 +1,6 @@
-"""The sidecar's data plane: forward to its Triton; record, check and measure every decision.
-
-For an infer call: decode the inputs, check them against the version's training profile
-(flag, or refuse with 422 in enforce mode), forward the bytes unchanged, decode the
-outputs, feed the drift windows, and write a decision record. In `sync` mode the answer
-is released only once its record is durable; if it cannot be recorded the client gets
-503, never a 200 for an unrecorded decision.
+"""The sidecar's data plane: REST, gRPC and the gateway's envelopes, each a few lines
+that build infer calls and hand them to the one answer pipeline (`sidecar.pipeline`);
+other model calls pass through to Triton; golden-set replay at start and on a schedule.
 """
 
 from __future__ import annotations
@@ -13,43 +9,24 @@ import asyncio
 import dataclasses
 import json
 import logging
-import random
-import time
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
 from aios.envelope import Answer, decode_calls, encode_answers
-from aios.errors import (
-    AiosError,
-    InvalidInput,
-    LogUnavailable,
-    NotReady,
-    error_parts,
-    grpc_code_for,
-)
+from aios.errors import AiosError, InvalidInput, NotReady, error_parts
 from aios.kserve import check_infer_doc, check_parameters, peek_model
-from aios.metrics import LoopHistogram, RequestMetrics
+from aios.metrics import RequestMetrics
 from aios.plane import (
     GRPC_CALL_KINDS,
-    MIRROR_HOST_SUFFIX,
     PROTOCOL_HEADER,
-    REVISION_HEADER,
-    SHADOW_HEADER,
     SHADOW_MODEL_HEADER,
     SHADOW_VERSION_HEADER,
-    SUBJECT_HEADER,
-    TARGET_HEADER,
-    TENANT_HEADER,
     VERSION_HEADER,
     ModelCall,
     header_value,
@@ -59,16 +36,8 @@ from aios.plane import (
 )
 from aios.rest import PREFIX, parse_model_path
 from aios.serve import ServiceParts, run_service
-from aios.tensors import (
-    Tensors,
-    grpc_outputs,
-    grpc_request_inputs,
-    json_outputs,
-    rest_outputs,
-    rest_request_inputs,
-    rest_response,
-)
-from aios.tracing import TRACING_OFF, Tracing, TracingSettings, current_trace_id, open_tracing
+from aios.tensors import Tensors, grpc_request_inputs, rest_outputs, rest_request_inputs
+from aios.tracing import TRACING_OFF, Tracing, TracingSettings, open_tracing
 from aios.upstream import (
     TRITON_CLIENT_ERRORS,
     GrpcReply,
@@ -77,52 +46,12 @@ from aios.upstream import (
     HttpUpstream,
     Metadata,
 )
-from proto.decision_record_pb2 import DecisionRecord
-from sidecar.batching import (
-    BatchKey,
-    TritonBatching,
-    batch_key,
-    merge_inputs,
-    merged_body,
-    runs,
-    split_doc,
-)
+from sidecar.batching import BatchKey, TritonBatching, batch_key
 from sidecar.decisionlog import DecisionLog
-from sidecar.parity import Parity, VersionProfile, load_profiles, schema_violations
-from sidecar.records import add_tensors, trace_id
+from sidecar.parity import Parity, load_profiles
+from sidecar.pipeline import CostCollector, InferCall, Pipeline, mirrored
 
 logger = logging.getLogger(__name__)
-
-SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-# What a decision record takes from a call's headers.
-RECORD_HEADERS = frozenset({REVISION_HEADER, TENANT_HEADER, SUBJECT_HEADER, TARGET_HEADER,
-                            SHADOW_HEADER, "x-request-id", "traceparent"})
-
-# A call of an envelope, with its place there.
-Indexed = tuple[int, ModelCall]
-
-
-
-def _new_id() -> str:
-    """A record id for a call that brought none: unique, not secret (uuid4 would cost a
-    getrandom syscall per call)."""
-    return f"{random.getrandbits(128):032x}"
-
-class CostCollector(Collector):
-    """Process CPU seconds per answered request: the cost of a prediction."""
-
-    def __init__(self, metrics: RequestMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        total = sum(s.value for m in self._metrics.requests.collect() for s in m.samples
-                    if s.name.endswith("_total"))
-        cpu = time.process_time()
-        yield GaugeMetricFamily("aios_sidecar_cpu_seconds_per_request",
-                                "Process CPU seconds over requests answered",
-                                value=cpu / total if total else 0.0)
 
 
 class SidecarPlane:
@@ -133,20 +62,15 @@ class SidecarPlane:
     def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
                  log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
                  tracing: Tracing, batching: TritonBatching | None = None) -> None:
-        self._tracing = tracing
         self._settings = settings
         self._http = http
         self._grpc = grpc
-        self._log = log
         self._parity = parity
+        self._batching = batching
         self._metrics = RequestMetrics(registry, "sidecar")
         registry.register(CostCollector(self._metrics))
-        labels = ("model", "version", "protocol")
-        self._payload = LoopHistogram("aios_sidecar_payload_bytes", "Request and response sizes",
-                                      (*labels, "direction"), SIZE_BUCKETS, registry)
-        self._batch = LoopHistogram("aios_sidecar_batch_size", "Rows per inference request",
-                                    labels, BATCH_BUCKETS, registry)
-        self._batching = batching
+        self._pipeline = Pipeline(settings.decision_log, http, grpc, log, parity,
+                                  self._metrics, registry, tracing, batching)
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
@@ -195,326 +119,90 @@ class SidecarPlane:
     def _parity_interval(self) -> float:
         return self._settings.parity.golden_interval_s
 
-    # -- the data path -------------------------------------------------------------------
-
-    def _record(self, protocol: str, model: str, version: str, headers: Iterable[tuple[str, Any]],
-                request_id: str, inputs: Tensors, outputs: Tensors, flags: list[str],
-                outcome: str, error: str, started: float) -> DecisionRecord:
-        log = self._settings.decision_log
-        rules = log.redaction.get(model, {})
-        seen: dict[str, str] = {}
-        for key, value in headers:
-            if key in RECORD_HEADERS and key not in seen:
-                seen[key] = value if isinstance(value, str) else bytes(value).decode("latin-1")
-        revision = seen.get(REVISION_HEADER, "0")
-        record = DecisionRecord(
-            time_unix_nanos=time.time_ns(),
-            request_id=request_id or seen.get("x-request-id") or _new_id(),
-            tenant=seen.get(TENANT_HEADER, ""), subject=seen.get(SUBJECT_HEADER, ""),
-            model=model, version=version, route_target=seen.get(TARGET_HEADER, ""),
-            route_revision=int(revision) if revision.isascii() and revision.isdigit()
-            else 0,
-            protocol=protocol,
-            latency_micros=int((time.perf_counter() - started) * 1e6),
-            trace_id=trace_id(seen.get("traceparent")) or (
-                current_trace_id() if self._tracing.enabled else ""),
-            parity_flags=flags, outcome=outcome, error=error[:1000],
-            shadow=seen.get(SHADOW_HEADER) == "1" or mirrored(headers))
-        add_tensors(record.inputs, inputs, rules, log.default_redaction)
-        add_tensors(record.outputs, outputs, rules, log.default_redaction)
-        return record
-
-    def _check(self, model: str, version: str, inputs: Tensors,
-               ) -> tuple[VersionProfile | None, list[str]]:
-        if self._parity is None:
-            return None, []
-        profile = self._parity.profile(model, version)
-        if profile is None:
-            return None, []
-        with self._tracing.span("parity check"):
-            return profile, self._parity.check(profile, inputs)
-
-    def _observe(self, profile: VersionProfile | None, inputs: Tensors,
-                 outputs: Tensors) -> None:
-        if self._parity is None or profile is None:
-            return
-        x = inputs.get(profile.input_name)
-        if x is not None and x.ndim == 2:
-            y = outputs.get(profile.output_name)
-            self._parity.observe(profile, x, None if y is None else np.asarray(y))
-
-    async def _write(self, build: Callable[[], DecisionRecord]) -> None:
-        # Records are built only when there is a log to take them.
-        if self._log is not None:
-            with self._tracing.span("decision-log write"):
-                await self._log.append(build())
+    # -- the data path: each entry point builds calls for the pipeline -------------------
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
-        """Forward a REST model call; record and check it if it is an inference."""
+        """A REST model call: an inference through the pipeline, anything else to Triton."""
         call = routed(call)
-        with self._metrics.track(call.model, call.version, call.protocol) as outcome:
-            if call.kind != "infer":
+        if call.kind != "infer":
+            with self._metrics.track(call.model, call.version, call.protocol) as outcome:
                 reply = await self._http.request(call.method, call.upstream_path, call.body,
                                                  call.headers)
                 outcome.code = str(reply.status)
                 return reply
-            with self._tracing.server("sidecar infer", call.headers, model=call.model,
-                                      version=call.version):
-                reply = await self._infer_rest(call)
-            outcome.code = status_name(call.protocol, reply.status)
-            return reply
-
-    async def _infer_rest(self, call: ModelCall) -> HttpReply:
-        started = time.perf_counter()
-        inputs = infer_inputs(call)
-        labels = self._metrics.labels(call.model, call.version, call.protocol)
-        self._payload.labels(*labels, "request").observe(len(call.body))
-        self._batch.labels(*labels).observe(call.batch)
-        profile, flags = self._check(call.model, call.version, inputs)
-        return await self._forward_and_record(call, inputs, profile, flags, started)
-
-    async def _forward_and_record(self, call: ModelCall, inputs: Tensors,
-                                  profile: VersionProfile | None, flags: list[str],
-                                  started: float, alone: bool = False) -> HttpReply:
-        headers = list(call.headers)
-        rid = request_id(call)
-        labels = self._metrics.labels(call.model, call.version, call.protocol)
-        try:
-            with self._tracing.span("forward"):
-                reply = await self._forward(call, headers, inputs, rid, alone)
-        except AiosError as exc:
-            code, message = status_name(call.protocol, exc.http_status), exc.message
-            await self._write(lambda: self._record(
-                call.protocol, call.model, call.version, headers, rid, inputs, {}, flags,
-                code, message, started))
-            raise
-        self._payload.labels(*labels, "response").observe(len(reply.body))
-        outputs: Tensors = {}
-        version, error = call.version, ""
-        try:
-            doc, outputs = rest_response(reply.body, reply.headers)
-        except (ValueError, KeyError, OSError, zlib.error):
-            doc, outputs = {}, {}
-        if reply.status == 200:
-            version = str(doc.get("model_version", "")) or version
-        else:
-            error = str(doc.get("error", ""))
-        self._observe(profile, inputs, outputs)
-        await self._write(lambda: self._record(
-            call.protocol, call.model, version, headers, rid, inputs, outputs, flags,
-            "ok" if reply.status == 200 else status_name(call.protocol, reply.status), error,
-            started))
-        return reply
-
-    async def _forward(self, call: ModelCall, headers: list[tuple[str, str]], inputs: Tensors,
-                       request_id: str, alone: bool) -> HttpReply:
-        if self._batching is None or alone:
-            return await self._http.request(call.method, call.upstream_path, call.body,
-                                            headers, self._tracing.inject())
-        return await self._batching.coalescer.forward(
-            merge_key(call), call.upstream_path, call.body, headers, self._tracing.inject(),
-            None, call.batch, request_id, inputs)
-
-    async def answer_batch(self, envelope: bytes) -> HttpReply:
-        """Answer a gateway's envelope of infer calls (`aios.envelope`), each call as if it
-        had come alone. Calls for one model version with one input layout go to Triton as
-        one request, and are recorded, measured and answered from its reply, one by one;
-        any other call goes its own way (`forward_rest`), as does every call while
-        tracing (each gets its own spans)."""
-        docs = decode_calls(envelope)
-        places = {path: envelope_path(path) for path in {path for path, _, _ in docs}}
-        answers: dict[int, Answer] = {}
-        groups: dict[BatchKey, list[Indexed]] = {}
-        alone: list[Indexed] = []
-        for i, (path, headers, doc) in enumerate(docs):
-            model, version, tail = places[path]
-            try:
-                body = orjson.dumps(doc)
-                call = routed(ModelCall(model, version, tail, "POST", body, headers,
-                                        check_infer_doc(doc, len(body))))
-            except AiosError as exc:
-                answers[i] = error_parts(exc)
-                continue
-            key = self._together_key(call)
-            (alone if key is None else groups.setdefault(key, [])).append((i, call))
-        work = [self._answer_alone(alone)] if alone else []
-        for key, calls in groups.items():
-            assert self._batching is not None
-            limit = self._batching.rows(key)
-            for run in runs([call.batch for _, call in calls], limit):
-                chunk = calls[run]
-                work.append(self._answer_together(key, chunk) if len(chunk) > 1
-                            else self._answer_alone(chunk))
-        # One group (the usual envelope) is awaited as it is, without a task of its own.
-        for answered in [await work[0]] if len(work) == 1 else await asyncio.gather(*work):
-            answers.update(answered)
-        return HttpReply(200, JSON_HEADERS, encode_answers(
-            [answers[i] for i in range(len(docs))]))
-
-    def _together_key(self, call: ModelCall) -> BatchKey | None:
-        if self._batching is None or self._tracing.enabled:
-            return None
-        return merge_key(call)
-
-    async def _answer_alone(self, calls: list[Indexed]) -> list[tuple[int, Answer]]:
-        async def answer(call: ModelCall) -> Answer:
-            try:
-                reply = await self.forward_rest(call)
-            except AiosError as exc:
-                return error_parts(exc)
-            return reply.status, reply.headers, reply.body
-
-        if len(calls) == 1:  # no task and gather for one call
-            return [(calls[0][0], await answer(calls[0][1]))]
-        answers = await asyncio.gather(*(answer(call) for _, call in calls))
-        return [(i, a) for (i, _), a in zip(calls, answers, strict=True)]
-
-    async def _answer_together(self, key: BatchKey, calls: list[Indexed],
-                               ) -> list[tuple[int, Answer]]:
-        """Calls of one key as one Triton request. Unless they all pass the schema check
-        (nothing to flag or refuse) or Triton takes the merged request, each goes alone."""
-        started = time.perf_counter()
-        model, version, layout = key
-        inputs = [infer_inputs(call) for _, call in calls]
-        merged = merge_inputs(layout, inputs)
-        profile = self._parity.profile(model, version) if self._parity is not None else None
-        if profile is not None and schema_violations(profile, merged):
-            return await self._answer_alone(calls)
-        for _, call in calls:
-            labels = self._metrics.labels(model, version, call.protocol)
-            self._payload.labels(*labels, "request").observe(len(call.body))
-            self._batch.labels(*labels).observe(call.batch)
-        self._metrics.now += len(calls)
-        try:
-            answers = await self._forward_together(key, calls, inputs, merged, profile,
-                                                   started)
-        finally:
-            self._metrics.now -= len(calls)
-        if answers is None:
-            # Triton refused the merged request (one call's data, say): each call on its
-            # own gets exactly the answer it would have had.
-            answers = await asyncio.gather(*(
-                self._infer_alone(i, call, x, profile, started)
-                for (i, call), x in zip(calls, inputs, strict=True)))
-        return answers
-
-    async def _forward_together(self, key: BatchKey, calls: list[Indexed],
-                                inputs: list[Tensors], merged: Tensors,
-                                profile: VersionProfile | None, started: float,
-                                ) -> list[tuple[int, Answer]] | None:
-        """Send the merged request; record and answer every call from the reply (None:
-        Triton refused it)."""
-        assert self._batching is not None
-        model, version, layout = key
-        ids = [request_id(call) for _, call in calls]
-        try:
-            reply = await self._http.request("POST", calls[0][1].upstream_path,
-                                             merged_body(layout, merged), JSON_HEADERS.items())
-        except AiosError as exc:
-            failed = error_parts(exc)
-            return await self._finish(key, calls, [
-                (self._record(call.protocol, model, version, call.headers, rid, x, {}, [],
-                              status_name(call.protocol, exc.http_status), exc.message,
-                              started), failed)
-                for (_, call), rid, x in zip(calls, ids, inputs, strict=True)], started)
-        try:
-            doc = orjson.loads(reply.body) if reply.status == 200 else None
-        except orjson.JSONDecodeError:
-            doc = None
-        parts = split_doc(doc, [call.batch for _, call in calls], ids) if doc else None
-        if doc is None or parts is None:
-            return None
-        self._batching.calls.observe(len(calls))
-        try:
-            outputs = json_outputs(doc)
-        except (ValueError, KeyError, TypeError):
-            outputs = {}
-        self._observe(profile, merged, outputs)
-        served = str(doc.get("model_version", "")) or version
-        done, start = [], 0
-        for (_, call), rid, x, part in zip(calls, ids, inputs, parts, strict=True):
-            mine = {name: y[start:start + call.batch] for name, y in outputs.items()}
-            start += call.batch
-            done.append((self._record(call.protocol, model, served, call.headers, rid, x,
-                                      mine, [], "ok", "", started),
-                         (200, JSON_HEADERS, orjson.dumps(part))))
-        return await self._finish(key, calls, done, started)
-
-    async def _finish(self, key: BatchKey, calls: list[Indexed],
-                      done: Sequence[tuple[DecisionRecord, Answer]], started: float,
-                      ) -> list[tuple[int, Answer]]:
-        """Log each call's record, then count and answer it (503 for a record the sync log
-        could not make durable)."""
-        errors: list[LogUnavailable | None] = [None] * len(done)
-        if self._log is not None:
-            with self._tracing.span("decision-log write"):
-                errors = await self._log.append_many([record for record, _ in done])
-        seconds = time.perf_counter() - started
-        out = []
-        for (i, call), (_, answer), error in zip(calls, done, errors, strict=True):
-            labels = self._metrics.labels(key[0], key[1], call.protocol)
-            if error is not None:
-                answer = error_parts(error)
-            else:
-                self._payload.labels(*labels, "response").observe(len(answer[2]))
-            self._metrics.done(labels, status_name(call.protocol, answer[0]), seconds)
-            out.append((i, answer))
-        return out
-
-    async def _infer_alone(self, i: int, call: ModelCall, inputs: Tensors,
-                           profile: VersionProfile | None, started: float,
-                           ) -> tuple[int, Answer]:
-        """A call whose merged request Triton refused, sent as it came (already checked
-        and counted in)."""
-        with self._metrics.track(call.model, call.version, call.protocol) as outcome:
-            try:
-                reply = await self._forward_and_record(call, inputs, profile, [], started,
-                                                       alone=True)
-            except AiosError as exc:
-                return i, error_parts(exc)
-            outcome.code = status_name(call.protocol, reply.status)
-            return i, (reply.status, reply.headers, reply.body)
+        (answered,) = await self._pipeline.answer([self._rest_call(call)])
+        if isinstance(answered, AiosError):
+            raise answered
+        assert isinstance(answered, HttpReply)
+        return answered
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
-        """Forward a gRPC model call; record and check it if it is an inference."""
-        model, version = peek_model(payload)
-        with self._metrics.track(model, version, "grpc") as outcome:
-            if GRPC_CALL_KINDS.get(method.rsplit("/", 1)[1]) != "infer":
+        """A gRPC model call: an inference through the pipeline, anything else to Triton."""
+        if GRPC_CALL_KINDS.get(method.rsplit("/", 1)[1]) != "infer":
+            model, version = peek_model(payload)
+            with self._metrics.track(model, version, "grpc") as outcome:
                 reply = await self._grpc.call(method, payload, metadata)
-            else:
-                with self._tracing.server("sidecar infer", metadata, model=model,
-                                          version=version):
-                    reply = await self._infer_grpc(method, payload, metadata, model, version)
-            outcome.code = "OK"
-            return reply
+                outcome.code = "OK"
+                return reply
+        (answered,) = await self._pipeline.answer([grpc_call(method, payload, metadata)])
+        if isinstance(answered, AiosError):
+            raise answered
+        assert isinstance(answered, GrpcReply)
+        return answered
 
-    async def _infer_grpc(self, method: str, payload: bytes, metadata: Metadata, model: str,
-                          version: str) -> GrpcReply:
-        started = time.perf_counter()
-        request, inputs = grpc_request_inputs(payload)
-        check_parameters(request.parameters.keys())
-        labels = self._metrics.labels(model, version, "grpc")
-        self._payload.labels(*labels, "request").observe(len(payload))
-        first = next(iter(inputs.values()), None)
-        self._batch.labels(*labels).observe(len(first) if first is not None and first.ndim else 1)
-        profile, flags = self._check(model, version, inputs)
-        try:
-            with self._tracing.span("forward"):
-                reply = await self._grpc.call(method, payload, metadata, self._tracing.inject())
-        except AiosError as exc:
-            code, message = exc.grpc_code.name, exc.message
-            await self._write(lambda: self._record(
-                "grpc", model, version, metadata, request.id, inputs, {}, flags, code,
-                message, started))
-            raise
-        self._payload.labels(*labels, "response").observe(len(reply.payload))
-        outputs = grpc_outputs(reply.payload)
-        served = _grpc_version(reply.payload) or version
-        self._observe(profile, inputs, outputs)
-        await self._write(lambda: self._record(
-            "grpc", model, served, metadata, request.id, inputs, outputs, flags, "ok", "",
-            started))
-        return reply
+    async def answer_batch(self, envelope: bytes) -> HttpReply:
+        """A gateway's envelope of infer calls (`aios.envelope`), each answered as if it
+        had come alone: a call that is not well formed gets its own error."""
+        docs = decode_calls(envelope)
+        # A path that is not a model's infer path refuses the whole envelope (400).
+        paths = {path: envelope_path(path) for path in {path for path, _, _ in docs}}
+        calls: list[InferCall] = []
+        answers: dict[int, Answer] = {}
+        places: list[int] = []
+        for i, (path, headers, doc) in enumerate(docs):
+            try:
+                calls.append(self._rest_call(envelope_call(paths[path], headers, doc)))
+                places.append(i)
+            except AiosError as exc:
+                answers[i] = error_parts(exc)
+        for i, outcome in zip(places, await self._pipeline.answer(calls) if calls else [],
+                              strict=True):
+            answers[i] = error_parts(outcome) if isinstance(outcome, AiosError) else (
+                answer_of(outcome))
+        return HttpReply(200, JSON_HEADERS,
+                         encode_answers([answers[i] for i in range(len(answers))]))
+
+    def _rest_call(self, call: ModelCall) -> InferCall:
+        return InferCall(call.protocol, call.model, call.version, list(call.headers),
+                         request_id(call), infer_inputs(call), call.batch, len(call.body),
+                         rest=call, key=merge_key(call) if self._batching else None)
+
+
+def answer_of(reply: HttpReply | GrpcReply) -> Answer:
+    """An envelope's answer to one of its calls."""
+    assert isinstance(reply, HttpReply)
+    return reply.status, reply.headers, reply.body
+
+
+def grpc_call(method: str, payload: bytes, metadata: Metadata) -> InferCall:
+    """A gRPC infer call, decoded for the pipeline (its bytes go to Triton as they are)."""
+    model, version = peek_model(payload)
+    request, inputs = grpc_request_inputs(payload)
+    check_parameters(request.parameters.keys())
+    first = next(iter(inputs.values()), None)
+    rows = len(first) if first is not None and first.ndim else 1
+    return InferCall("grpc", model, version, metadata, request.id, inputs, rows, len(payload),
+                     grpc=(method, payload))
+
+
+def envelope_call(place: tuple[str, str, str], headers: list[tuple[str, str]],
+                  doc: Any) -> ModelCall:
+    """An envelope's call to ``place`` (model, version, tail), as the REST adapter would
+    have made it."""
+    model, version, tail = place
+    body = orjson.dumps(doc)
+    return routed(ModelCall(model, version, tail, "POST", body, headers,
+                            check_infer_doc(doc, len(body))))
 
 
 def infer_inputs(call: ModelCall) -> Tensors:
@@ -547,19 +235,6 @@ def request_id(call: ModelCall) -> str:
     return rid if isinstance(rid, str) else ""
 
 
-def mirrored(headers: Iterable[tuple[str, Any]]) -> bool:
-    """Whether a call is Envoy's mirrored copy of another (its Host says so)."""
-    return (header_value(headers, "host") or "").endswith(MIRROR_HOST_SUFFIX)
-
-
-def status_name(protocol: str, status: int) -> str:
-    """How a call's outcome is counted and recorded: its HTTP status, or for a gRPC call
-    carried as JSON the gRPC code a gRPC hop would have answered."""
-    if protocol != "grpc":
-        return str(status)
-    return "OK" if status == 200 else grpc_code_for(status).name
-
-
 def routed(call: ModelCall) -> ModelCall:
     """The call as an Envoy route meant it: an unpinned call at the version its weighted
     cluster chose; a mirrored copy at the shadow's model and version. Without those
@@ -580,12 +255,6 @@ def routed(call: ModelCall) -> ModelCall:
     if not valid_model_name(model):
         raise InvalidInput(f"routing header: bad model name {model!r}")
     return dataclasses.replace(call, model=model, version=version)
-
-
-def _grpc_version(payload: bytes) -> str:
-    from tritonclient.grpc import service_pb2
-
-    return str(service_pb2.ModelInferResponse.FromString(payload).model_version)
 
 
 @asynccontextmanager
