@@ -21,6 +21,7 @@ from aios.h1server import H1Server
 from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
 from aios.rest import BatchHandler, ModelCalls, create_rest_app, kserve_routes
+from aios.tracing import Tracing, TracingSettings, open_tracing
 from aios.upstream import grpc_options
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,20 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
         logger.info("%s: stopped", name)
 
 
-async def run_service(name: str, open_parts: AbstractAsyncContextManager[ServiceParts],
-                      settings: ServerSettings, registry: CollectorRegistry) -> None:
+# Opens a service's parts on its metrics registry and tracing.
+PartsOpener = Callable[[CollectorRegistry, Tracing], AbstractAsyncContextManager[ServiceParts]]
+
+
+async def run_service(name: str, open_parts: PartsOpener, settings: ServerSettings,
+                      tracing: TracingSettings) -> None:
     """Open a service, serve it over REST and gRPC until a signal, close it."""
+    registry = CollectorRegistry()
+    with open_tracing(tracing) as spans:
+        await _serve_parts(name, open_parts(registry, spans), settings, registry)
+
+
+async def _serve_parts(name: str, open_parts: AbstractAsyncContextManager[ServiceParts],
+                       settings: ServerSettings, registry: CollectorRegistry) -> None:
     async with open_parts as parts:
         handler = kserve_grpc_handler(parts.plane)
         app = ModelCalls(create_rest_app([*kserve_routes(parts.plane, registry),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -33,7 +34,7 @@ from aios.plane import (
     model_path,
 )
 from aios.serve import ServiceParts, run_service
-from aios.tracing import TRACING_OFF, Tracing, TracingSettings, open_tracing
+from aios.tracing import TRACING_OFF, Tracing, TracingSettings
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from gateway.admin import RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
@@ -320,7 +321,5 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
 async def run_gateway(settings: GatewaySettings,
                       tracing: TracingSettings = TRACING_OFF) -> None:
     """Serve the gateway until stopped by a signal."""
-    registry = CollectorRegistry()
-    with open_tracing(tracing) as spans:
-        await run_service("gateway", open_gateway(settings, registry, spans), settings.server,
-                          registry)
+    await run_service("gateway", functools.partial(open_gateway, settings), settings.server,
+                      tracing)

@@ -128,6 +128,8 @@ class CostCollector(Collector):
                                 value=cpu / total if total else 0.0)
 
 
+_NO_SPANS = contextlib.nullcontext()
+
 # What answering one call gave: its outcome, and its decision record (None: none to
 # write, as for a call refused before Triton saw it, or without a log).
 Answered = tuple[Outcome, DecisionRecord | None]
@@ -158,6 +160,8 @@ class Pipeline:
         """Answer ``calls`` (in their order): those of one key that fit one Triton request
         together, every other one on its own."""
         groups = self._groups(calls)
+        if len(groups) == 1:  # the usual case: no task, no reordering
+            return await self._group(list(calls))
         out: list[Outcome | None] = [None] * len(calls)
 
         async def run(group: list[int]) -> None:
@@ -165,11 +169,7 @@ class Pipeline:
             for i, outcome in zip(group, answers, strict=True):
                 out[i] = outcome
 
-        # One group (the usual case) is awaited as it is, without a task of its own.
-        if len(groups) == 1:
-            await run(groups[0])
-        else:
-            await asyncio.gather(*(run(group) for group in groups))
+        await asyncio.gather(*(run(group) for group in groups))
         answered = [o for o in out if o is not None]
         assert len(answered) == len(calls), "every call is in one group"
         return answered
@@ -193,17 +193,15 @@ class Pipeline:
                 groups.append(members[run])
         return groups
 
-    @contextlib.contextmanager
-    def _served(self, calls: Sequence[InferCall]) -> Iterator[None]:
+    def _served(self, calls: Sequence[InferCall]) -> contextlib.AbstractContextManager[Any]:
         """A server span per call (each continues its own trace), when tracing."""
         if not self._tracing.enabled:
-            yield
-            return
-        with contextlib.ExitStack() as spans:
-            for call in calls:
-                spans.enter_context(self._tracing.server(
-                    "sidecar infer", call.headers, model=call.model, version=call.version))
-            yield
+            return _NO_SPANS
+        spans = contextlib.ExitStack()
+        for call in calls:
+            spans.enter_context(self._tracing.server(
+                "sidecar infer", call.headers, model=call.model, version=call.version))
+        return spans
 
     async def _group(self, calls: list[InferCall]) -> list[Outcome]:
         """The calls of one model version, counted in and out together."""

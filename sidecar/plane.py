@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -37,7 +38,7 @@ from aios.plane import (
 from aios.rest import PREFIX, parse_model_path
 from aios.serve import ServiceParts, run_service
 from aios.tensors import Tensors, grpc_request_inputs, rest_outputs, rest_request_inputs
-from aios.tracing import TRACING_OFF, Tracing, TracingSettings, open_tracing
+from aios.tracing import TRACING_OFF, Tracing, TracingSettings
 from aios.upstream import (
     TRITON_CLIENT_ERRORS,
     GrpcReply,
@@ -290,7 +291,5 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
 async def run_sidecar(settings: SidecarSettings,
                       tracing: TracingSettings = TRACING_OFF) -> None:
     """Serve the sidecar until stopped by a signal."""
-    registry = CollectorRegistry()
-    with open_tracing(tracing) as spans:
-        await run_service("sidecar", open_sidecar(settings, registry, spans), settings.server,
-                          registry)
+    await run_service("sidecar", functools.partial(open_sidecar, settings), settings.server,
+                      tracing)
