@@ -76,6 +76,12 @@ def _refusal(exc: AiosError) -> bytes:
         f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1") + b"\r\n" + body
 
 
+def _well_formed(head: bytes, lines: int) -> bool:
+    """Whether a response head of ``lines`` lines has CR and LF only as their ends, and no
+    NUL: counted, not scanned by line, as it is on every response."""
+    return head.count(b"\r") == lines == head.count(b"\n") and b"\0" not in head
+
+
 class _Cycle:
     """One request: its scope, its body as it arrives, the state of its response."""
 
@@ -156,9 +162,17 @@ class _Cycle:
             if not more:
                 self.complete = True
             return
-        head = b""
+        head: bytes | None = b""
         if not self.head_sent:
             head = self._head(None if more else len(body))
+            if head is None:
+                # A header value that would end the line (response splitting): nothing of
+                # it leaves; the client gets a 500 and the connection closes.
+                logger.error("refused to send a response header with CR, LF or NUL to %s %s",
+                             self.scope["method"], self.scope["path"])
+                self.complete = True
+                conn.refuse(AiosError("internal error"))
+                return
             self.head_sent = True
         if self.scope["method"] == "HEAD":
             body = b""
@@ -174,7 +188,8 @@ class _Cycle:
         elif conn.write_paused:
             await conn.drained()
 
-    def _head(self, length: int | None) -> bytes:
+    def _head(self, length: int | None) -> bytes | None:
+        """The response's status line and headers (None: a header would break a line)."""
         parts = [_status_line(self.status)]
         if self.conn.server.stopping:
             self.keep_alive = False
@@ -196,7 +211,8 @@ class _Cycle:
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        return b"".join(parts)
+        head = b"".join(parts)
+        return head if _well_formed(head, len(parts)) else None
 
 
 class _Connection(asyncio.Protocol):

@@ -203,3 +203,88 @@ async def test_a_bad_pipelined_request_is_answered_after_the_good_ones(
     assert got[-1][0] in ("HTTP/1.1 400 Bad Request",
                           "HTTP/1.1 431 Request Header Fields Too Large")
     assert got[-1][1]["connection"] == "close" and "error" in json.loads(got[-1][2])
+
+
+SMUGGLING = {
+    "Content-Length and Transfer-Encoding": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        "Transfer-Encoding can't be present with Content-Length"),
+    "Transfer-Encoding and Content-Length": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n"
+        b"\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        "Content-Length can't be present with Transfer-Encoding"),
+    "two Content-Lengths": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        "Duplicate Content-Length"),
+    "two equal Content-Lengths": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "Duplicate Content-Length"),
+    "a Content-Length list": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc",
+        "Invalid character in Content-Length"),
+    "a negative Content-Length": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        "Invalid character in Content-Length"),
+    "obs-fold": (b"GET /a HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+                 "Unexpected whitespace after header value"),
+    "bare LF": (b"GET /a HTTP/1.1\nHost: x\n\n", "Expected CRLF after version"),
+    "bare CR": (b"GET /a HTTP/1.1\rHost: x\r\n\r\n", "Expected CRLF after version"),
+    "chunk-size overflow": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n", "Chunk size overflow"),
+    "a coding other than chunked": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        "Request has invalid `Transfer-Encoding`"),
+    "xchunked": (b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n"
+                 b"3\r\nabc\r\n0\r\n\r\n", "Request has invalid `Transfer-Encoding`"),
+    "chunked, identity": (b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, "
+                          b"identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                          "Invalid `Transfer-Encoding` header value"),
+    "a space before the colon": (b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc",
+                                 "Invalid header field char"),
+    "NUL in a value": (b"GET /a HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+                       "Invalid header value char"),
+}
+
+
+@pytest.mark.parametrize(("raw", "error"), SMUGGLING.values(), ids=SMUGGLING.keys())
+async def test_request_smuggling_is_refused(server: H1Server, raw: bytes, error: str) -> None:
+    [(line, headers, body)] = responses(await exchange(server, raw))
+    assert (line, headers["connection"]) == ("HTTP/1.1 400 Bad Request", "close")
+    assert json.loads(body) == {"error": f"invalid HTTP request: {error}"}
+
+
+async def splitting_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Echoes the X-Echo request header into a response header, as an app might."""
+    echo = dict(scope["headers"]).get(b"x-echo", b"")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-echo", echo)]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.mark.parametrize(("value", "sent"), [
+    (b"a\r\nX-Injected: 1", False), (b"a\nX-Injected: 1", False), (b"a\rX-Injected: 1", False),
+    (b"a\x00b", False), (b"a\tb c", True),
+])
+async def test_a_response_header_that_would_split_the_response_is_never_sent(
+        value: bytes, sent: bool) -> None:
+    [port] = free_ports(1)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # The value reaches the app by another route than the request (httptools refuses
+        # it there): what the app sends is what is checked.
+        await splitting_app({**scope, "headers": [(b"x-echo", value)]}, receive, send)
+
+    srv = H1Server(app, ServerSettings(http_port=port, grpc_port=1))
+    await srv.start()
+    try:
+        [(line, headers, body)] = responses(await exchange(
+            srv, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    finally:
+        await srv.shutdown()
+    assert "x-injected" not in headers
+    if sent:
+        assert (line, headers["x-echo"], body) == ("HTTP/1.1 200 OK", value.decode(), b"{}")
+    else:
+        assert (line, "x-echo" in headers) == ("HTTP/1.1 500 Internal Server Error", False)
+        assert json.loads(body) == {"error": "internal error"}
