@@ -29,6 +29,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MIN_HS256_SECRET_CHARS = 32
+# Every Redis URL (quota, routing store, decision-log fan-out): `aios.redisconf`'s form.
+REDIS_URL = r"^rediss?://"
 
 
 class ConfigError(Exception):
@@ -121,7 +123,7 @@ class DecisionLogSettings(_Frozen):
     redaction: dict[str, dict[str, Redaction]] = Field(default_factory=dict)
     default_redaction: Redaction = "keep"
     # Optional fan-out of every record to a capped Redis stream.
-    redis_stream_url: str | None = None
+    redis_stream_url: str | None = Field(None, pattern=REDIS_URL)
     redis_stream_key: str = "aios:decisions"
     redis_stream_maxlen: int = Field(100_000, ge=1)
 
@@ -235,7 +237,7 @@ class RoutingSettings(_Frozen):
 
     store: Literal["file", "redis"] = "file"
     state_file: Path = Path("var/routes.json")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=REDIS_URL)
     key_prefix: str = "aios:routes:"
     # Replicas also poll revisions at this interval, to catch a missed notification.
     poll_interval_s: float = Field(0.5, gt=0, le=1.0)
@@ -333,7 +335,7 @@ class QuotaSettings(_Frozen):
     enabled: bool = True
     backend: Literal["local", "redis"] = "local"
     # The quota's own pipelined client: redis:// or rediss:// (TLS), user/password, db.
-    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=REDIS_URL)
     key_prefix: str = "aios:quota:"
     redis_timeout_ms: int = Field(50, ge=1, le=10_000)
     # Opening the connection (once, and again after a fault): longer than a call, since a

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+
+from aios.redisconf import RedisEndpoint
 
 # Once a call's time is up, it is given up only after the event loop has polled its
 # sockets once more (a later timer, not one in the same pass of the loop's timers).
@@ -128,26 +128,18 @@ class Script:
 
 
 class PipelinedRedis:
-    """One pipelined connection to the Redis at ``url``
-    (``redis[s]://[[user]:password@]host:port/db[?ssl_ca_certs=PATH]``; ``rediss`` is TLS,
-    verified against the system's CAs or ``ssl_ca_certs``), opened on first use and again
-    after it is lost."""
+    """One pipelined connection to the Redis at ``url`` (`aios.redisconf`'s URL form),
+    opened on first use and again after it is lost."""
 
     def __init__(self, url: str, timeout_s: float, connect_timeout_s: float | None = None,
                  ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} "
-                             "(use redis:// or rediss://)")
-        self._tls: ssl.SSLContext | None = None
-        if parts.scheme == "rediss":
-            cafile = parse_qs(parts.query).get("ssl_ca_certs", [None])[0]
-            self._tls = ssl.create_default_context(cafile=cafile)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        self._password = unquote(parts.password) if parts.password else None
-        self._username = unquote(parts.username) if parts.username else None
-        self._db = int(parts.path.lstrip("/") or 0)
+        endpoint = RedisEndpoint.from_url(url)
+        self._tls = endpoint.ssl_context()
+        self._host = endpoint.host
+        self._port = endpoint.port
+        self._password = endpoint.password
+        self._username = endpoint.username
+        self._db = endpoint.db
         self._timeout = timeout_s
         # Connecting (and AUTH, SELECT) is bounded by asyncio.timeout, which a busy loop
         # can run out before it reads the answer: it gets a bound of its own.

@@ -27,9 +27,12 @@ from redis.exceptions import RedisError
 
 from aios.config import GatewaySettings, ModelRoute, RoutingSettings
 from aios.errors import Conflict, NotReady
+from aios.redisconf import RedisEndpoint
 from gateway.routing import ModelTable, ShadowSpec, TargetSpec, rebalance
 
 logger = logging.getLogger(__name__)
+
+REDIS_CONNECT_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +346,8 @@ async def open_route_store(settings: GatewaySettings, stack: AsyncExitStack) -> 
         return FileRouteStore(settings.routing.state_file, settings.routing.poll_interval_s,
                               settings.routing.history_limit)
     # A client of its own: pub/sub waits, and must not share the quota's short timeouts.
-    client = aioredis.Redis.from_url(settings.routing.redis_url)
+    client = RedisEndpoint.from_url(settings.routing.redis_url).client(
+        None, REDIS_CONNECT_TIMEOUT_S)
     stack.push_async_callback(client.aclose)
     return RedisRouteStore(client, settings.routing)
 

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from aios.metrics import LATENCY_BUCKETS
+from aios.redisconf import RedisEndpoint
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.audit import HEAD_FILE, segments
 from sidecar.chain import GENESIS, read_frames, seal
@@ -36,6 +37,8 @@ from sidecar.chain import GENESIS, read_frames, seal
 logger = logging.getLogger(__name__)
 
 ALARM_INTERVAL_S = 5.0
+# Connecting to, and each reply of, the fan-out's Redis (off the answer path).
+FANOUT_TIMEOUT_S = 1.0
 # async mode: how long a written record may wait for its fsync.
 ASYNC_FSYNC_INTERVAL_S = 0.05
 # async mode: HEAD (a file create and rename, about as costly as the fsync) moves with
@@ -116,8 +119,8 @@ class DecisionLog:
         # Always a fresh segment: never append after a tail a crash may have torn.
         self._open_segment(self._sequence + 1)
         if self._settings.redis_stream_url:
-            self._redis = aioredis.Redis.from_url(self._settings.redis_stream_url,
-                                                  socket_timeout=1.0)
+            self._redis = RedisEndpoint.from_url(self._settings.redis_stream_url).client(
+                FANOUT_TIMEOUT_S, FANOUT_TIMEOUT_S)
         self._writer = asyncio.create_task(self._write_loop())
         logger.info("decision log in %s (%s), continuing after record %d", self._dir,
                     self._settings.mode, self._sequence)
