@@ -16,6 +16,7 @@ help:
 	@echo "make lint    ruff + mypy --strict"
 	@echo "make models  retrain claims_risk v1/v2 into model_repo/"
 	@echo "make bench   measure gateway + sidecar overhead against direct Triton"
+	@echo "             (BENCH_ARGS=--transports: also our transports vs uvicorn/aiohttp/redis-py)"
 	@echo "make loadtest SCENARIO=steady|canary|noisy|shadow  Locust against make run's stack"
 
 setup: $(STAMP)
@@ -66,7 +67,7 @@ proto: $(STAMP)
 bench: $(STAMP) $(MODELS) tools
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
 	@command -v nginx >/dev/null || echo "nginx not found (apt-get install -y nginx-light): the nginx path is skipped"
-	$(BIN)/python -m loadtests.bench --out results
+	$(BIN)/python -m loadtests.bench --out results $(BENCH_ARGS)
 
 # A short headless Locust run against `make run`'s stack (start it first).
 SCENARIO ?= steady

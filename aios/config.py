@@ -78,6 +78,8 @@ class UpstreamSettings(_Frozen):
     http: str
     grpc: str
     connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    # The REST hop's client: ours, or aiohttp (for `make bench --transports` only).
+    client: Literal["http1", "aiohttp"] = "http1"
     request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
 
 
@@ -87,6 +89,9 @@ class ServerSettings(_Frozen):
     host: str = DEFAULT_HOST
     http_port: int = Field(ge=1, le=65535)
     grpc_port: int = Field(ge=1, le=65535)
+    # The REST front door: ours, or uvicorn (for `make bench --transports` only: it has
+    # none of the limits below but max_body_bytes and max_concurrent_requests).
+    http_server: Literal["h1", "uvicorn"] = "h1"
     # Request body (REST) and message size (gRPC, both directions, every hop).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
     # Request line and headers together (REST 431 beyond; gRPC metadata likewise).
@@ -338,6 +343,9 @@ class QuotaSettings(_Frozen):
     redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=REDIS_URL)
     key_prefix: str = "aios:quota:"
     redis_timeout_ms: int = Field(50, ge=1, le=10_000)
+    # The client: ours (pipelined, one connection), or redis-py's pooled one (for
+    # `make bench --transports` only: a timed-out lease's undo is not ordered after it).
+    redis_client: Literal["resp", "redis-py"] = "resp"
     # Opening the connection (once, and again after a fault): longer than a call, since a
     # connect that times out sends every request of the retry interval to the fallback.
     redis_connect_timeout_ms: int = Field(500, ge=1, le=60_000)

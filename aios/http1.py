@@ -189,7 +189,7 @@ class Http1Pool:
             else:
                 conn.close()  # failed, cancelled, timed out or not keep-alive
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close every idle connection."""
         for conn in self._idle:
             conn.close()

@@ -22,6 +22,7 @@ from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
 from aios.rest import BatchHandler, ModelCalls, create_rest_app, kserve_routes
 from aios.tracing import Tracing, TracingSettings, open_tracing
+from aios.transports import UvicornServer
 from aios.upstream import grpc_options
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
     if server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
     await server.start()
-    http = H1Server(RestLimits(app, in_flight), settings)
+    front = RestLimits(app, in_flight)
+    http = H1Server(front, settings) if settings.http_server == "h1" else UvicornServer(
+        front, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,6 +27,7 @@ from aios.errors import (
     UpstreamUnavailable,
 )
 from aios.http1 import ConnectFailed, Http1Pool
+from aios.transports import AiohttpPool, HttpPool
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,16 @@ class HttpUpstream:
         self.name = name
         self._client_errors = client_errors
         self._timeout = settings.request_timeout_s
-        self._pool = Http1Pool(settings.http, settings.connect_timeout_s)
+        self._pool: HttpPool = Http1Pool(settings.http, settings.connect_timeout_s) \
+            if settings.client == "http1" else AiohttpPool(settings.http,
+                                                           settings.connect_timeout_s)
 
     async def __aenter__(self) -> HttpUpstream:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._pool.close()
+        await self._pool.aclose()
 
     async def request(self, method: str, path: str, body: bytes,
                       headers: Iterable[tuple[str, str]],

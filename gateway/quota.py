@@ -23,9 +23,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from aios.config import QuotaSettings, TenantQuota
 from aios.errors import QuotaExceeded, QuotaUnavailable
 from aios.tasks import Tasks
+from gateway.redispy import RedisPyClient
 from gateway.resp import PipelinedRedis, Script
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class Prefetch:
 class RedisLimiter:
     """Quota state in Redis, shared by every gateway replica."""
 
-    def __init__(self, client: PipelinedRedis, prefix: str, lease_ttl_s: float) -> None:
+    def __init__(self, client: QuotaRedis, prefix: str, lease_ttl_s: float) -> None:
         self._client = client
         self._prefix = prefix
         self._lease_ttl_ms = lease_ttl_s * 1000
@@ -252,11 +253,32 @@ class RedisLimiter:
             await self._client.execute("ZREM", f"{lease.key}:leases", lease.lease_id)
 
 
-def redis_client(settings: QuotaSettings) -> PipelinedRedis:
+class QuotaRedis(Protocol):
+    """The quota's Redis client (`gateway.resp.PipelinedRedis`, or redis-py's for the
+    transport A/B)."""
+
+    async def execute(self, *args: Any, undo: Sequence[Any] = ()) -> Any:
+        """One command within the client's timeout."""
+        ...
+
+    async def run(self, script: Script, keys: list[str], args: list[Any],
+                  undo: Sequence[Any] = ()) -> Any:
+        """One script within the client's timeout."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection(s)."""
+        ...
+
+
+def redis_client(settings: QuotaSettings) -> QuotaRedis:
     """A Redis client that fails fast: no retries; calls are bounded by the quota's
     timeout (`Quotas`), and so is connecting."""
-    return PipelinedRedis(settings.redis_url, settings.redis_timeout_ms / 1000,
-                          settings.redis_connect_timeout_ms / 1000)
+    timeout_s, connect_s = settings.redis_timeout_ms / 1000, \
+        settings.redis_connect_timeout_ms / 1000
+    if settings.redis_client == "redis-py":
+        return RedisPyClient(settings.redis_url, timeout_s, connect_s)
+    return PipelinedRedis(settings.redis_url, timeout_s, connect_s)
 
 
 _PREPAID = Decision(True, 0, 0.0, 0.0, "")

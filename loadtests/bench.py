@@ -60,6 +60,7 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODEL = "claims_risk"
 DIRECT, FULL = "triton (direct)", "full: gateway -> sidecar (async log)"
+AUTH_QUOTA = "gateway +auth +redis quota -> triton"
 # Alternations of direct and full path for the headline targets: this machine class
 # drifts by ±20% within a run, so the median of several pairs is what is reported.
 PAIRED_ROUNDS = 5
@@ -182,43 +183,22 @@ def build(stack: Stack, redis_server: str) -> list[Path_]:
         "grpc_port": t_grpc, "metrics_port": stack.port("triton_metrics")}}, t_http)
     triton = {"http": f"{h}:{t_http}", "grpc": f"{h}:{t_grpc}"}
     for mode in ("async", "sync"):
-        name = f"sidecar_{mode}"
-        stack.aios(name, "sidecar", {"sidecar": {
-            "server": {"http_port": stack.port(f"{name}_http"),
-                       "grpc_port": stack.port(f"{name}_grpc")},
-            "triton": triton,
-            "decision_log": {"directory": str(stack.workdir / f"decisions-{mode}"),
-                             "mode": mode},
-            "parity": {"model_repository": str(REPO / "model_repo")}}},
-            stack.port(f"{name}_http"))
-    bare_quota = {"enabled": False}
-    redis_quota = {"backend": "redis", "redis_url": redis_server,
-                   "default": {"rate_per_s": 1e6, "burst": 1_000_000}}
-    canary = {"targets": {"stable": {"backend": "b", "version": "2", "weight": 90},
-                          "canary": {"backend": "b", "version": "1", "weight": 10}},
-              "sticky": "tenant"}
-    shadow = {**canary, "shadow": {"backend": "b", "version": "1", "fraction": 0.1,
-                                   "output": "risk_score", "threshold": 0.5}}
-    gateways = {
-        "gateway_bare": (triton, {"backend": "b"}, False, bare_quota),
-        "gateway_auth_quota": (triton, {"backend": "b"}, True, redis_quota),
-        "gateway_full_async": (_addr(stack, "sidecar_async"), shadow, True, redis_quota),
-        "gateway_full_sync": (_addr(stack, "sidecar_sync"), shadow, True, redis_quota),
+        _sidecar(stack, f"sidecar_{mode}", triton, mode)
+    gateways: dict[str, tuple[dict[str, str], dict[str, Any], bool, dict[str, Any]]] = {
+        "gateway_bare": (triton, {"backend": "b"}, False, BARE_QUOTA),
+        "gateway_auth_quota": (triton, {"backend": "b"}, True, _redis_quota(redis_server)),
+        "gateway_full_async": (_addr(stack, "sidecar_async"), SHADOW, True,
+                               _redis_quota(redis_server)),
+        "gateway_full_sync": (_addr(stack, "sidecar_sync"), SHADOW, True,
+                              _redis_quota(redis_server)),
     }
     for name, (backend, route, auth, quota) in gateways.items():
-        stack.aios(name, "gateway", {"gateway": {
-            "server": {"http_port": stack.port(f"{name}_http"),
-                       "grpc_port": stack.port(f"{name}_grpc")},
-            "backends": {"b": backend}, "models": {MODEL: route},
-            "auth": {"enabled": auth, "hs256_secret": BENCH_AUTH.hs256_secret}, "quota": quota,
-            "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")}}},
-            stack.port(f"{name}_http"))
+        _gateway(stack, name, backend, route, auth, quota)
     paths = [
         Path_(DIRECT, f"{h}:{t_http}", f"{h}:{t_grpc}", ()),
         _path(stack, "sidecar -> triton", "sidecar_async", ("sidecar_async",)),
         _path(stack, "gateway -> triton", "gateway_bare", ("gateway_bare",)),
-        _path(stack, "gateway +auth +redis quota -> triton", "gateway_auth_quota",
-              ("gateway_auth_quota",), True),
+        _path(stack, AUTH_QUOTA, "gateway_auth_quota", ("gateway_auth_quota",), True),
         _path(stack, FULL, "gateway_full_async",
               ("gateway_full_async", "sidecar_async"), True),
         _path(stack, "full: gateway -> sidecar (sync log)", "gateway_full_sync",
@@ -235,6 +215,71 @@ def build(stack: Stack, redis_server: str) -> list[Path_]:
     else:
         print("nginx not found: apt-get install -y nginx-light (skipping the nginx path)")
     return paths
+
+
+BARE_QUOTA: dict[str, Any] = {"enabled": False}
+CANARY = {"targets": {"stable": {"backend": "b", "version": "2", "weight": 90},
+                      "canary": {"backend": "b", "version": "1", "weight": 10}},
+          "sticky": "tenant"}
+SHADOW = {**CANARY, "shadow": {"backend": "b", "version": "1", "fraction": 0.1,
+                               "output": "risk_score", "threshold": 0.5}}
+
+
+def _redis_quota(redis_server: str, **extra: Any) -> dict[str, Any]:
+    return {"backend": "redis", "redis_url": redis_server,
+            "default": {"rate_per_s": 1e6, "burst": 1_000_000}, **extra}
+
+
+def _server(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
+    return {"http_port": stack.port(f"{name}_http"), "grpc_port": stack.port(f"{name}_grpc"),
+            **extra}
+
+
+def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
+             server: dict[str, Any] | None = None) -> None:
+    stack.aios(name, "sidecar", {"sidecar": {
+        "server": _server(stack, name, **(server or {})), "triton": triton,
+        "decision_log": {"directory": str(stack.workdir / f"decisions-{name}"), "mode": mode},
+        "parity": {"model_repository": str(REPO / "model_repo")}}},
+        stack.port(f"{name}_http"))
+
+
+def _gateway(stack: Stack, name: str, backend: dict[str, str], route: dict[str, Any],
+             auth: bool, quota: dict[str, Any], server: dict[str, Any] | None = None) -> None:
+    stack.aios(name, "gateway", {"gateway": {
+        "server": _server(stack, name, **(server or {})),
+        "backends": {"b": backend}, "models": {MODEL: route},
+        "auth": {"enabled": auth, "hs256_secret": BENCH_AUTH.hs256_secret}, "quota": quota,
+        "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")}}},
+        stack.port(f"{name}_http"))
+
+
+def build_transports(stack: Stack, redis_server: str,
+                     paths: list[Path_]) -> list[tuple[str, Path_, Path_]]:
+    """The same paths again with one transport swapped for the library it replaces:
+    (what is swapped, our path, the library's path)."""
+    triton = _addr(stack, "triton")
+    uvicorn = {"http_server": "uvicorn"}
+    _sidecar(stack, "sidecar_uvicorn", triton, "async", uvicorn)
+    _gateway(stack, "gateway_uvicorn", _addr(stack, "sidecar_uvicorn"), SHADOW, True,
+             _redis_quota(redis_server), uvicorn)
+    _sidecar(stack, "sidecar_aiohttp", {**triton, "client": "aiohttp"}, "async")
+    _gateway(stack, "gateway_aiohttp", {**_addr(stack, "sidecar_aiohttp"), "client": "aiohttp"},
+             SHADOW, True, _redis_quota(redis_server))
+    _gateway(stack, "gateway_redispy", triton, {"backend": "b"}, True,
+             _redis_quota(redis_server, redis_client="redis-py"))
+    by_name = {p.name: p for p in paths}
+    return [
+        ("REST front door: uvicorn for h1server (gateway and sidecar; full path)",
+         by_name[FULL], _path(stack, "full, uvicorn", "gateway_uvicorn",
+                              ("gateway_uvicorn", "sidecar_uvicorn"), True)),
+        ("REST hop client: aiohttp for http1 (gateway->sidecar, sidecar->Triton)",
+         by_name[FULL], _path(stack, "full, aiohttp", "gateway_aiohttp",
+                              ("gateway_aiohttp", "sidecar_aiohttp"), True)),
+        ("quota Redis client: redis-py for resp (gateway +auth +redis quota)",
+         by_name[AUTH_QUOTA], _path(stack, "auth quota, redis-py", "gateway_redispy",
+                                    ("gateway_redispy",), True)),
+    ]
 
 
 def _addr(stack: Stack, name: str) -> dict[str, str]:
@@ -489,6 +534,68 @@ def paired(stack: Stack, direct: Path_, full: Path_, seconds: float, rate: float
     return out
 
 
+@dataclass
+class Swap:
+    """One transport against the library it replaces: paired wrk rounds (REST, batch 1)."""
+
+    label: str
+    ours_rps: list[float] = field(default_factory=list)
+    theirs_rps: list[float] = field(default_factory=list)
+    ours_cpu_us: list[float] = field(default_factory=list)  # the path's processes, summed
+    theirs_cpu_us: list[float] = field(default_factory=list)
+
+    def ratios(self) -> list[float]:
+        """The library's req/s over ours, per round."""
+        return [t / o if o else 0.0 for o, t in zip(self.ours_rps, self.theirs_rps,
+                                                    strict=True)]
+
+    def verdict(self) -> str:
+        """Who wins beyond the run-to-run range: only what every round agrees on counts."""
+        _, low, high = median_and_range(self.ratios())
+        if high < 1:
+            return "ours: faster in every round"
+        if low > 1:
+            return "the library: faster in every round"
+        return "within the run-to-run range"
+
+
+def transports_ab(stack: Stack, swaps: list[tuple[str, Path_, Path_]], seconds: float,
+                  connections: int) -> list[Swap]:
+    """PAIRED_ROUNDS alternations of each path with ours and with the library's transport."""
+    rest, _ = bodies(1)
+    out = []
+    for label, ours, theirs in swaps:
+        swap = Swap(label)
+        for i in range(PAIRED_ROUNDS):
+            for path, rps, cpu in ((ours, swap.ours_rps, swap.ours_cpu_us),
+                                   (theirs, swap.theirs_rps, swap.theirs_cpu_us)):
+                before = sum(stack.cpu_seconds(p) for p in path.processes)
+                run = wrk(path, rest, _auth_headers(path), connections, seconds,
+                          stack.workdir)
+                used = sum(stack.cpu_seconds(p) for p in path.processes) - before
+                rps.append(run.rps)
+                cpu.append(used / max(run.requests, 1) * 1e6)
+            print(f"{label[:40]}: round {i + 1}: ours {swap.ours_rps[-1]:.0f}, library "
+                  f"{swap.theirs_rps[-1]:.0f} req/s", flush=True)
+        out.append(swap)
+    return out
+
+
+def swaps_markdown(swaps: list[Swap]) -> str:
+    """The A/B table of the transports."""
+    lines = ["", f"Transports, each against the library it replaces ({PAIRED_ROUNDS} paired "
+             "rounds, REST batch 1; CPU is the path's processes):", "",
+             "| swapped | ours req/s | library req/s | library / ours (median, range) "
+             "| CPU µs/req ours / library | who wins |", "|---|---|---|---|---|---|"]
+    for s in swaps:
+        mid, low, high = median_and_range(s.ratios())
+        lines.append(f"| {s.label} | {median_and_range(s.ours_rps)[0]:.0f} | "
+                     f"{median_and_range(s.theirs_rps)[0]:.0f} | {mid:.0%} ({low:.0%}-"
+                     f"{high:.0%}) | {median_and_range(s.ours_cpu_us)[0]:.0f} / "
+                     f"{median_and_range(s.theirs_cpu_us)[0]:.0f} | {s.verdict()} |")
+    return "\n".join(lines) + "\n"
+
+
 def _find(runs: list[Run], path: str, protocol: str, batch: int, mode: str) -> Run | None:
     for r in runs:
         if (r.path, r.protocol, r.batch, r.mode) == (path, protocol, batch, mode):
@@ -648,6 +755,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get(
         "BENCH_SECONDS", "5")), help="duration of each measurement")
     parser.add_argument("--rate", type=float, default=200, help="fixed offered rate, req/s")
+    parser.add_argument("--transports", action="store_true",
+                        help="also run each of our transports against the library it "
+                        "replaces (uvicorn, aiohttp, redis-py), paired")
     parser.add_argument("--tail-seconds", type=float, default=15.0,
                         help="each paired round's fixed-rate window (the headline tails)")
     parser.add_argument("--connections", type=int, default=16)
@@ -667,10 +777,9 @@ def main() -> int:
     stack = Stack(workdir)
     try:
         with redis(workdir) as redis_url:
-            paths = build(stack, redis_url)
-            if args.only:
-                paths = [p for p in paths if p.name.startswith("triton") or any(
-                    o in p.name for o in args.only)]
+            every = build(stack, redis_url)
+            paths = [p for p in every if not args.only or p.name.startswith("triton") or any(
+                o in p.name for o in args.only)]
             runs = measure(stack, paths, args.seconds, args.rate, args.connections,
                            tuple(args.batch or (1, 32)), tuple(args.protocol or ("rest", "grpc")))
             by_name = {p.name: p for p in paths}
@@ -679,6 +788,8 @@ def main() -> int:
                     "rest" in (args.protocol or ("rest",)):
                 pairs = paired(stack, by_name[DIRECT], by_name[FULL], args.seconds,
                                args.rate, args.connections, args.tail_seconds)
+            swaps = transports_ab(stack, build_transports(stack, redis_url, every),
+                                  args.seconds, args.connections) if args.transports else []
             rss = {name: stack.peak_rss_mib(name) for name, s in stack.services.items()
                    if s.ours}
     finally:
@@ -689,9 +800,12 @@ def main() -> int:
     (args.out / "bench.json").write_text(json.dumps({
         "machine": machine, "seconds": args.seconds, "rate": args.rate,
         "connections": args.connections, "runs": [asdict(r) for r in runs],
-        "peak_rss_mib": rss, "paired": asdict(pairs) if pairs else None,
-        "targets": goals}, indent=1))
-    (args.out / "bench.md").write_text(markdown(runs, goals, machine))
+        "peak_rss_mib": rss, "paired": {
+            k: v for k, v in asdict(pairs).items() if k not in ("direct_ms", "full_ms")
+        } if pairs else None,
+        "targets": goals, "transports": [asdict(s) for s in swaps]}, indent=1))
+    (args.out / "bench.md").write_text(markdown(runs, goals, machine)
+                                       + (swaps_markdown(swaps) if swaps else ""))
     plot(runs, args.out / "bench.png")
     print((args.out / "bench.md").read_text())
     return 0

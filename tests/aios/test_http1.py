@@ -75,7 +75,7 @@ async def test_keep_alive_reuses_one_connection(server: Server) -> None:
     assert head[0] == b"POST /v2/models/m/infer HTTP/1.1"
     assert f"host: 127.0.0.1:{server.port}".encode() in head
     assert b"content-length: 5" in head and b"content-type: application/json" in head
-    client.close()
+    await client.aclose()
 
 
 async def test_a_chunked_response_is_reassembled(server: Server) -> None:

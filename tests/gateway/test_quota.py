@@ -23,6 +23,7 @@ from gateway.quota import (
     gcra,
     redis_client,
 )
+from gateway.redispy import RedisPyClient
 from tests.redis_server import RedisServer
 from tests.tcpproxy import DelayProxy
 
@@ -393,3 +394,22 @@ async def test_a_busy_loop_does_not_make_replicas_fail_open(redis_server: RedisS
     over = [(got, bound) for got, bound in admitted if got > bound]
     assert not over, f"rounds over the shared bound (admitted, bound): {over}"
     assert all(got >= tenant.burst for got, _ in admitted), admitted
+
+
+async def test_the_redis_py_client_decides_as_ours(redis_server: RedisServer) -> None:
+    s = settings(redis_server, redis_client="redis-py", lease_ttl_s=5)
+    client = redis_client(s)
+    assert isinstance(client, RedisPyClient)
+    limiter = RedisLimiter(client, s.key_prefix, s.lease_ttl_s)
+    try:
+        limit = Limit(rate_per_s=10, burst=3, max_concurrent=2)
+        first = [await limiter.acquire("k", limit, 1) for _ in range(3)]
+        assert [d.allowed for d, _ in first] == [True, True, False]
+        assert first[2][0].reason == "concurrency"
+        lease = first[0][1]
+        assert lease is not None
+        await limiter.release(lease)
+        again, _ = await limiter.acquire("k", limit, 1)
+        assert again.allowed
+    finally:
+        await client.aclose()

@@ -10,8 +10,10 @@ from loadtests.bench import (
     NOT_MEASURABLE,
     Paired,
     Run,
+    Swap,
     markdown,
     median_and_range,
+    swaps_markdown,
     targets,
     verdict,
 )
@@ -68,3 +70,17 @@ def test_the_report_says_not_measurable() -> None:
     text = markdown([], [{"target": "added p99", "goal": "<= 3 ms", "value": "x",
                           "met": NOT_MEASURABLE}], "m")
     assert "| added p99 | <= 3 ms | x | not measurable here |" in text
+
+
+@pytest.mark.parametrize(("ours", "theirs", "verdict"), [
+    ([100, 110, 90], [80, 85, 70], "ours: faster in every round"),
+    ([100, 110, 90], [120, 130, 100], "the library: faster in every round"),
+    ([100, 110, 90], [95, 115, 92], "within the run-to-run range"),
+])
+def test_a_transport_wins_only_when_every_round_says_so(ours: list[float],
+                                                        theirs: list[float],
+                                                        verdict: str) -> None:
+    swap = Swap("x", ours, theirs, [100.0] * 3, [120.0] * 3)
+    assert swap.verdict() == verdict
+    row = swaps_markdown([swap]).splitlines()[-1]
+    assert row.startswith("| x | 100 | ") and row.endswith(f"| 100 / 120 | {verdict} |")
