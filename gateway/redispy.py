@@ -13,11 +13,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from aios.redisconf import RedisEndpoint
 from aios.tasks import Tasks
-from gateway.resp import Script
+from gateway.resp import Script, run_script
 
 
 class RedisPyClient:
@@ -41,14 +39,8 @@ class RedisPyClient:
 
     async def run(self, script: Script, keys: list[str], args: list[Any],
                   undo: Sequence[Any] = ()) -> Any:
-        """EVALSHA ``script``, loading it first if Redis does not have it."""
-        try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
-                                      undo=undo)
-        except NoScriptError:
-            await self.execute("SCRIPT", "LOAD", script.source)
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
-                                      undo=undo)
+        """EVALSHA ``script`` (`gateway.resp.run_script`)."""
+        return await run_script(self.execute, script, keys, args, undo)
 
     async def aclose(self) -> None:
         """Close the pool."""

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -127,6 +127,24 @@ class Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
+class Execute(Protocol):
+    """A client's one-command call."""
+
+    def __call__(self, *args: Any, undo: Sequence[Any] = ()) -> Awaitable[Any]:
+        ...
+
+
+async def run_script(execute: Execute, script: Script, keys: list[str], args: list[Any],
+                     undo: Sequence[Any]) -> Any:
+    """EVALSHA ``script`` through ``execute``, loading it first if Redis does not have it
+    (at first use, or after a Redis restart)."""
+    try:
+        return await execute("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo)
+    except NoScriptError:
+        await execute("SCRIPT", "LOAD", script.source)
+        return await execute("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo)
+
+
 class PipelinedRedis:
     """One pipelined connection to the Redis at ``url`` (`aios.redisconf`'s URL form),
     opened on first use and again after it is lost."""
@@ -204,15 +222,8 @@ class PipelinedRedis:
 
     async def run(self, script: Script, keys: list[str], args: list[Any],
                   undo: Sequence[Any] = ()) -> Any:
-        """EVALSHA ``script``, loading it first if Redis does not have it; ``undo`` as in
-        `execute`."""
-        try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
-                                      undo=undo)
-        except NoScriptError:
-            await self.execute("SCRIPT", "LOAD", script.source)
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
-                                      undo=undo)
+        """EVALSHA ``script`` (`run_script`); ``undo`` as in `execute`."""
+        return await run_script(self.execute, script, keys, args, undo)
 
     async def aclose(self) -> None:
         """Close the connection."""
