@@ -1,8 +1,8 @@
 """The libraries our hand-written transports are measured against (`make bench
 --transports`): uvicorn for `aios.h1server`, aiohttp for `aios.http1`. Chosen per
 service in the config (`server.http_server`, `upstream client`); the defaults are ours.
-Neither carries the edge limits of our server (header and body timeouts, upload caps)
-or checks a request's headers for line breaks: they are here to be compared, not run.
+uvicorn has none of our server's edge limits (header and body timeouts, upload caps,
+in-order refusals, response-header checks): they are here to be compared, not run.
 """
 
 from __future__ import annotations
