@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -19,7 +20,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aios import __version__
 from aios.envelope import BATCH_PATH
-from aios.errors import JSON_ERROR, AiosError, NotFound, PayloadTooLarge, error_body, error_parts
+from aios.errors import (
+    JSON_ERROR,
+    AiosError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    error_body,
+    error_parts,
+)
 from aios.kserve import json_header_length, validate_infer_request
 from aios.plane import (
     CALL_KINDS,
@@ -162,6 +171,11 @@ class ModelCalls:
         if method == "POST":
             body = await _receive_body(receive, header_value(headers, "content-length"),
                                        self._limit)
+            encoding = header_value(headers, "content-encoding")
+            if encoding is not None:
+                # Checked and forwarded decoded: every check below reads what Triton will.
+                body = decode_content(body, encoding, self._limit)
+                headers = [(k, v) for k, v in headers if k != "content-encoding"]
         if tail == "/infer":
             length = json_header_length(
                 header_value(headers, "inference-header-content-length"), len(body))
@@ -169,6 +183,36 @@ class ModelCalls:
         reply = await self._plane.forward_rest(
             ModelCall(model, version, tail, method, body, headers, infer))
         return reply.status, reply.headers, reply.body
+
+
+# Content-Encoding → zlib's wbits: gzip framing, or the zlib framing HTTP's "deflate" means
+# (raw deflate, as some clients send it, is tried when that fails).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
+    """A request body decoded from its Content-Encoding, never beyond ``limit`` bytes
+    (a zip bomb stops there: 413); InvalidInput for an encoding or data we cannot read."""
+    name = encoding.strip().lower()
+    if name == "identity":
+        return body
+    wbits = _WBITS.get(name)
+    if wbits is None:
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported (use gzip or "
+                           "deflate)")
+    for attempt in (wbits, -zlib.MAX_WBITS) if name == "deflate" else (wbits,):
+        decoder = zlib.decompressobj(attempt)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error as exc:
+            error = exc
+            continue
+        if len(out) > limit:
+            raise PayloadTooLarge(f"request body decodes to more than {limit} bytes")
+        if not decoder.eof:
+            raise InvalidInput(f"request body is truncated {name} data")
+        return out
+    raise InvalidInput(f"request body is not valid {name} data: {error}")
 
 
 def kserve_routes(plane: KServePlane, registry: CollectorRegistry) -> list[BaseRoute]:
