@@ -203,11 +203,11 @@ def _describe_types(allowed: frozenset[type]) -> str:
     return "numbers" if allowed == _NUMBER else _JSON_NAMES[next(iter(allowed))]
 
 
-def _check_values(values: list[Any], datatype: str, where: str, shape: list[int]) -> int:
-    """InvalidInput naming the first value of a flat list that ``datatype`` cannot hold;
-    else how many there are. Checked by the types and extremes the list holds, without a
-    call per value."""
-    types = set(map(type, values))
+def _check_values(values: list[Any], types: set[type], datatype: str, where: str,
+                  shape: list[int]) -> int:
+    """InvalidInput naming the first value of a flat list (holding ``types``) that
+    ``datatype`` cannot hold; else how many there are. Checked by the types and extremes
+    the list holds, without a call per value."""
     allowed = JSON_TYPES[datatype]
     if not types <= allowed:
         bad = next(v for v in values if type(v) not in allowed)
@@ -229,12 +229,13 @@ def _count(data: Any, datatype: str, where: str, shape: list[int], depth: int = 
     (the usual shape), or nested exactly as ``shape`` says (what Triton accepts), so the
     recursion is as deep as the shape's dimensions at most."""
     values = data if isinstance(data, list) else [data]
-    if depth == 0 and list not in map(type, values):
-        return _check_values(values, datatype, where, shape)
+    types = set(map(type, values))
+    if depth == 0 and list not in types:
+        return _check_values(values, types, datatype, where, shape)
     if depth >= len(shape) or len(values) != shape[depth]:
         raise InvalidInput(f"{where}: nested 'data' does not have the shape {shape}")
     if depth == len(shape) - 1:
-        return _check_values(values, datatype, where, shape)
+        return _check_values(values, types, datatype, where, shape)
     if not all(isinstance(item, list) for item in values):
         raise InvalidInput(f"{where}: nested 'data' does not have the shape {shape}")
     return sum(_count(item, datatype, where, shape, depth + 1) for item in values)

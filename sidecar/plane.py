@@ -131,9 +131,7 @@ class SidecarPlane:
                                                  call.headers)
                 outcome.code = str(reply.status)
                 return reply
-        (answered,) = await self._pipeline.answer([self._rest_call(call)])
-        if isinstance(answered, AiosError):
-            raise answered
+        answered = await self._answer_one(self._rest_call(call))
         assert isinstance(answered, HttpReply)
         return answered
 
@@ -145,9 +143,7 @@ class SidecarPlane:
                 reply = await self._grpc.call(method, payload, metadata)
                 outcome.code = "OK"
                 return reply
-        (answered,) = await self._pipeline.answer([grpc_call(method, payload, metadata)])
-        if isinstance(answered, AiosError):
-            raise answered
+        answered = await self._answer_one(grpc_call(method, payload, metadata))
         assert isinstance(answered, GrpcReply)
         return answered
 
@@ -172,6 +168,13 @@ class SidecarPlane:
                 answer_of(outcome))
         return HttpReply(200, JSON_HEADERS,
                          encode_answers([answers[i] for i in range(len(answers))]))
+
+    async def _answer_one(self, call: InferCall) -> HttpReply | GrpcReply:
+        """A lone call through the pipeline (a batch of one); its error raised."""
+        (answered,) = await self._pipeline.answer([call])
+        if isinstance(answered, AiosError):
+            raise answered
+        return answered
 
     def _rest_call(self, call: ModelCall) -> InferCall:
         return InferCall(call.protocol, call.model, call.version, list(call.headers),
