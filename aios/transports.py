@@ -1,8 +1,8 @@
 """The libraries our hand-written transports are measured against (`make bench
 --transports`): uvicorn for `aios.h1server`, aiohttp for `aios.http1`. Chosen per
 service in the config (`server.http_server`, `upstream client`); the defaults are ours.
-uvicorn has none of our server's edge limits (header and body timeouts, upload caps,
-in-order refusals, response-header checks): they are here to be compared, not run.
+uvicorn holds 6 of the 14 edges our server holds (`python -m loadtests.edges`; the
+decision and its evidence are in loadtests/README.md): they are here to be compared, not run.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class UvicornServer:
 
         self._server = uvicorn.Server(uvicorn.Config(
             app, host=settings.host, port=settings.http_port, http="httptools", loop="none",
+            interface="asgi3",
             lifespan="off", access_log=False, log_level="warning", backlog=2048,
             timeout_keep_alive=max(1, int(settings.keepalive_timeout_s))))
 

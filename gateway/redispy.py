@@ -4,7 +4,9 @@ measured against (`make bench --transports`; `quota.redis_client: redis-py`).
 The same calls as `PipelinedRedis`, each bounded by the quota's timeout. One difference:
 an ``undo`` after a timed-out call goes on whichever pooled connection is free, so it may
 run before the late call does (`PipelinedRedis` queues it behind it); the lease then
-lapses by its TTL, as it did before leases were undone.
+lapses by its TTL, as it did before leases were undone. And its timers can expire while
+the loop is busy, before a reply that has arrived is read: the quota then decides by its
+fallback although Redis answered (loadtests/README.md, "Transports"; why `resp` stays).
 """
 
 from __future__ import annotations

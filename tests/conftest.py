@@ -24,6 +24,18 @@ from tests.helpers import (
 from tests.redis_server import RedisServer
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Re-runs the quota edge tests on the library our Redis client is measured against
+    # (loadtests/README.md, "Transports"); the suite itself runs ours.
+    parser.addoption("--quota-redis-client", choices=("resp", "redis-py"), default="resp",
+                     help="the Redis client the quota edge tests use")
+
+
+@pytest.fixture
+def quota_redis_client(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--quota-redis-client"))
+
+
 @dataclass(frozen=True)
 class Stack:
     ports: StackPorts

@@ -300,11 +300,12 @@ async def test_requests_that_find_the_stock_empty_together_share_one_chunk(
         await client.aclose()
 
 
-async def test_a_redis_pause_leaves_no_orphaned_leases(own_redis: RedisServer) -> None:
+async def test_a_redis_pause_leaves_no_orphaned_leases(own_redis: RedisServer,
+                                                       quota_redis_client: str) -> None:
     """Calls that time out while Redis is paused still run when it resumes; the slots they
     take must be given back, so capped tenants are admitted again at once."""
     tenant = TenantQuota(rate_per_s=1000, burst=1000, max_concurrent=3)
-    s = settings(own_redis, default=tenant)
+    s = settings(own_redis, default=tenant, redis_client=quota_redis_client)
     registry = CollectorRegistry()
     client = redis_client(s)
     quotas = Quotas(s, RedisLimiter(client, s.key_prefix, s.lease_ttl_s), LocalLimiter(),
@@ -347,13 +348,15 @@ ROUNDS = 20
 LAG_S = 0.08  # how long the loop is blocked after each wave: beyond redis_timeout_ms
 
 
-async def test_a_busy_loop_does_not_make_replicas_fail_open(redis_server: RedisServer) -> None:
+async def test_a_busy_loop_does_not_make_replicas_fail_open(redis_server: RedisServer,
+                                                            quota_redis_client: str) -> None:
     """Three replicas share a tenant's quota through Redis while their loop is blocked
     right after sending (as a flooded gateway's is), beyond the Redis timeout: Redis
     answered at once, so nothing is decided by the fallback, and every round admits at
     most burst + rate * t (+ each replica's prefetched stock)."""
     tenant = TenantQuota(rate_per_s=50, burst=100)
-    s = settings(redis_server, redis_timeout_ms=50, replicas=3, default=tenant)
+    s = settings(redis_server, redis_timeout_ms=50, replicas=3, default=tenant,
+                 redis_client=quota_redis_client)
     clients = [redis_client(s) for _ in range(3)]
     registries = [CollectorRegistry() for _ in clients]
     replicas = [Quotas(s, RedisLimiter(c, s.key_prefix, s.lease_ttl_s), LocalLimiter(), r)
