@@ -141,13 +141,14 @@ class HttpUpstream:
         return reply.status == 200
 
 
-def grpc_error(backend: str, code: grpc.StatusCode, details: str) -> AiosError:
-    """What a gRPC call's error status from ``backend`` becomes here."""
+def grpc_error(backend: str, code: grpc.StatusCode, details: str,
+               connected: bool = True) -> AiosError:
+    """What a gRPC call's error status from ``backend`` becomes here; ``connected``: whether
+    the channel had a connection for the call (else nothing reached the backend)."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UpstreamTimeout(f"backend {backend!r} did not answer in time")
     if code == grpc.StatusCode.UNAVAILABLE:
-        # grpc reports a refused connection so; then nothing reached the backend.
-        if "connect" in details.lower():
+        if not connected:
             return UpstreamConnectFailed(f"backend {backend!r} unreachable: {details}")
         return UpstreamUnavailable(f"backend {backend!r} unavailable: {details}")
     return UpstreamRejected(code, details)
@@ -196,7 +197,11 @@ class GrpcUpstream:
             response: bytes = await call
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as exc:
-            raise grpc_error(self.name, exc.code(), exc.details() or "") from exc
+            # A channel that could not connect is left in TRANSIENT_FAILURE; one whose
+            # connection broke under a call goes IDLE until the next call.
+            state = self._channel.get_state()
+            connected = state is not grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            raise grpc_error(self.name, exc.code(), exc.details() or "", connected) from exc
         except asyncio.CancelledError:
             call.cancel()
             raise
