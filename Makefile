@@ -7,6 +7,8 @@ CONFIG ?= deploy/local/stack.yaml
 MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
 # The local stack's HS256 secret: made on this machine, readable by its owner only.
 DEV_SECRET := var/dev-hs256.secret
+# The local stack's decision-log signing key (checkpoints), outside the log folder.
+DEV_SIGNING_KEY := var/audit-signing.pem
 
 .PHONY: setup run test lint models clean help tools proto bench loadtest fuzz
 
@@ -41,7 +43,10 @@ $(DEV_SECRET):
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))' > $@
 	@echo "wrote a development HS256 secret to $@ (this machine's stack only)"
 
-run: $(STAMP) $(MODELS) $(DEV_SECRET)
+$(DEV_SIGNING_KEY): | $(STAMP)
+	$(BIN)/aios audit keygen --private $@ --public var/audit-signing.pub.pem
+
+run: $(STAMP) $(MODELS) $(DEV_SECRET) $(DEV_SIGNING_KEY)
 	$(BIN)/aios up --config $(CONFIG)
 
 # System programs the tests start themselves (a hermetic redis-server per test run).

@@ -131,6 +131,30 @@ class DecisionLogSettings(_Frozen):
     redis_stream_url: str | None = Field(None, pattern=REDIS_URL)
     redis_stream_key: str = "aios:decisions"
     redis_stream_maxlen: int = Field(100_000, ge=1)
+    # Signed checkpoints (sidecar.checkpoint): an Ed25519 private key (PEM) kept outside
+    # the log folder; without one the log is chained but unsigned (a warning at start).
+    signing_key_file: Path | None = None
+    # Where checkpoints are published, outside the log folder (default: a sibling folder
+    # "<directory>-checkpoints").
+    witness_directory: Path | None = None
+    checkpoint_every_records: int = Field(1000, ge=1)
+    checkpoint_every_s: float = Field(10.0, gt=0)
+
+    @property
+    def witness(self) -> Path:
+        """The witness folder in force."""
+        return self.witness_directory or self.directory.with_name(
+            self.directory.name + "-checkpoints")
+
+    @model_validator(mode="after")
+    def _keys_and_checkpoints_live_outside_the_log(self) -> DecisionLogSettings:
+        log = self.directory.resolve()
+        for name, path in (("signing_key_file", self.signing_key_file),
+                           ("witness_directory", self.witness_directory)):
+            if path is not None and path.resolve().is_relative_to(log):
+                raise ValueError(f"{name} must be outside the log directory {self.directory} "
+                                 "(whoever can rewrite the log must not reach it)")
+        return self
 
 
 class ParitySettings(_Frozen):

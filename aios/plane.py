@@ -21,6 +21,17 @@ SUBJECT_HEADER = "x-aios-subject"
 TARGET_HEADER = "x-aios-target"
 REVISION_HEADER = "x-aios-route-revision"
 SHADOW_HEADER = "x-aios-shadow"
+# Why the call went to that target (weights | sticky | pinned | fallback | breaker), the
+# table's weights in force ("name=weight,..."), and the sticky key's value (the business
+# key: a claim id, say), for the decision record.
+REASON_HEADER = "x-aios-route-reason"
+WEIGHTS_HEADER = "x-aios-route-weights"
+BUSINESS_KEY_HEADER = "x-aios-business-key"
+# The id of a call's decision record, given to the caller; a shadow copy's record points
+# at its primary's.
+DECISION_HEADER = "x-aios-decision-id"
+SHADOW_OF_HEADER = "x-aios-shadow-of"
+REQUEST_ID_HEADER = "x-request-id"
 # A gRPC call the gateway carried to a sidecar as JSON (`aios.grpcjson`): recorded and
 # counted as the gRPC call it is.
 PROTOCOL_HEADER = "x-aios-protocol"

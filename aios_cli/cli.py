@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_config
 from aios.tracing import TracingSettings
+from aios_cli.audit_cli import add_audit_parser
 from aios_cli.envoy_cli import add_envoy_parser
 from aios_cli.routes_cli import add_routes_parser
 from aios_cli.runner import run_async
@@ -104,32 +104,6 @@ def cmd_models_build(args: argparse.Namespace, config: StackConfig) -> int:
     return 0
 
 
-def cmd_audit_verify(args: argparse.Namespace, _: StackConfig) -> int:
-    from sidecar.audit import verify
-
-    report = verify(args.directory)
-    for warning in report.warnings:
-        print(f"warning: {warning}")
-    if not report.intact:
-        print(f"TAMPERED: {report.problem}")
-        return 1
-    print(f"intact: {report.records} records in {report.segments} segment(s), last "
-          f"sequence {report.last_sequence}, head {report.last_hash.hex()[:16]}")
-    return 0
-
-
-def cmd_audit_show(args: argparse.Namespace, _: StackConfig) -> int:
-    from sidecar.audit import show
-
-    found = show(args.directory, args.request_id)
-    for record in found:
-        print(json.dumps(record, indent=2))
-    if not found:
-        print(f"no record of request {args.request_id!r}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_token(args: argparse.Namespace, config: StackConfig) -> int:
     from aios_cli.tokens import mint_token
 
@@ -177,15 +151,7 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     add_routes_parser(sub, common)
     add_envoy_parser(sub, common)
 
-    audit = sub.add_parser("audit", help="the sidecar's decision log",
-                           description="the sidecar's decision log")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = add("verify", cmd_audit_verify, "walk the hash chain: exit 0 if intact, 1 naming "
-                 "the first bad record", audit_sub)
-    verify.add_argument("directory", type=Path)
-    show = add("show", cmd_audit_show, "print the records of a request id", audit_sub)
-    show.add_argument("directory", type=Path)
-    show.add_argument("--request-id", required=True)
+    add_audit_parser(sub, common)
 
     token = add("token", cmd_token, "mint a development JWT signed with the HS256 secret")
     token.add_argument("--sub", default="dev", help="subject (default: dev)")

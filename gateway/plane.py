@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -21,14 +22,21 @@ from aios.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from aios.ids import new_ulid
 from aios.kserve import check_parameters, peek_batch, peek_model, peek_parameters, with_model
 from aios.metrics import LoopCounter, RequestMetrics
 from aios.plane import (
+    BUSINESS_KEY_HEADER,
+    DECISION_HEADER,
     GRPC_CALL_KINDS,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
     REVISION_HEADER,
+    SHADOW_OF_HEADER,
     SUBJECT_HEADER,
     TARGET_HEADER,
     TENANT_HEADER,
+    WEIGHTS_HEADER,
     ModelCall,
     header_value,
     model_path,
@@ -84,6 +92,37 @@ class Backend:
 def route_headers(route: Route) -> dict[str, str]:
     """What served a call, for the response and for the sidecar's decision record."""
     return {TARGET_HEADER: route.target, REVISION_HEADER: str(route.revision)}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The ids an infer call is given: its decision record's, and its request id (the
+    client's ``x-request-id``, or one made here)."""
+
+    decision_id: str
+    request_id: str
+    key: str | None  # the sticky key: the record's business key
+
+    @staticmethod
+    def of(headers: Iterable[tuple[str, Any]], key: str | None) -> Decision:
+        return Decision(new_ulid(), header_value(headers, REQUEST_ID_HEADER) or new_ulid(),
+                        key)
+
+    def ids(self) -> dict[str, str]:
+        """For the caller's response."""
+        return {DECISION_HEADER: self.decision_id, REQUEST_ID_HEADER: self.request_id}
+
+    def for_record(self, route: Route) -> dict[str, str]:
+        """For the sidecar: the ids, and why the call went where it went."""
+        out = {**self.ids(), REASON_HEADER: route.reason, WEIGHTS_HEADER: route.weights}
+        if self.key is not None:
+            out[BUSINESS_KEY_HEADER] = self.key
+        return out
+
+    def shadow_identity(self, identity: Mapping[str, str]) -> dict[str, str]:
+        """What a shadow copy carries besides who called: its primary's ids."""
+        return {**identity, SHADOW_OF_HEADER: self.decision_id,
+                REQUEST_ID_HEADER: self.request_id}
 
 
 class GatewayPlane:
@@ -175,7 +214,7 @@ class GatewayPlane:
                 raise exc from None  # no other live target: the original error says more
             if retry.target == route.target:
                 raise
-            route = retry
+            route = dataclasses.replace(retry, reason="fallback")
             try:
                 with self._tracing.span("forward", target=route.target, retry=1):
                     result = await send(route)
@@ -203,12 +242,15 @@ class GatewayPlane:
             key = self._sticky_key(table, admission, call.headers)
             mergeable = call.infer is not None and input_layout(
                 call.infer, content_headers(call.headers)) is not None
+            decision = Decision.of(call.headers, key) if call.kind == "infer" else None
 
             async def send(route: Route) -> HttpReply:
                 backend = self._backends[route.backend]
                 path = model_path(call.model, route.version, call.tail)
                 extra = {**admission.identity(), **route_headers(route),
                          **self._tracing.inject()}
+                if decision is not None:
+                    extra.update(decision.for_record(route))
                 if mergeable and backend.batching is not None:
                     return await backend.batching.forward(
                         path, call.body, list(call.headers), extra, route.timeout_s, call.batch)
@@ -220,13 +262,17 @@ class GatewayPlane:
                     call.model, call.version, key, send,
                     lambda r: r.status in UPSTREAM_FAILURE_STATUSES)
                 outcome.code = str(reply.status)
-            if call.kind == "infer" and reply.status == 200 and self._shadows.sampled(
-                    table.shadow):
+            if decision is None:
+                return HttpReply(reply.status, {**reply.headers, **route_headers(route)},
+                                 reply.body)
+            if reply.status == 200 and self._shadows.sampled(table.shadow):
                 assert table.shadow is not None
-                self._shadows.offer(ShadowJob(call.model, table.shadow, call.body,
-                                              tuple(call.headers), admission.identity(), reply,
-                                              trace=self._tracing.inject()))
-            return HttpReply(reply.status, {**reply.headers, **route_headers(route)}, reply.body)
+                self._shadows.offer(ShadowJob(
+                    call.model, table.shadow, call.body, tuple(call.headers),
+                    decision.shadow_identity(admission.identity()), reply,
+                    trace=self._tracing.inject()))
+            return HttpReply(reply.status, {**reply.headers, **route_headers(route),
+                                            **decision.ids()}, reply.body)
         finally:
             self._done(admission)
 
@@ -248,23 +294,30 @@ class GatewayPlane:
         admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
             key = self._sticky_key(table, admission, metadata)
+            decision = Decision.of(metadata, key) if kind == "infer" else None
 
             async def send(route: Route) -> GrpcReply:
                 body = payload if route.version == version else with_model(
                     payload, version=route.version)
+                extra = {**admission.identity(), **route_headers(route),
+                         **self._tracing.inject()}
+                if decision is not None:
+                    extra.update(decision.for_record(route))
                 return await self._backends[route.backend].grpc.call(
-                    method, body, metadata, {**admission.identity(), **route_headers(route),
-                                             **self._tracing.inject()}, route.timeout_s)
+                    method, body, metadata, extra, route.timeout_s)
 
             with self._metrics.track(model, version, "grpc") as outcome:
                 reply, route = await self._send(model, version, key, send, lambda r: False)
                 outcome.code = "OK"
-            if kind == "infer" and self._shadows.sampled(table.shadow):
+            trailing = (*reply.trailing, *route_headers(route).items())
+            if decision is None:
+                return GrpcReply(reply.payload, trailing)
+            if self._shadows.sampled(table.shadow):
                 assert table.shadow is not None
                 self._shadows.offer(ShadowJob(model, table.shadow, payload, tuple(metadata),
-                                              admission.identity(), reply, method,
-                                              self._tracing.inject()))
-            return GrpcReply(reply.payload, (*reply.trailing, *route_headers(route).items()))
+                                              decision.shadow_identity(admission.identity()),
+                                              reply, method, self._tracing.inject()))
+            return GrpcReply(reply.payload, (*trailing, *decision.ids().items()))
         finally:
             self._done(admission)
 

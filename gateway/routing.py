@@ -143,6 +143,8 @@ class Route:
     version: str
     revision: int
     timeout_s: float | None
+    reason: str = "weights"  # weights | sticky | pinned | fallback | breaker
+    weights: str = ""  # the table's weights in force: "name=weight,..."
 
 
 class Router:
@@ -152,6 +154,7 @@ class Router:
                  rng: Callable[[], float] = random.random) -> None:
         self._tables: dict[str, ModelTable] = {}
         self._starts: dict[str, list[int]] = {}
+        self._weights: dict[str, str] = {}
         self._rng = rng
         for table in tables.values():
             self.install(table)
@@ -160,6 +163,7 @@ class Router:
         """Use ``table`` (with its segments) from now on."""
         self._tables[table.model] = table
         self._starts[table.model] = [s for s, _, _ in table.segments]
+        self._weights[table.model] = ",".join(f"{t.name}={t.weight}" for t in table.targets)
 
     def table(self, model: str) -> ModelTable:
         """The current table of ``model``; NotFound if there is none."""
@@ -176,19 +180,22 @@ class Router:
                 ejected: frozenset[str] = frozenset()) -> Route:
         """The route for a call; ``key`` is the sticky key (None: draw at random)."""
         table = self.table(model)
+        weights = self._weights[model]
         if pinned:
             # A client-pinned version bypasses the split if a target serves it.
             pinned_targets = [t for t in table.targets if t.version == pinned]
             chosen = pinned_targets[0] if pinned_targets else max(
                 table.targets, key=lambda t: t.weight)
-            return Route(chosen.name, chosen.backend, pinned, table.revision, chosen.timeout_s)
+            return Route(chosen.name, chosen.backend, pinned, table.revision, chosen.timeout_s,
+                         "pinned", weights)
         slot = sticky_slot(model, key) if key is not None else int(self._rng() * SLOTS)
         starts = self._starts[model]
         owner = table.segments[bisect.bisect_right(starts, slot) - 1][2]
+        reason = "weights" if key is None else "sticky"
         if owner in ejected:
-            owner = self._fallback(table, slot, ejected)
+            owner, reason = self._fallback(table, slot, ejected), "breaker"
         t = table.target(owner)
-        return Route(t.name, t.backend, t.version, table.revision, t.timeout_s)
+        return Route(t.name, t.backend, t.version, table.revision, t.timeout_s, reason, weights)
 
     @staticmethod
     def _fallback(table: ModelTable, slot: int, ejected: frozenset[str]) -> str:

@@ -23,9 +23,10 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aios.errors import AiosError
+from aios.ids import new_ulid
 from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
-from aios.plane import SHADOW_HEADER, model_path
+from aios.plane import DECISION_HEADER, SHADOW_HEADER, model_path
 from aios.tasks import Tasks
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.tracing import Tracing
@@ -174,7 +175,8 @@ class ShadowRunner:
 
     async def _shadow(self, job: ShadowJob) -> None:
         spec, label = job.spec, shadow_label(job.spec)
-        extra = {**job.identity, SHADOW_HEADER: "1", **self._tracing.inject()}
+        extra = {**job.identity, SHADOW_HEADER: "1", DECISION_HEADER: new_ulid(),
+                 **self._tracing.inject()}
         start = time.perf_counter()
         try:
             # A deadline on this task (`wait_for` would run the call in a task of its own).

@@ -1,20 +1,34 @@
-"""`aios audit verify` and `aios audit show`: walk the decision log's hash chain."""
+"""Reading the decision log for an auditor: verify it, read a record, prove one.
+
+`verify` walks the hash chain across segments and checks it against HEAD and against
+every signed checkpoint the witness holds (`sidecar.checkpoint`): a byte edit, a removed,
+inserted or swapped record breaks the chain (named by record); a log rewritten from some
+record on, chain and HEAD recomputed, no longer has the signed Merkle root; records cut
+from the end fall short of the signed size; a checkpoint not signed by the key is
+refused. `prove` writes an inclusion proof of one record in the latest checkpoint, which
+`check_proof` verifies with the public key alone.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
 
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.chain import GENESIS, read_frames, record_hash
+from sidecar.checkpoint import Checkpoint, CheckpointError, Witness
+from sidecar.merkle import Frontier, inclusion_proof, leaf_hash, root_from_proof
 
 SEGMENT_GLOB = "segment-*.log"
 HEAD_FILE = "HEAD"
+PROOF_FORMAT = "aios-inclusion-proof/v1"
 
 
 def segments(directory: Path) -> list[Path]:
@@ -30,7 +44,10 @@ class Report:
     segments: int = 0
     last_sequence: int = 0
     last_hash: bytes = GENESIS
+    checkpoints: int = 0  # signed checkpoints checked against the log
+    covered: int = 0  # records covered by the latest good checkpoint
     problem: str = ""  # the first sign of tampering; "" when intact
+    kind: str = ""  # tampered | truncated | rewritten | forged checkpoint
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -38,14 +55,31 @@ class Report:
         """No tampering found (warnings, such as a crash-truncated tail, are allowed)."""
         return not self.problem
 
+    def fail(self, kind: str, problem: str) -> Report:
+        self.kind, self.problem = kind, problem
+        return self
 
-def verify(directory: Path) -> Report:
-    """Check every record's hash and link, across segments, and the HEAD marker."""
+    def to_json(self) -> dict[str, Any]:
+        return {"intact": self.intact, "kind": self.kind or None, "problem": self.problem or None,
+                "records": self.records, "segments": self.segments,
+                "last_sequence": self.last_sequence, "last_hash": self.last_hash.hex(),
+                "checkpoints": self.checkpoints, "covered": self.covered,
+                "warnings": self.warnings}
+
+
+def verify(directory: Path, witness: Witness | None = None,
+           public_key: Ed25519PublicKey | None = None) -> Report:
+    """Check every record's hash and link, across segments, then HEAD, then the
+    witness's checkpoints (their signatures with ``public_key``)."""
     report = Report()
     files = segments(directory)
     if not files:
-        report.problem = f"no segments in {directory}"
+        return report.fail("tampered", f"no segments in {directory}")
+    checkpoints = _signed(witness, public_key, report)
+    if report.problem:
         return report
+    pending = list(checkpoints)
+    tree = Frontier()
     prev, expected = GENESIS, 1
     for index, path in enumerate(files):
         report.segments += 1
@@ -63,24 +97,75 @@ def verify(directory: Path) -> Report:
                     report.warnings.append(f"{where}: truncated record at the end of a "
                                            "segment (a crash; the next segment continues)")
                     break
-                report.problem = f"{where}: {frame.error}"
-                return report
-            label = f"record {rec.sequence} (request {rec.request_id or '-'}) in {where}"
+                return report.fail("tampered", f"{where}: {frame.error}")
+            label = f"record {rec.sequence} (decision {rec.decision_id or '-'}, request " \
+                    f"{rec.request_id or '-'}) in {where}"
             if rec.sequence != expected:
-                report.problem = (f"{label}: expected sequence {expected} "
-                                  "(a record was removed, inserted or reordered)")
-                return report
+                return report.fail("tampered", f"{label}: expected sequence {expected} "
+                                   "(a record was removed, inserted or reordered)")
             if rec.prev_hash != prev:
-                report.problem = f"{label}: does not link to the record before it"
-                return report
+                return report.fail("tampered", f"{label}: does not link to the record "
+                                   "before it")
             if record_hash(rec) != rec.hash:
-                report.problem = f"{label}: content altered (hash mismatch)"
-                return report
+                return report.fail("tampered", f"{label}: content altered (hash mismatch)")
             prev, expected = rec.hash, expected + 1
             report.records += 1
+            tree.append(rec.hash)
+            while pending and pending[0].size == tree.size:
+                checkpoint = pending.pop(0)
+                if checkpoint.root != tree.root().hex():
+                    return report.fail("rewritten", (
+                        f"the first {checkpoint.size} records do not have the root signed "
+                        f"at {_when(checkpoint)} (records 1-{checkpoint.size} were rewritten, "
+                        "their chain recomputed)"))
+                report.checkpoints += 1
+                report.covered = checkpoint.size
     report.last_sequence, report.last_hash = expected - 1, prev
+    if pending:
+        return report.fail("truncated", (
+            f"a checkpoint signed at {_when(pending[-1])} covers {pending[-1].size} records "
+            f"but the log ends at {report.records}: {pending[-1].size - report.records} "
+            "record(s) were removed from the end"))
     _check_head(directory, report)
+    if report.intact and checkpoints and report.records > report.covered:
+        report.warnings.append(f"{report.records - report.covered} record(s) after the last "
+                               f"checkpoint (size {report.covered}) are not yet covered by a "
+                               "signature")
     return report
+
+
+def _signed(witness: Witness | None, public_key: Ed25519PublicKey | None,
+            report: Report) -> list[Checkpoint]:
+    """The witness's checkpoints, each checked against the key."""
+    if witness is None:
+        report.warnings.append("no witness given: a rewrite of the whole log with its chain "
+                               "recomputed cannot be told")
+        return []
+    try:
+        checkpoints = witness.checkpoints()
+    except CheckpointError as exc:
+        report.fail("forged checkpoint", str(exc))
+        return []
+    if not checkpoints:
+        report.warnings.append("the witness holds no checkpoint yet")
+        return []
+    if public_key is None:
+        report.warnings.append("no public key given: checkpoint signatures were not checked")
+        return checkpoints
+    for checkpoint in checkpoints:
+        try:
+            checkpoint.check(public_key)
+        except CheckpointError as exc:
+            report.fail("forged checkpoint", f"{exc}: refused")
+            return []
+    return checkpoints
+
+
+def _when(checkpoint: Checkpoint) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(checkpoint.time_unix_nanos / 1e9,
+                                           datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _check_head(directory: Path, report: Report) -> None:
@@ -91,25 +176,106 @@ def _check_head(directory: Path, report: Report) -> None:
         return
     head = json.loads(head_path.read_text())
     if head["sequence"] > report.last_sequence:
-        report.problem = (f"HEAD records sequence {head['sequence']} but the log ends at "
-                          f"{report.last_sequence}: records were removed from the end")
+        report.fail("truncated", f"HEAD records sequence {head['sequence']} but the log ends "
+                    f"at {report.last_sequence}: records were removed from the end")
     elif head["sequence"] == report.last_sequence and head["hash"] != report.last_hash.hex():
-        report.problem = f"record {report.last_sequence} differs from the one HEAD records"
+        report.fail("tampered", f"record {report.last_sequence} differs from the one HEAD "
+                    "records")
     elif head["sequence"] < report.last_sequence:
         report.warnings.append(f"HEAD lags at {head['sequence']} (a crash before the marker "
                                "was updated)")
 
 
-def records(directory: Path) -> Iterator[DecisionRecord]:
-    """Every readable record, in order."""
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A record and where it lies."""
+
+    record: DecisionRecord
+    segment: str
+    offset: int
+
+
+def located(directory: Path, after: tuple[str, int] | None = None) -> Iterator[Located]:
+    """Every readable record in order, with its segment and byte offset; ``after``
+    (segment, offset) starts at that point."""
     for path in segments(directory):
-        for frame in read_frames(path.read_bytes()):
+        start = 0
+        if after is not None:
+            if path.name < after[0]:
+                continue
+            if path.name == after[0]:
+                start = after[1]
+        data = path.read_bytes()
+        for frame in read_frames(data[start:]):
             if frame.record is None:
                 break
-            yield frame.record
+            yield Located(frame.record, path.name, start + frame.offset)
 
 
-def show(directory: Path, request_id: str) -> list[dict[str, Any]]:
-    """The records of ``request_id`` as JSON-ready dicts."""
-    return [MessageToDict(r, preserving_proto_field_name=True)
-            for r in records(directory) if r.request_id == request_id]
+def records(directory: Path) -> Iterator[DecisionRecord]:
+    """Every readable record, in order."""
+    for item in located(directory):
+        yield item.record
+
+
+def record_at(directory: Path, segment: str, offset: int) -> DecisionRecord | None:
+    """The record at ``offset`` of ``segment``, if one is there and its own hash holds."""
+    path = directory / segment
+    if "/" in segment or not path.is_file():
+        return None
+    with path.open("rb") as f:
+        f.seek(offset)
+        head = f.read(4)
+        if len(head) < 4:
+            return None
+        data = head + f.read(int.from_bytes(head, "big"))
+    frame = next(read_frames(data), None)
+    if frame is None or frame.record is None or record_hash(frame.record) != frame.record.hash:
+        return None
+    return frame.record
+
+
+def prove(directory: Path, decision_id: str, checkpoint: Checkpoint) -> dict[str, Any]:
+    """An inclusion proof of the record ``decision_id`` in ``checkpoint``'s tree."""
+    leaves: list[bytes] = []
+    found: DecisionRecord | None = None
+    for rec in records(directory):
+        if len(leaves) == checkpoint.size:
+            break
+        if rec.decision_id == decision_id and found is None:
+            found = rec
+        leaves.append(leaf_hash(rec.hash))
+    if found is None:
+        raise LookupError(f"no record of decision {decision_id!r} among the "
+                          f"{checkpoint.size} records the latest checkpoint covers")
+    index = found.sequence - 1
+    return {"format": PROOF_FORMAT, "leaf_index": index, "tree_size": checkpoint.size,
+            "record": base64.b64encode(found.SerializeToString(deterministic=True)).decode(),
+            "path": [h.hex() for h in inclusion_proof(leaves, index)],
+            "checkpoint": checkpoint.to_json()}
+
+
+def check_proof(doc: Any, public_key: Ed25519PublicKey) -> DecisionRecord:
+    """The proven record, if ``doc`` proves it is in a checkpoint ``public_key`` signed;
+    else CheckpointError saying what failed."""
+    if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT:
+        raise CheckpointError(f"not an inclusion proof (format {PROOF_FORMAT!r} expected)")
+    checkpoint = Checkpoint.from_json(doc.get("checkpoint"))
+    checkpoint.check(public_key)
+    try:
+        record = DecisionRecord()
+        record.ParseFromString(base64.b64decode(doc["record"], validate=True))
+        path = [bytes.fromhex(h) for h in doc["path"]]
+        index, size = int(doc["leaf_index"]), int(doc["tree_size"])
+    except (KeyError, TypeError, ValueError, DecodeError) as exc:
+        raise CheckpointError(f"malformed proof: {exc!r}") from exc
+    if record_hash(record) != record.hash:
+        raise CheckpointError("the record does not match its own hash: it was altered")
+    if size != checkpoint.size:
+        raise CheckpointError(f"the proof is for a tree of {size}, the checkpoint of "
+                              f"{checkpoint.size}")
+    root = root_from_proof(leaf_hash(record.hash), index, size, path)
+    if root is None or root.hex() != checkpoint.root:
+        raise CheckpointError("the record is not in the signed tree (the path does not lead "
+                              "to the signed root)")
+    return record

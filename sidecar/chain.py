@@ -31,8 +31,8 @@ def record_hash(record: DecisionRecord) -> bytes:
     return hashlib.sha256(prev + unsealed.SerializeToString(deterministic=True)).digest()
 
 
-# `hash` is the record's last field: its encoding follows everything else, so a sealed
-# record is the unsealed encoding plus this tag and length and the 32 bytes.
+# A sealed frame is the unsealed encoding with the `hash` field appended (a parser takes
+# fields in any order), so the record is encoded once.
 _HASH_FIELD = bytes((DecisionRecord.HASH_FIELD_NUMBER << 3 | 2, 1, 32))
 
 

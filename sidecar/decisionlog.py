@@ -9,16 +9,22 @@ batch to be durable, so a response is released only for a recorded decision; a f
 write fails those callers (503), it never acknowledges. In `async` mode callers do not
 wait, and a batch's fsync may wait up to ASYNC_FSYNC_INTERVAL_S for the next one; when the
 queue is full a record is dropped, counted and alarmed.
+
+With a signing key, a checkpoint (`sidecar.checkpoint`) over what is durable is signed and
+published to the witness every ``checkpoint_every_records`` records or
+``checkpoint_every_s`` seconds (when there is anything new), and at close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -26,13 +32,22 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from aios.config import DecisionLogSettings
+from aios.config import ConfigError, DecisionLogSettings
 from aios.errors import LogUnavailable
 from aios.metrics import LATENCY_BUCKETS
 from aios.redisconf import RedisEndpoint
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.audit import HEAD_FILE, segments
 from sidecar.chain import GENESIS, read_frames, seal
+from sidecar.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    DirectoryWitness,
+    Witness,
+    key_id,
+    load_private_key,
+)
+from sidecar.merkle import Frontier
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +88,55 @@ class LogMetrics:
                                registry=registry)
         self.queue = Gauge("aios_sidecar_log_queue_depth", "Records waiting to be written",
                            registry=registry)
+        self.checkpoint_failures = Counter("aios_sidecar_log_checkpoint_failures",
+                                           "Checkpoints that could not be signed or published",
+                                           registry=registry)
         self.fanout_failures = Counter("aios_sidecar_log_fanout_failures",
                                        "Records not published to the Redis stream",
                                        registry=registry)
 
 
-def _recover(directory: Path) -> tuple[int, bytes]:
-    """The last complete record's (sequence, hash): where the chain continues."""
+def _recover(directory: Path, tree: Frontier) -> tuple[int, bytes]:
+    """The last complete record's (sequence, hash): where the chain continues; every
+    record's hash goes into ``tree``."""
     sequence, last = 0, GENESIS
     for path in segments(directory):
         for frame in read_frames(path.read_bytes()):
             if frame.record is None:
                 break
             sequence, last = frame.record.sequence, frame.record.hash
+            tree.append(last)
     return sequence, last
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """What is on disk: the tree over it and its last record."""
+
+    size: int
+    root: bytes
+    sequence: int
+    last: bytes
+
+
+class Signer:
+    """Signs checkpoints and hands them to the witness (in a worker thread)."""
+
+    def __init__(self, settings: DecisionLogSettings, witness: Witness | None = None) -> None:
+        assert settings.signing_key_file is not None
+        self._key = load_private_key(settings.signing_key_file)
+        self._key_id = key_id(self._key.public_key())
+        self._log = settings.directory.name
+        self.witness = witness or DirectoryWitness(settings.witness)
+        self.published = 0
+
+    def publish(self, durable: Durable) -> Checkpoint:
+        checkpoint = Checkpoint(self._log, durable.size, durable.root.hex(), durable.sequence,
+                                durable.last.hex(), time.time_ns(), self._key_id
+                                ).signed(self._key)
+        self.witness.publish(checkpoint)
+        self.published = durable.size
+        return checkpoint
 
 
 class DecisionLog:
@@ -107,6 +157,11 @@ class DecisionLog:
         self._dropped = 0
         self._synced_at = 0.0
         self._head_at = 0.0
+        self._tree = Frontier()
+        self._durable = Durable(0, self._tree.root(), 0, GENESIS)
+        self._signer: Signer | None = None
+        self._sign_now = asyncio.Event()
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @property
     def sync(self) -> bool:
@@ -115,9 +170,20 @@ class DecisionLog:
 
     async def __aenter__(self) -> DecisionLog:
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._sequence, self._last = await asyncio.to_thread(_recover, self._dir)
+        if self._settings.signing_key_file is not None:
+            try:
+                self._signer = Signer(self._settings)
+            except CheckpointError as exc:
+                raise ConfigError(f"sidecar.decision_log.signing_key_file: {exc}") from exc
+        else:
+            logger.warning("decision log: no signing_key_file, so no signed checkpoints: a "
+                           "rewrite of the whole log would go unnoticed")
+        self._sequence, self._last = await asyncio.to_thread(_recover, self._dir, self._tree)
+        self._durable = Durable(self._tree.size, self._tree.root(), self._sequence, self._last)
         # Always a fresh segment: never append after a tail a crash may have torn.
         self._open_segment(self._sequence + 1)
+        if self._signer is not None:
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop())
         if self._settings.redis_stream_url:
             self._redis = RedisEndpoint.from_url(self._settings.redis_stream_url).client(
                 FANOUT_TIMEOUT_S, FANOUT_TIMEOUT_S)
@@ -133,14 +199,20 @@ class DecisionLog:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
+                self._durable = Durable(self._tree.size, self._tree.root(), self._sequence,
+                                        self._last)
                 if self._sequence and self._segment is not None:
                     self._write_head(self._sequence, self._last, self._segment.name)
             except OSError as exc:
                 logger.error("decision log: final fsync failed (%s)", exc.strerror or exc)
             os.close(self._fd)
+            await self._checkpoint()
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -240,6 +312,13 @@ class DecisionLog:
                 self._drop(unacknowledged)
             return
         self._sequence, self._last = sequence, last
+        for record, _ in batch:
+            self._tree.append(record.hash)
+        if fsync:
+            self._durable = Durable(self._tree.size, self._tree.root(), sequence, last)
+            if self._signer is not None and self._durable.size - self._signer.published >= \
+                    self._settings.checkpoint_every_records:
+                self._sign_now.set()
         self.metrics.write_seconds.observe(time.perf_counter() - start)
         self.metrics.batch.observe(len(batch))
         self.metrics.records.inc(len(batch))
@@ -279,6 +358,25 @@ class DecisionLog:
         if self._size >= self._settings.max_segment_bytes:
             self._open_segment(sequence + 1)
         return segment
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sign_now.wait(), self._settings.checkpoint_every_s)
+            self._sign_now.clear()
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Sign and publish what is durable, if anything is new since the last one."""
+        signer, durable = self._signer, self._durable
+        if signer is None or durable.size <= signer.published:
+            return
+        try:
+            await asyncio.to_thread(signer.publish, durable)
+        except (OSError, CheckpointError) as exc:
+            self.metrics.checkpoint_failures.inc()
+            logger.error("decision log: checkpoint of %d records not published (%s)",
+                         durable.size, exc)
 
     async def _move_head(self, sequence: int, last: bytes, segment: str) -> None:
         """sync mode, after a batch is durable and acknowledged: move HEAD if no batch is

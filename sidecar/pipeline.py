@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,14 +29,21 @@ from prometheus_client.registry import Collector
 from aios.batching import JSON_HEADERS
 from aios.config import DecisionLogSettings
 from aios.errors import AiosError, LogUnavailable, grpc_code_for
+from aios.ids import new_ulid
 from aios.metrics import LoopHistogram, RequestMetrics
 from aios.plane import (
+    BUSINESS_KEY_HEADER,
+    DECISION_HEADER,
     MIRROR_HOST_SUFFIX,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
     REVISION_HEADER,
     SHADOW_HEADER,
+    SHADOW_OF_HEADER,
     SUBJECT_HEADER,
     TARGET_HEADER,
     TENANT_HEADER,
+    WEIGHTS_HEADER,
     ModelCall,
     header_value,
 )
@@ -55,7 +61,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # What a decision record takes from a call's headers.
 RECORD_HEADERS = frozenset({REVISION_HEADER, TENANT_HEADER, SUBJECT_HEADER, TARGET_HEADER,
-                            SHADOW_HEADER, "traceparent", "x-request-id"})
+                            SHADOW_HEADER, "traceparent", REQUEST_ID_HEADER, DECISION_HEADER,
+                            REASON_HEADER, WEIGHTS_HEADER, BUSINESS_KEY_HEADER,
+                            SHADOW_OF_HEADER})
 
 
 @dataclass(slots=True)
@@ -101,10 +109,27 @@ def mirrored(headers: Iterable[tuple[str, Any]]) -> bool:
     return (header_value(headers, "host") or "").endswith(MIRROR_HOST_SUFFIX)
 
 
-def _new_id() -> str:
-    """A record id for a call that brought none: unique, not secret (uuid4 would cost a
-    getrandom syscall per call)."""
-    return f"{random.getrandbits(128):032x}"
+def route_weights(text: str) -> dict[str, int]:
+    """``name=weight,...`` as the gateway sends it; what is not a pair is left out."""
+    out = {}
+    for pair in text.split(","):
+        name, _, weight = pair.partition("=")
+        if name and weight.isascii() and weight.isdigit():
+            out[name] = int(weight)
+    return out
+
+
+def with_ids(outcome: Outcome, record: DecisionRecord | None, call: InferCall) -> Outcome:
+    """The answer of a call that came without a decision id (not by way of a gateway),
+    with the ids its record was given."""
+    if record is None or header_value(call.headers, DECISION_HEADER) is not None:
+        return outcome
+    ids = {DECISION_HEADER: record.decision_id, REQUEST_ID_HEADER: record.request_id}
+    if isinstance(outcome, HttpReply):
+        return HttpReply(outcome.status, {**outcome.headers, **ids}, outcome.body)
+    if isinstance(outcome, GrpcReply):
+        return GrpcReply(outcome.payload, (*outcome.trailing, *ids.items()))
+    return outcome
 
 
 def _grpc_version(payload: bytes) -> str:
@@ -226,7 +251,8 @@ class Pipeline:
             with self._served(calls):
                 answered = await (self._one(first, profile, started) if len(calls) == 1
                                   else self._together(calls, merged, profile, started))
-                outcomes = await self._logged(answered)
+                outcomes = [with_ids(outcome, record, call) for outcome, (_, record), call
+                            in zip(await self._logged(answered), answered, calls, strict=True)]
         finally:
             self._metrics.now -= len(calls)
         seconds = time.perf_counter() - started
@@ -368,7 +394,12 @@ class Pipeline:
         revision = seen.get(REVISION_HEADER, "0")
         record = DecisionRecord(
             time_unix_nanos=time.time_ns(),
-            request_id=call.request_id or seen.get("x-request-id") or _new_id(),
+            request_id=call.request_id or seen.get(REQUEST_ID_HEADER) or new_ulid(),
+            decision_id=seen.get(DECISION_HEADER) or new_ulid(),
+            business_key=seen.get(BUSINESS_KEY_HEADER, ""),
+            route_reason=seen.get(REASON_HEADER, ""),
+            route_weights=route_weights(seen.get(WEIGHTS_HEADER, "")),
+            shadow_of=seen.get(SHADOW_OF_HEADER, ""),
             tenant=seen.get(TENANT_HEADER, ""), subject=seen.get(SUBJECT_HEADER, ""),
             model=call.model, version=version, route_target=seen.get(TARGET_HEADER, ""),
             route_revision=int(revision) if revision.isascii() and revision.isdigit()

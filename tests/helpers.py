@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.checkpoint import write_key_pair
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL_REPO = REPO / "model_repo"
 STARTUP_TIMEOUT_S = 180.0
@@ -82,15 +84,22 @@ def repo_with_test_models(tmp: Path) -> Path:
 
 def stack_config(ports: StackPorts, tmp: Path, model_repo: Path = MODEL_REPO,
                  **overrides: Any) -> dict[str, Any]:
-    """A stack config for ``ports``, as the YAML mapping."""
+    """A stack config for ``ports``, as the YAML mapping (with a signing key for the
+    decision log's checkpoints, made in ``tmp``)."""
     h = "127.0.0.1"
+    signing_key = tmp / "audit-signing.pem"
+    if not signing_key.exists():
+        write_key_pair(signing_key, tmp / "audit-signing.pub.pem")
     config: dict[str, Any] = {
         "triton": {"model_repository": str(model_repo), "http_port": ports.triton_http,
                    "grpc_port": ports.triton_grpc, "metrics_port": ports.triton_metrics},
         "sidecar": {"server": {"http_port": ports.sidecar_http, "grpc_port": ports.sidecar_grpc},
                     "triton": {"http": f"{h}:{ports.triton_http}",
                                "grpc": f"{h}:{ports.triton_grpc}"},
-                    "decision_log": {"directory": str(tmp / "decisions")},
+                    "decision_log": {"directory": str(tmp / "decisions"),
+                                     "signing_key_file": str(signing_key),
+                                     "checkpoint_every_records": 50,
+                                     "checkpoint_every_s": 0.5},
                     "parity": {"model_repository": str(model_repo)}},
         "gateway": {"server": {"http_port": ports.gateway_http, "grpc_port": ports.gateway_grpc},
                     "backends": {"local": {"http": f"{h}:{ports.sidecar_http}",

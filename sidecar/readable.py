@@ -1,0 +1,145 @@
+"""A decision record as a person reads it: tensors decoded, features named with their
+units from the version's profile.json. Pure functions (the profiles are read once)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proto.decision_record_pb2 import DecisionRecord, TensorRecord
+
+_NUMPY = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT8": "<i1", "INT16": "<i2",
+          "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4",
+          "UINT64": "<u8", "BOOL": "?"}
+
+
+@dataclass(frozen=True)
+class Names:
+    """What a model version's tensors mean."""
+
+    input: str
+    features: tuple[tuple[str, str], ...]  # (name, unit) per column
+    output: str
+
+
+def load_names(repo: Path) -> dict[tuple[str, str], Names]:
+    """The feature names of every version in ``repo`` that has a profile.json."""
+    out = {}
+    for path in sorted(repo.glob("*/[0-9]*/profile.json")):
+        try:
+            doc = json.loads(path.read_text())
+            out[(str(doc["model"]), path.parent.name)] = Names(
+                str(doc["input"]),
+                tuple((str(f["name"]), str(f.get("unit", ""))) for f in doc["features"]),
+                str(doc["output"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a profile we cannot read: its tensors are shown unnamed
+    return out
+
+
+def values(tensor: TensorRecord) -> list[Any] | None:
+    """A kept tensor's values (nested by its shape); None if hashed or dropped."""
+    if tensor.redaction != "keep" or tensor.datatype not in _NUMPY:
+        return None
+    array = np.frombuffer(tensor.contents, _NUMPY[tensor.datatype])
+    shape = list(tensor.shape)
+    if int(np.prod(shape)) != array.size:
+        return None
+    out: list[Any] = array.reshape(shape).tolist()
+    return out
+
+
+def _tensor(tensor: TensorRecord, columns: tuple[tuple[str, str], ...] | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                           "shape": list(tensor.shape), "redaction": tensor.redaction}
+    if tensor.sha256:
+        doc["sha256"] = tensor.sha256.hex()
+    data = values(tensor)
+    if data is None:
+        return doc
+    if columns and len(tensor.shape) == 2 and tensor.shape[1] == len(columns):
+        doc["rows"] = [{name: {"value": v, "unit": unit} if unit else {"value": v}
+                        for (name, unit), v in zip(columns, row, strict=True)} for row in data]
+    else:
+        doc["values"] = data
+    return doc
+
+
+def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dict[str, Any]:
+    """``record`` as a JSON-ready dict a person can read."""
+    meaning = names.get((record.model, record.version))
+    when = datetime.datetime.fromtimestamp(record.time_unix_nanos / 1e9, datetime.UTC)
+    return {
+        "decision_id": record.decision_id, "request_id": record.request_id,
+        "sequence": record.sequence,
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "business_key": record.business_key, "tenant": record.tenant,
+        "subject": record.subject, "model": record.model, "version": record.version,
+        "protocol": record.protocol,
+        "route": {"target": record.route_target, "reason": record.route_reason,
+                  "revision": record.route_revision, "weights": dict(record.route_weights)},
+        "outcome": record.outcome, "error": record.error,
+        "latency_ms": record.latency_micros / 1000, "trace_id": record.trace_id,
+        "parity_flags": list(record.parity_flags), "shadow": record.shadow,
+        "shadow_of": record.shadow_of,
+        "inputs": [_tensor(t, meaning.features if meaning and t.name == meaning.input
+                           else None) for t in record.inputs],
+        "outputs": [_tensor(t, None) for t in record.outputs],
+        "hash": record.hash.hex(), "prev_hash": record.prev_hash.hex(),
+    }
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    return str(value)
+
+
+def text_block(doc: dict[str, Any]) -> str:
+    """A readable document (`readable`) as lines of text."""
+    route = doc["route"]
+    weights = ", ".join(f"{k}={v}" for k, v in sorted(route["weights"].items())) or "-"
+    lines = [
+        f"decision {doc['decision_id'] or '-'}  (record {doc['sequence']})",
+        f"  time          {doc['time']}",
+        f"  request id    {doc['request_id'] or '-'}",
+        f"  business key  {doc['business_key'] or '-'}",
+        f"  caller        tenant {doc['tenant'] or '-'}, subject {doc['subject'] or '-'}",
+        f"  model         {doc['model']} version {doc['version'] or '-'} ({doc['protocol']})",
+        f"  route         target {route['target'] or '-'}, reason {route['reason'] or '-'}, "
+        f"revision {route['revision']}, weights {weights}",
+        f"  outcome       {doc['outcome']}" + (f": {doc['error']}" if doc["error"] else "")
+        + f"  ({doc['latency_ms']:.2f} ms)",
+        f"  parity flags  {', '.join(doc['parity_flags']) or 'none'}",
+    ]
+    if doc["shadow"]:
+        lines.append(f"  shadow copy   of decision {doc['shadow_of'] or '-'} (no one acted on it)")
+    for kind, tensors in (("input", doc["inputs"]), ("output", doc["outputs"])):
+        for tensor in tensors:
+            lines.extend(_tensor_lines(kind, tensor))
+    lines.append(f"  record hash   {doc['hash']}")
+    return "\n".join(lines)
+
+
+def _tensor_lines(kind: str, tensor: dict[str, Any]) -> list[str]:
+    head = f"  {kind} {tensor['name']} ({tensor['datatype']} {tensor['shape']})"
+    if "rows" in tensor:
+        out = [head]
+        for i, row in enumerate(tensor["rows"], 1):
+            if len(tensor["rows"]) > 1:
+                out.append(f"    row {i}")
+            for name, cell in row.items():
+                out.append(f"    {name:<24}{_number(cell['value']):>12} {cell.get('unit', '')}"
+                           .rstrip())
+        return out
+    if "values" in tensor:
+        flat = np.asarray(tensor["values"]).ravel().tolist()
+        shown = ", ".join(_number(v) for v in flat[:16]) + (" ..." if len(flat) > 16 else "")
+        return [f"{head}  {shown}"]
+    what = f"hashed, sha256 {tensor['sha256']}" if tensor["redaction"] == "hash" else "dropped"
+    return [f"{head}  ({what})"]
