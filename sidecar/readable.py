@@ -82,7 +82,7 @@ def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dic
         "subject": record.subject, "model": record.model, "version": record.version,
         "protocol": record.protocol,
         "route": {"target": record.route_target, "reason": record.route_reason,
-                  "revision": record.route_revision, "weights": dict(record.route_weights)},
+                  "revision": record.route_revision, "weights": dict(sorted(record.route_weights.items()))},
         "outcome": record.outcome, "error": record.error,
         "latency_ms": record.latency_micros / 1000, "trace_id": record.trace_id,
         "parity_flags": list(record.parity_flags), "shadow": record.shadow,
@@ -96,6 +96,8 @@ def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dic
 
 def _number(value: Any) -> str:
     if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{value:.0f}"
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
 

@@ -17,7 +17,9 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2
 
 from sidecar.audit import records, verify
 from tests.conftest import Stack
@@ -67,10 +69,66 @@ def test_rest_decision_is_recorded_with_who_what_and_why(stack: Stack) -> None:
     np.testing.assert_allclose(np.frombuffer(record.outputs[0].contents, "<f4"), served,
                                rtol=1e-6)
     assert record.latency_micros > 0 and record.parity_flags == []
-    out = subprocess.run([sys.executable, "-m", "aios_cli", "audit", "show",
-                          str(decisions(stack)), "--request-id", "rest-decision-1"],
-                         cwd=REPO, capture_output=True, text=True, check=True)
+    out = audit(stack, "show", "--request-id", "rest-decision-1", "--json")
     assert json.loads(out.stdout)["tenant"] == "tests"
+
+
+def audit(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`aios audit …` on the stack's own log, as its operator runs it."""
+    return subprocess.run([sys.executable, "-m", "aios_cli", "audit", *args,
+                           "--config", str(stack.config_path)],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+
+
+def grpc_claim(claim: list[float]) -> bytes:
+    req = service_pb2.ModelInferRequest(model_name="claims_risk")
+    tensor = req.inputs.add(name="features", datatype="FP32")
+    tensor.shape.extend([1, len(claim)])
+    req.raw_input_contents.append(np.asarray(claim, dtype="<f4").tobytes())
+    return bytes(req.SerializeToString())
+
+
+def test_a_claim_scored_over_both_protocols_can_be_shown_and_found_by_its_key(
+        stack: Stack) -> None:
+    claim_id = f"C-1002-{time.time_ns()}"
+    rest = httpx.post(f"http://{stack.gateway_http}/v2/models/claims_risk/infer",
+                      content=infer_json([CLAIM]), headers={**bearer(), "x-claim-id": claim_id,
+                                                            "x-request-id": "claim-rest"})
+    assert rest.status_code == 200
+    rest_id = rest.headers["x-aios-decision-id"]
+    assert rest.headers["x-request-id"] == "claim-rest"
+    with grpc.insecure_channel(stack.gateway_grpc) as channel:
+        _, call = channel.unary_unary(INFER).with_call(
+            grpc_claim(CLAIM), timeout=10, metadata=(*bearer().items(), ("x-claim-id", claim_id)))
+    trailing = dict(call.trailing_metadata() or ())
+    grpc_id = str(trailing["x-aios-decision-id"])
+    assert len(rest_id) == len(grpc_id) == 26 and rest_id != grpc_id
+    assert len(str(trailing["x-request-id"])) == 26, "the gateway made one"
+
+    shown = audit(stack, "show", rest_id).stdout
+    assert f"decision {rest_id}" in shown
+    assert f"business key  {claim_id}" in shown
+    assert "model         claims_risk version 2 (rest)" in shown
+    assert "route         target default, reason sticky, revision 1, weights default=1" \
+        in shown
+    assert "claim_amount                 5255.70 EUR" in shown
+    assert "claimant_age                      19 years" in shown
+    assert "vehicle_age_years             5.6000 years" in shown
+    doc = json.loads(audit(stack, "show", grpc_id, "--json").stdout)
+    assert (doc["protocol"], doc["route"]["reason"], doc["business_key"]) == (
+        "grpc", "sticky", claim_id)
+    row = doc["inputs"][0]["rows"][0]
+    assert row["claim_amount"] == {"value": pytest.approx(5255.7), "unit": "EUR"}
+    assert doc["outputs"][0]["name"] == "risk_score"
+
+    found = json.loads(audit(stack, "search", "--key", claim_id, "--json").stdout)
+    assert found["total"] == 2
+    assert [d["decision_id"] for d in found["decisions"]] == [rest_id, grpc_id]
+    table = audit(stack, "search", "--key", claim_id).stdout.splitlines()
+    assert table[0].split() == ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE",
+                                "OUTCOME"]
+    assert table[1].startswith(rest_id) and "sticky" in table[1] and claim_id in table[1]
+    assert table[-1] == "2 decision(s)"
 
 
 def test_binary_and_grpc_decisions_are_recorded(stack: Stack) -> None:

@@ -127,3 +127,31 @@ def test_stored_tables_naming_unknown_backends_fall_back_to_the_config() -> None
                                                                               1)]))}
     assert usable_tables(stored, seed, {"new": {}}) == {"claims_risk": seed["claims_risk"]}
     assert usable_tables(stored, seed, {"local": {}}) == stored
+
+
+@pytest.mark.parametrize(("pinned", "key", "ejected", "target", "reason"), [
+    ("", None, frozenset(), None, "weights"),
+    ("", "claim-1", frozenset(), None, "sticky"),
+    ("2", "claim-1", frozenset(), "canary", "pinned"),
+    ("", "claim-1", frozenset({"canary"}), "stable", None),  # sticky, or breaker if moved
+])
+def test_a_route_says_why_it_went_there_and_what_the_weights_were(
+        pinned: str, key: str | None, ejected: frozenset[str], target: str | None,
+        reason: str | None) -> None:
+    t = table({"stable": 90, "canary": 10})
+    route = Router({t.model: t}, rng=lambda: 0.5).resolve(t.model, pinned, key, ejected)
+    assert route.weights == "stable=90,canary=10"
+    if target is not None:
+        assert route.target == target
+    if reason is not None:
+        assert route.reason == reason
+
+
+def test_a_key_moved_off_an_ejected_target_says_breaker() -> None:
+    t = table({"stable": 90, "canary": 10})
+    router = Router({t.model: t})
+    on_canary = [k for k in KEYS if router.resolve(t.model, "", k).target == "canary"]
+    moved = router.resolve(t.model, "", on_canary[0], frozenset({"canary"}))
+    assert (moved.target, moved.reason) == ("stable", "breaker")
+    stayed = [k for k in KEYS if k not in on_canary][0]
+    assert router.resolve(t.model, "", stayed, frozenset({"canary"})).reason == "sticky"
