@@ -153,5 +153,5 @@ def test_a_key_moved_off_an_ejected_target_says_breaker() -> None:
     on_canary = [k for k in KEYS if router.resolve(t.model, "", k).target == "canary"]
     moved = router.resolve(t.model, "", on_canary[0], frozenset({"canary"}))
     assert (moved.target, moved.reason) == ("stable", "breaker")
-    stayed = [k for k in KEYS if k not in on_canary][0]
+    stayed = next(k for k in KEYS if k not in on_canary)
     assert router.resolve(t.model, "", stayed, frozenset({"canary"})).reason == "sticky"
