@@ -120,9 +120,12 @@ class Decision:
         return out
 
     def shadow_identity(self, identity: Mapping[str, str]) -> dict[str, str]:
-        """What a shadow copy carries besides who called: its primary's ids."""
-        return {**identity, SHADOW_OF_HEADER: self.decision_id,
-                REQUEST_ID_HEADER: self.request_id}
+        """What a shadow copy carries besides who called: its primary's ids and key."""
+        out = {**identity, SHADOW_OF_HEADER: self.decision_id,
+               REQUEST_ID_HEADER: self.request_id}
+        if self.key is not None:
+            out[BUSINESS_KEY_HEADER] = self.key
+        return out
 
 
 class GatewayPlane:

@@ -205,8 +205,10 @@ def located(directory: Path, after: tuple[str, int] | None = None) -> Iterator[L
                 continue
             if path.name == after[0]:
                 start = after[1]
-        data = path.read_bytes()
-        for frame in read_frames(data[start:]):
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read()
+        for frame in read_frames(data):
             if frame.record is None:
                 break
             yield Located(frame.record, path.name, start + frame.offset)

@@ -30,6 +30,7 @@ from tests.helpers import (
     aios,
     bearer,
     free_ports,
+    gateway_config,
     infer_json,
     listening,
     running,
@@ -282,3 +283,41 @@ def test_the_sidecar_serves_the_version_an_envoy_route_chose(stack: Stack) -> No
     bad = httpx.post(url, content=infer_json([CLAIM]), headers={"x-aios-version": "v2"})
     assert (bad.status_code, bad.json()) == (
         400, {"error": "routing header: bad model version 'v2'"})
+
+
+def test_a_call_straight_to_the_sidecar_gets_the_ids_of_its_record(stack: Stack) -> None:
+    resp = httpx.post(f"http://{stack.sidecar_http}/v2/models/claims_risk/infer",
+                      content=infer_json([CLAIM]))
+    assert resp.status_code == 200
+    record = find(decisions(stack), resp.headers["x-request-id"])
+    assert record.decision_id == resp.headers["x-aios-decision-id"]
+    with grpc.insecure_channel(stack.sidecar_grpc) as channel:
+        _, call = channel.unary_unary(INFER).with_call(
+            grpc_claim(CLAIM), timeout=10, metadata=(("x-request-id", "straight-grpc"),))
+    trailing = dict(call.trailing_metadata() or ())
+    assert trailing["x-request-id"] == "straight-grpc"
+    assert find(decisions(stack), "straight-grpc").decision_id == trailing["x-aios-decision-id"]
+
+
+def test_a_shadow_copy_has_its_own_record_pointing_at_the_primary(stack: Stack,
+                                                                   tmp_path: Path) -> None:
+    models = {"claims_risk": {"backend": "local", "version": "2", "sticky": "header:x-claim-id",
+                              "shadow": {"backend": "local", "version": "1", "fraction": 1.0}}}
+    config, http_port, _ = gateway_config(stack.sidecar_http, stack.sidecar_grpc, models)
+    claim_id = f"C-shadow-{time.time_ns()}"
+    with running("gateway", config, http_port, tmp_path):
+        resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                          content=infer_json([CLAIM]), headers={**bearer(),
+                                                                "x-claim-id": claim_id})
+        assert resp.status_code == 200
+        primary = resp.headers["x-aios-decision-id"]
+
+        def both() -> list[Any]:
+            return [r for r in records(decisions(stack)) if r.business_key == claim_id]
+
+        wait_until(lambda: len(both()) == 2, 10, "the shadow's record")
+    main, shadow = sorted(both(), key=lambda r: r.shadow)
+    assert (main.decision_id, main.shadow, main.version) == (primary, False, "2")
+    assert (shadow.shadow, shadow.shadow_of, shadow.version) == (True, primary, "1")
+    assert shadow.decision_id not in ("", primary)
+    assert shadow.request_id == main.request_id

@@ -14,6 +14,7 @@ import httpx
 from tritonclient.grpc import service_pb2
 
 from sidecar.audit import records, verify
+from sidecar.checkpoint import DirectoryWitness, load_public_key, write_key_pair
 from tests.conftest import Stack
 from tests.helpers import (
     MODEL_REPO,
@@ -96,7 +97,14 @@ def test_sigterm_finishes_in_flight_calls_then_exits_0(stack: Stack, tmp_path: P
         callers = [threading.Thread(target=call) for _ in range(3)]
         for t in callers:
             t.start()
-        time.sleep(0.5)
+
+        def in_flight() -> float:
+            text = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("aios_gateway_in_flight_requests"))
+
+        # All three are being answered (a fixed sleep raced slow thread starts).
+        wait_until(lambda: in_flight() == 3, 10, "3 calls in flight", gateway)
         gateway.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert not listening(http_port), "no new calls once stopping"
@@ -132,9 +140,13 @@ def test_failing_calls_leak_no_connections(stack: Stack, tmp_path: Path) -> None
 def test_sigterm_flushes_an_async_decision_log(stack: Stack, tmp_path: Path) -> None:
     http_port, grpc_port = free_ports(2)
     directory = tmp_path / "async-log"
+    key = tmp_path / "signing.pem"
+    write_key_pair(key, tmp_path / "signing.pub.pem")
     config = {"sidecar": {"server": {"http_port": http_port, "grpc_port": grpc_port},
                           "triton": {"http": stack.triton_http, "grpc": stack.triton_grpc},
-                          "decision_log": {"directory": str(directory), "mode": "async"}}}
+                          "decision_log": {"directory": str(directory), "mode": "async",
+                                           "signing_key_file": str(key),
+                                           "checkpoint_every_s": 3600}}}
     acknowledged = []
     with running("sidecar", config, http_port, tmp_path) as sidecar, httpx.Client() as client:
         for i in range(100):
@@ -144,8 +156,10 @@ def test_sigterm_flushes_an_async_decision_log(stack: Stack, tmp_path: Path) -> 
             acknowledged.append(f"a{i}")
         sidecar.send_signal(signal.SIGTERM)
         assert sidecar.wait(30) == 0
-    report = verify(directory)
+    witness = DirectoryWitness(tmp_path / "async-log-checkpoints")
+    report = verify(directory, witness, load_public_key(key))
     assert report.intact and report.warnings == [], report
+    assert report.covered == 100, "a checkpoint at shutdown covers every record"
     assert {r.request_id for r in records(directory)} == set(acknowledged)
 
 
