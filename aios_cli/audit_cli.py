@@ -179,7 +179,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.auditindex import search
+    from sidecar.auditindex import COUNT_CAP, search
     from sidecar.readable import readable
 
     try:
@@ -198,7 +198,8 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
     names = _names(args, config)
     docs = [readable(r, names) for r in found]
     if args.json:
-        print(json.dumps({"total": total, "page": args.page, "limit": args.limit,
+        print(json.dumps({"total": total, "total_capped": total > COUNT_CAP,
+                          "page": args.page, "limit": args.limit,
                           "decisions": docs}, indent=2))
         return 0
     rows = [[d["decision_id"] or "-", d["time"], d["business_key"] or "-", d["tenant"] or "-",
@@ -206,7 +207,8 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
              d["outcome"] + (" (shadow)" if d["shadow"] else "")] for d in docs]
     print(_table(rows, ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE", "OUTCOME"]))
     first = (args.page - 1) * args.limit
-    print(f"\n{first + 1 if rows else 0}-{first + len(rows)} of {total} "
+    of = f"over {COUNT_CAP:,}" if total > COUNT_CAP else str(total)
+    print(f"\n{first + 1 if rows else 0}-{first + len(rows)} of {of} "
           f"(--page {args.page + 1} for more)" if first + len(rows) < total else
           f"\n{total} decision(s)")
     return 0

@@ -23,6 +23,8 @@ SCHEMA_VERSION = 1
 # Records inserted per transaction while indexing.
 CHUNK = 10_000
 MAX_PAGE = 1000
+# Matches counted at most: counting half a million rows would cost more than the search.
+COUNT_CAP = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -165,8 +167,11 @@ class AuditIndex:
         return len(rows)
 
     def count(self, query: Query) -> int:
+        """How many match, up to COUNT_CAP + 1 (more than COUNT_CAP: "over COUNT_CAP")."""
         where, args = query.where()
-        (total,) = self.db.execute(f"SELECT count(*) FROM decisions{where}", args).fetchone()
+        (total,) = self.db.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM decisions{where} LIMIT ?)",
+            [*args, COUNT_CAP + 1]).fetchone()
         return int(total)
 
     def search(self, query: Query) -> list[DecisionRecord]:

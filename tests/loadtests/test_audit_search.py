@@ -19,6 +19,6 @@ def test_the_benchmark_log_is_a_real_log(tmp_path: Path) -> None:
 
 def test_the_benchmark_reports_each_search(tmp_path: Path) -> None:
     result = run(tmp_path / "log", 2000, 3)
-    assert result["records"] == 2000 and len(result["searches"]) == 4
+    assert result["records"] == 2000 and len(result["searches"]) == 5
     assert all(r["median_ms"] > 0 for r in result["searches"].values())
     assert markdown(result).splitlines()[0].startswith("2,000 records")
