@@ -51,6 +51,7 @@ from aios.config import AuthSettings
 from aios.tracing import Tracing
 from aios_cli.claims import synthesize_claims
 from aios_cli.tokens import mint_token
+from sidecar.checkpoint import write_key_pair
 
 # Each run's own secret: the bench's gateways live only as long as the run.
 BENCH_AUTH = AuthSettings(hs256_secret=secrets.token_urlsafe(48))
@@ -237,9 +238,14 @@ def _server(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
 
 def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
              server: dict[str, Any] | None = None) -> None:
+    # Signed checkpoints on, as a regulated deployment runs the log.
+    key = stack.workdir / f"signing-{name}.pem"
+    if not key.exists():
+        write_key_pair(key, key.with_suffix(".pub.pem"))
     stack.aios(name, "sidecar", {"sidecar": {
         "server": _server(stack, name, **(server or {})), "triton": triton,
-        "decision_log": {"directory": str(stack.workdir / f"decisions-{name}"), "mode": mode},
+        "decision_log": {"directory": str(stack.workdir / f"decisions-{name}"), "mode": mode,
+                         "signing_key_file": str(key)},
         "parity": {"model_repository": str(REPO / "model_repo")}}},
         stack.port(f"{name}_http"))
 
