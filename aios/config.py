@@ -127,6 +127,13 @@ class DecisionLogSettings(_Frozen):
     # Per model, per input name: keep the values, keep only their hash, or drop them.
     redaction: dict[str, dict[str, Redaction]] = Field(default_factory=dict)
     default_redaction: Redaction = "keep"
+    # Per model, per feature column of the profile's input tensor (by the profile's
+    # names): applied on top of the tensor's rule, before anything is written.
+    feature_redaction: dict[str, dict[str, Literal["hash", "drop"]]] = Field(
+        default_factory=dict)
+    # The key of feature hashes (a file of at least 32 bytes): an unkeyed hash of a column
+    # such as an age is undone by trying every value.
+    redaction_key_file: Path | None = None
     # Optional fan-out of every record to a capped Redis stream.
     redis_stream_url: str | None = Field(None, pattern=REDIS_URL)
     redis_stream_key: str = "aios:decisions"
@@ -148,8 +155,14 @@ class DecisionLogSettings(_Frozen):
 
     @model_validator(mode="after")
     def _keys_and_checkpoints_live_outside_the_log(self) -> DecisionLogSettings:
+        if self.redaction_key_file is None and any(
+                rule == "hash" for rules in self.feature_redaction.values()
+                for rule in rules.values()):
+            raise ValueError("feature_redaction 'hash' needs redaction_key_file (an unkeyed "
+                             "hash of a low-entropy column can be reversed)")
         log = self.directory.resolve()
         for name, path in (("signing_key_file", self.signing_key_file),
+                           ("redaction_key_file", self.redaction_key_file),
                            ("witness_directory", self.witness_directory)):
             if path is not None and path.resolve().is_relative_to(log):
                 raise ValueError(f"{name} must be outside the log directory {self.directory} "

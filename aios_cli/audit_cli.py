@@ -92,7 +92,11 @@ def cmd_verify(args: argparse.Namespace, config: StackConfig) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     directory = _dir(args, config)
-    report = verify(directory, _witness(args, config), key)
+    bar = Bar("verifying")
+    try:
+        report = verify(directory, _witness(args, config), key, bar)
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0 if report.intact else 1
@@ -225,7 +229,9 @@ def _flat(doc: dict[str, Any]) -> dict[str, Any]:
         for tensor in doc[kind]:
             if "rows" in tensor:
                 for name in tensor["rows"][0] if tensor["rows"] else ():
-                    row[name] = json.dumps([r[name]["value"] for r in tensor["rows"]])
+                    cells = [r[name] for r in tensor["rows"]]
+                    row[name] = f"({cells[0]['redacted']})" if "redacted" in cells[0] else \
+                        json.dumps([c["value"] for c in cells])
             elif "values" in tensor:
                 row[tensor["name"]] = json.dumps(tensor["values"])
             else:

@@ -7,20 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TensorRecord(_message.Message):
-    __slots__ = ("name", "datatype", "shape", "redaction", "contents", "sha256")
+    __slots__ = ("name", "datatype", "shape", "redaction", "contents", "sha256", "columns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATATYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     REDACTION_FIELD_NUMBER: _ClassVar[int]
     CONTENTS_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     datatype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     redaction: str
     contents: bytes
     sha256: bytes
-    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., redaction: _Optional[str] = ..., contents: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+    columns: _containers.RepeatedCompositeFieldContainer[ColumnRedaction]
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., redaction: _Optional[str] = ..., contents: _Optional[bytes] = ..., sha256: _Optional[bytes] = ..., columns: _Optional[_Iterable[_Union[ColumnRedaction, _Mapping]]] = ...) -> None: ...
+
+class ColumnRedaction(_message.Message):
+    __slots__ = ("index", "name", "redaction", "digest")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REDACTION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    redaction: str
+    digest: bytes
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., redaction: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
     __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from sidecar.merkle import Frontier, inclusion_proof, leaf_hash, root_from_proof
 SEGMENT_GLOB = "segment-*.log"
 HEAD_FILE = "HEAD"
 PROOF_FORMAT = "aios-inclusion-proof/v1"
+PROGRESS_EVERY = 10_000
 
 
 def segments(directory: Path) -> list[Path]:
@@ -68,9 +69,11 @@ class Report:
 
 
 def verify(directory: Path, witness: Witness | None = None,
-           public_key: Ed25519PublicKey | None = None) -> Report:
+           public_key: Ed25519PublicKey | None = None,
+           progress: Callable[[int], None] | None = None) -> Report:
     """Check every record's hash and link, across segments, then HEAD, then the
-    witness's checkpoints (their signatures with ``public_key``)."""
+    witness's checkpoints (their signatures with ``public_key``); ``progress`` is told
+    the records checked so far, every PROGRESS_EVERY."""
     report = Report()
     files = segments(directory)
     if not files:
@@ -111,6 +114,8 @@ def verify(directory: Path, witness: Witness | None = None,
             prev, expected = rec.hash, expected + 1
             report.records += 1
             tree.append(rec.hash)
+            if progress is not None and report.records % PROGRESS_EVERY == 0:
+                progress(report.records)
             while pending and pending[0].size == tree.size:
                 checkpoint = pending.pop(0)
                 if checkpoint.root != tree.root().hex():

@@ -55,6 +55,8 @@ from sidecar.batching import BatchKey, TritonBatching, merge_inputs, merged_body
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, VersionProfile, schema_violations
 from sidecar.records import add_tensors, trace_id
+from sidecar.redaction import NONE as NO_FEATURE_RULES
+from sidecar.redaction import FeatureRedaction
 
 SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -166,8 +168,10 @@ class Pipeline:
     def __init__(self, log_settings: DecisionLogSettings, http: HttpUpstream,
                  grpc: GrpcUpstream, log: DecisionLog | None, parity: Parity | None,
                  metrics: RequestMetrics, registry: CollectorRegistry, tracing: Tracing,
-                 batching: TritonBatching | None = None) -> None:
+                 batching: TritonBatching | None = None,
+                 features: FeatureRedaction = NO_FEATURE_RULES) -> None:
         self._log_settings = log_settings
+        self._features = features
         self._http = http
         self._grpc = grpc
         self._log = log
@@ -410,6 +414,10 @@ class Pipeline:
                 current_trace_id() if self._tracing.enabled else ""),
             parity_flags=flags, outcome=outcome, error=error[:1000],
             shadow=seen.get(SHADOW_HEADER) == "1" or mirrored(call.headers))
-        add_tensors(record.inputs, call.inputs, rules, settings.default_redaction)
+        input_rules = rules
+        if self._features.drops_inputs(call.model, version):
+            input_rules = dict.fromkeys(call.inputs, "drop")
+        add_tensors(record.inputs, call.inputs, input_rules, settings.default_redaction,
+                    self._features.lookup(call.model, version))
         add_tensors(record.outputs, outputs, rules, settings.default_redaction)
         return record

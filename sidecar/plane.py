@@ -51,6 +51,10 @@ from sidecar.batching import BatchKey, TritonBatching, batch_key
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, load_profiles
 from sidecar.pipeline import CostCollector, InferCall, Pipeline, mirrored
+from sidecar.readable import load_names
+from sidecar.redaction import NONE as NO_FEATURE_RULES
+from sidecar.redaction import FeatureRedaction, read_key
+from sidecar.redaction import build as build_feature_rules
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ class SidecarPlane:
 
     def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
                  log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
-                 tracing: Tracing, batching: TritonBatching | None = None) -> None:
+                 tracing: Tracing, batching: TritonBatching | None = None,
+                 features: FeatureRedaction = NO_FEATURE_RULES) -> None:
         self._settings = settings
         self._http = http
         self._grpc = grpc
@@ -71,7 +76,7 @@ class SidecarPlane:
         self._metrics = RequestMetrics(registry, "sidecar")
         registry.register(CostCollector(self._metrics))
         self._pipeline = Pipeline(settings.decision_log, http, grpc, log, parity,
-                                  self._metrics, registry, tracing, batching)
+                                  self._metrics, registry, tracing, batching, features)
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
@@ -271,7 +276,11 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
             HttpUpstream("triton", settings.triton, TRITON_CLIENT_ERRORS))
         grpc = await stack.enter_async_context(GrpcUpstream("triton", settings.triton, limit))
         log = None
+        features = NO_FEATURE_RULES
         if settings.decision_log.enabled:
+            features = build_feature_rules(
+                settings.decision_log, load_names(settings.parity.model_repository),
+                read_key(settings.decision_log.redaction_key_file))
             log = await stack.enter_async_context(DecisionLog(settings.decision_log, registry))
         parity = None
         if settings.parity.enabled:
@@ -284,7 +293,8 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
             batching = TritonBatching(http, settings.batching.max_rows,
                                       settings.batching.max_in_flight, registry)
             stack.push_async_callback(batching.tasks.aclose)
-        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, batching)
+        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, batching,
+                             features)
         if parity is not None:
             task = asyncio.create_task(plane.golden_loop())
             stack.callback(task.cancel)

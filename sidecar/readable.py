@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from proto.decision_record_pb2 import DecisionRecord, TensorRecord
+from proto.decision_record_pb2 import ColumnRedaction, DecisionRecord, TensorRecord
 
 _NUMPY = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT8": "<i1", "INT16": "<i2",
           "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4",
@@ -59,15 +59,31 @@ def _tensor(tensor: TensorRecord, columns: tuple[tuple[str, str], ...] | None) -
                            "shape": list(tensor.shape), "redaction": tensor.redaction}
     if tensor.sha256:
         doc["sha256"] = tensor.sha256.hex()
+    redacted = {c.index: c for c in tensor.columns}
+    if redacted:
+        doc["redacted_columns"] = [{"name": c.name, "redaction": c.redaction}
+                                   for c in tensor.columns]
     data = values(tensor)
     if data is None:
         return doc
     if columns and len(tensor.shape) == 2 and tensor.shape[1] == len(columns):
-        doc["rows"] = [{name: {"value": v, "unit": unit} if unit else {"value": v}
-                        for (name, unit), v in zip(columns, row, strict=True)} for row in data]
+        doc["rows"] = [{name: _cell(v, unit, redacted.get(i))
+                        for i, ((name, unit), v) in enumerate(zip(columns, row, strict=True))}
+                       for row in data]
     else:
         doc["values"] = data
     return doc
+
+
+def _cell(value: Any, unit: str, redacted: ColumnRedaction | None) -> dict[str, Any]:
+    """One feature of one row: its value and unit, or how it was redacted (a redacted
+    column's stored zeros are not its values, so they are not shown)."""
+    if redacted is not None:
+        out: dict[str, Any] = {"redacted": redacted.redaction}
+        if redacted.digest:
+            out["hmac_sha256"] = redacted.digest.hex()
+        return out
+    return {"value": value, "unit": unit} if unit else {"value": value}
 
 
 def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dict[str, Any]:
@@ -137,8 +153,12 @@ def _tensor_lines(kind: str, tensor: dict[str, Any]) -> list[str]:
             if len(tensor["rows"]) > 1:
                 out.append(f"    row {i}")
             for name, cell in row.items():
-                out.append(f"    {name:<24}{_number(cell['value']):>12} {cell.get('unit', '')}"
-                           .rstrip())
+                if "redacted" in cell:
+                    how = "hashed" if cell["redacted"] == "hash" else "dropped"
+                    out.append(f"    {name:<24}{'(' + how + ')':>12}")
+                else:
+                    out.append(f"    {name:<24}{_number(cell['value']):>12} "
+                               f"{cell.get('unit', '')}".rstrip())
         return out
     if "values" in tensor:
         flat = np.asarray(tensor["values"]).ravel().tolist()

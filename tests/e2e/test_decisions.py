@@ -321,3 +321,46 @@ def test_a_shadow_copy_has_its_own_record_pointing_at_the_primary(stack: Stack,
     assert (shadow.shadow, shadow.shadow_of, shadow.version) == (True, primary, "1")
     assert shadow.decision_id not in ("", primary)
     assert shadow.request_id == main.request_id
+
+
+def test_a_hashed_feature_leaves_no_byte_in_the_log_index_or_export(stack: Stack,
+                                                                     tmp_path: Path) -> None:
+    http_port, grpc_port = free_ports(2)
+    key = tmp_path / "redaction.key"
+    key.write_bytes(os.urandom(32))
+    config = sidecar_config(stack, http_port, grpc_port, tmp_path)
+    config["sidecar"]["decision_log"].update(
+        feature_redaction={"claims_risk": {"claimant_age": "hash"}},
+        redaction_key_file=str(key))
+    age = np.float32(61.8125)  # nobody else's value: its bytes are easy to look for
+    claim = [*CLAIM[:4], float(age), *CLAIM[5:]]
+    with running("sidecar", config, http_port, tmp_path):
+        for protocol in ("rest", "grpc"):
+            if protocol == "rest":
+                resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                                  content=infer_json([claim, claim]),
+                                  headers={"x-request-id": "redacted-rest"})
+                assert resp.status_code == 200
+            else:
+                with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                    channel.unary_unary(INFER)(grpc_claim(claim), timeout=10,
+                                               metadata=(("x-request-id", "redacted-grpc"),))
+    log = tmp_path / "decisions"
+    out = subprocess.run([sys.executable, "-m", "aios_cli", "audit", "export", "--dir", str(log),
+                          "--out", str(tmp_path / "export.jsonl")], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    shown = subprocess.run([sys.executable, "-m", "aios_cli", "audit", "show", "redacted-rest",
+                            "--dir", str(log)], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout
+    written = b"".join(p.read_bytes() for p in log.iterdir() if p.is_file())
+    exported = (tmp_path / "export.jsonl").read_text()
+    assert "index.sqlite3" in {p.name for p in log.iterdir()} and out.returncode == 0
+    assert age.tobytes() not in written, "the age's float32 bytes are nowhere in the folder"
+    assert "61.8125" not in exported and "61.8125" not in shown
+    assert "    claimant_age                (hashed)" in shown.splitlines()
+    assert "    claim_amount                 5255.70 EUR" in shown.splitlines()
+    rest, grpc_ = (find(log, r) for r in ("redacted-rest", "redacted-grpc"))
+    for record in (rest, grpc_):
+        [column] = record.inputs[0].columns
+        assert (column.name, column.redaction, len(column.digest)) == ("claimant_age", "hash",
+                                                                       32)
