@@ -41,7 +41,7 @@ def _witness(args: argparse.Namespace, config: StackConfig) -> Any:
     if path is None:
         path = given.with_name(given.name + "-checkpoints") if given else \
             config.sidecar.decision_log.witness
-    return DirectoryWitness(path) if path.is_dir() else None
+    return DirectoryWitness(path)
 
 
 def _public_key(args: argparse.Namespace, config: StackConfig) -> Any:
