@@ -113,11 +113,41 @@ class ServerSettings(_Frozen):
 Redaction = Literal["keep", "hash", "drop"]
 
 
-class DecisionLogSettings(_Frozen):
-    """The sidecar's tamper-evident decision log."""
+class SignedLogSettings(_Frozen):
+    """A hash-chained log with signed checkpoints (`aios.checkpoint`)."""
 
     enabled: bool = True
     directory: Path = Path("var/decisions")
+    # An Ed25519 private key (PEM) kept outside the log folder; without one the log is
+    # chained but unsigned (a warning at start).
+    signing_key_file: Path | None = None
+    # Where checkpoints are published, outside the log folder (default: a sibling folder
+    # "<directory>-checkpoints").
+    witness_directory: Path | None = None
+
+    @property
+    def witness(self) -> Path:
+        """The witness folder in force."""
+        return self.witness_directory or self.directory.with_name(
+            self.directory.name + "-checkpoints")
+
+    def _secret_paths(self) -> list[tuple[str, Path | None]]:
+        return [("signing_key_file", self.signing_key_file),
+                ("witness_directory", self.witness_directory)]
+
+    @model_validator(mode="after")
+    def _keys_and_checkpoints_live_outside_the_log(self) -> SignedLogSettings:
+        log = self.directory.resolve()
+        for name, path in self._secret_paths():
+            if path is not None and path.resolve().is_relative_to(log):
+                raise ValueError(f"{name} must be outside the log directory {self.directory} "
+                                 "(whoever can rewrite the log must not reach it)")
+        return self
+
+
+class DecisionLogSettings(SignedLogSettings):
+    """The sidecar's tamper-evident decision log."""
+
     # sync: a response is released only once its record is on disk (regulated default).
     # async: records are queued; a full queue drops them, counted and alarmed.
     mode: Literal["sync", "async"] = "sync"
@@ -138,35 +168,19 @@ class DecisionLogSettings(_Frozen):
     redis_stream_url: str | None = Field(None, pattern=REDIS_URL)
     redis_stream_key: str = "aios:decisions"
     redis_stream_maxlen: int = Field(100_000, ge=1)
-    # Signed checkpoints (sidecar.checkpoint): an Ed25519 private key (PEM) kept outside
-    # the log folder; without one the log is chained but unsigned (a warning at start).
-    signing_key_file: Path | None = None
-    # Where checkpoints are published, outside the log folder (default: a sibling folder
-    # "<directory>-checkpoints").
-    witness_directory: Path | None = None
     checkpoint_every_records: int = Field(1000, ge=1)
     checkpoint_every_s: float = Field(10.0, gt=0)
 
-    @property
-    def witness(self) -> Path:
-        """The witness folder in force."""
-        return self.witness_directory or self.directory.with_name(
-            self.directory.name + "-checkpoints")
+    def _secret_paths(self) -> list[tuple[str, Path | None]]:
+        return [*super()._secret_paths(), ("redaction_key_file", self.redaction_key_file)]
 
     @model_validator(mode="after")
-    def _keys_and_checkpoints_live_outside_the_log(self) -> DecisionLogSettings:
+    def _hashes_are_keyed(self) -> DecisionLogSettings:
         if self.redaction_key_file is None and any(
                 rule == "hash" for rules in self.feature_redaction.values()
                 for rule in rules.values()):
             raise ValueError("feature_redaction 'hash' needs redaction_key_file (an unkeyed "
                              "hash of a low-entropy column can be reversed)")
-        log = self.directory.resolve()
-        for name, path in (("signing_key_file", self.signing_key_file),
-                           ("redaction_key_file", self.redaction_key_file),
-                           ("witness_directory", self.witness_directory)):
-            if path is not None and path.resolve().is_relative_to(log):
-                raise ValueError(f"{name} must be outside the log directory {self.directory} "
-                                 "(whoever can rewrite the log must not reach it)")
         return self
 
 
@@ -422,6 +436,9 @@ class GatewaySettings(_Frozen):
     routing: RoutingSettings = RoutingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     batching: BatchingSettings = BatchingSettings()
+    # Every routing change, chained and signed as the decision log is (`aios audit verify
+    # --dir var/route-changes`): who, when, why, before, after, revision.
+    change_log: SignedLogSettings = SignedLogSettings(directory=Path("var/route-changes"))
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:

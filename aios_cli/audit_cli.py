@@ -34,7 +34,7 @@ def _given_dir(args: argparse.Namespace) -> Path | None:
 
 def _witness(args: argparse.Namespace, config: StackConfig) -> Any:
     """The checkpoint folder: named, else beside a named log folder, else the config's."""
-    from sidecar.checkpoint import DirectoryWitness
+    from aios.checkpoint import DirectoryWitness
 
     path: Path | None = args.witness
     given = _given_dir(args)
@@ -47,7 +47,7 @@ def _witness(args: argparse.Namespace, config: StackConfig) -> Any:
 def _public_key(args: argparse.Namespace, config: StackConfig) -> Any:
     """The key checkpoints are checked with: named, else (for the config's own log) the
     public half of the config's signing key, if it is there."""
-    from sidecar.checkpoint import load_public_key
+    from aios.checkpoint import load_public_key
 
     if args.public_key is not None:
         return load_public_key(args.public_key)
@@ -83,8 +83,8 @@ class Bar:
 
 
 def cmd_verify(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.audit import verify
-    from sidecar.checkpoint import CheckpointError
+    from aios.auditlog import verify
+    from aios.checkpoint import CheckpointError
 
     try:
         key = _public_key(args, config)
@@ -206,10 +206,16 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
                           "page": args.page, "limit": args.limit,
                           "decisions": docs}, indent=2))
         return 0
-    rows = [[d["decision_id"] or "-", d["time"], d["business_key"] or "-", d["tenant"] or "-",
-             f"{d['model']} v{d['version']}", d["route"]["reason"] or "-",
-             d["outcome"] + (" (shadow)" if d["shadow"] else "")] for d in docs]
-    print(_table(rows, ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE", "OUTCOME"]))
+    if docs and all(d.get("kind") == "route_change" for d in docs):  # a change log
+        rows = [[str(d["sequence"]), d["time"], d["model"], str(d["revision"]), d["who"] or "-",
+                 d["action"], d["reason"] or "-"] for d in docs]
+        print(_table(rows, ["RECORD", "TIME", "MODEL", "REVISION", "WHO", "ACTION", "REASON"]))
+    else:
+        rows = [[d["decision_id"] or "-", d["time"], d["business_key"] or "-",
+                 d["tenant"] or "-", f"{d['model']} v{d['version']}",
+                 d["route"]["reason"] or "-", d["outcome"] + (" (shadow)" if d["shadow"] else "")]
+                for d in docs]
+        print(_table(rows, ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE", "OUTCOME"]))
     first = (args.page - 1) * args.limit
     of = f"over {COUNT_CAP:,}" if total > COUNT_CAP else str(total)
     print(f"\n{first + 1 if rows else 0}-{first + len(rows)} of {of} "
@@ -220,6 +226,9 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
 
 def _flat(doc: dict[str, Any]) -> dict[str, Any]:
     """One CSV row: the record's fields, the route's, and each input column by name."""
+    if doc.get("kind") == "route_change":
+        return {k: json.dumps(v, sort_keys=True) if k in ("before", "after") else v
+                for k, v in doc.items()}
     row = {k: v for k, v in doc.items() if k not in ("inputs", "outputs", "route")}
     row["parity_flags"] = " ".join(doc["parity_flags"])
     for k, v in doc["route"].items():
@@ -316,7 +325,7 @@ def _manifest(args: argparse.Namespace, config: StackConfig, directory: Path, co
 
 
 def cmd_prove(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.audit import prove
+    from aios.auditlog import prove
 
     witness = _witness(args, config)
     checkpoints = witness.checkpoints() if witness is not None else []
@@ -345,8 +354,8 @@ def cmd_prove(args: argparse.Namespace, config: StackConfig) -> int:
 
 
 def cmd_check_proof(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.audit import check_proof
-    from sidecar.checkpoint import CheckpointError, load_public_key
+    from aios.auditlog import check_proof
+    from aios.checkpoint import CheckpointError, load_public_key
 
     try:
         key = load_public_key(args.public_key)
@@ -363,7 +372,7 @@ def cmd_check_proof(args: argparse.Namespace, config: StackConfig) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.checkpoint import key_id, write_key_pair
+    from aios.checkpoint import key_id, write_key_pair
 
     try:
         public = write_key_pair(args.private, args.public)

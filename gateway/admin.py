@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aios.config import GatewaySettings, ModelRoute, ShadowConfig, describe_validation
 from aios.errors import InvalidInput, NotFound
 from gateway.breaker import Breaker
+from gateway.changelog import ChangeLog
 from gateway.routestore import Change, RouteStore, new_change, route_of, table_from_route
 from gateway.routing import ModelTable, Router
 from gateway.versions import VersionLookup
@@ -61,8 +62,10 @@ class RoutingAdmin:
     """Reads and changes the routing tables, for both admin protocols."""
 
     def __init__(self, settings: GatewaySettings, router: Router, store: RouteStore,
-                 versions: VersionLookup, breaker: Breaker) -> None:
+                 versions: VersionLookup, breaker: Breaker,
+                 changes: ChangeLog | None = None) -> None:
         self._backends = settings.backends
+        self._changes = changes
         self._history_default = 100
         self._router = router
         self._store = store
@@ -149,8 +152,9 @@ class RoutingAdmin:
                 previous = None
             # The store accepts it only if it is still at `base`: so the new one is base + 1.
             table = table_from_route(model, route, base + 1, previous)
-            await self._store.commit(
-                table, base, new_change(model, table.revision, who, action, reason, previous,
-                                        table))
+            change = new_change(model, table.revision, who, action, reason, previous, table)
+            await self._store.commit(table, base, change)
             self._router.install(table)
+            if self._changes is not None:
+                await self._changes.append(change)
             return table

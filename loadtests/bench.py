@@ -47,11 +47,11 @@ import numpy as np
 import yaml
 from tritonclient.grpc import service_pb2
 
+from aios.checkpoint import write_key_pair
 from aios.config import AuthSettings
 from aios.tracing import Tracing
 from aios_cli.claims import synthesize_claims
 from aios_cli.tokens import mint_token
-from sidecar.checkpoint import write_key_pair
 
 # Each run's own secret: the bench's gateways live only as long as the run.
 BENCH_AUTH = AuthSettings(hs256_secret=secrets.token_urlsafe(48))

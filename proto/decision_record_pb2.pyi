@@ -37,7 +37,7 @@ class ColumnRedaction(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., redaction: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of")
+    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of", "kind", "route_change")
     class RouteWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class DecisionRecord(_message.Message):
     ROUTE_REASON_FIELD_NUMBER: _ClassVar[int]
     ROUTE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_OF_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_CHANGE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time_unix_nanos: int
     request_id: str
@@ -95,4 +97,18 @@ class DecisionRecord(_message.Message):
     route_reason: str
     route_weights: _containers.ScalarMap[str, int]
     shadow_of: str
-    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., decision_id: _Optional[str] = ..., business_key: _Optional[str] = ..., route_reason: _Optional[str] = ..., route_weights: _Optional[_Mapping[str, int]] = ..., shadow_of: _Optional[str] = ...) -> None: ...
+    kind: str
+    route_change: RouteChange
+    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., decision_id: _Optional[str] = ..., business_key: _Optional[str] = ..., route_reason: _Optional[str] = ..., route_weights: _Optional[_Mapping[str, int]] = ..., shadow_of: _Optional[str] = ..., kind: _Optional[str] = ..., route_change: _Optional[_Union[RouteChange, _Mapping]] = ...) -> None: ...
+
+class RouteChange(_message.Message):
+    __slots__ = ("action", "reason", "before_json", "after_json")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
+    AFTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    reason: str
+    before_json: str
+    after_json: str
+    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ...) -> None: ...

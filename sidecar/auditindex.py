@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aios.auditlog import Located, located, record_at, segments
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.audit import Located, located, record_at, segments
 
 INDEX_FILE = "index.sqlite3"
 SCHEMA_VERSION = 1

@@ -10,7 +10,7 @@ write fails those callers (503), it never acknowledges. In `async` mode callers 
 wait, and a batch's fsync may wait up to ASYNC_FSYNC_INTERVAL_S for the next one; when the
 queue is full a record is dropped, counted and alarmed.
 
-With a signing key, a checkpoint (`sidecar.checkpoint`) over what is durable is signed and
+With a signing key, a checkpoint (`aios.checkpoint`) over what is durable is signed and
 published to the witness every ``checkpoint_every_records`` records or
 ``checkpoint_every_s`` seconds (when there is anything new), and at close.
 """
@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -32,22 +30,15 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
+from aios.auditlog import recover, write_head
+from aios.chain import GENESIS, seal
+from aios.checkpoint import CheckpointError, Durable, Signer
 from aios.config import ConfigError, DecisionLogSettings
 from aios.errors import LogUnavailable
+from aios.merkle import Frontier
 from aios.metrics import LATENCY_BUCKETS
 from aios.redisconf import RedisEndpoint
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.audit import HEAD_FILE, segments
-from sidecar.chain import GENESIS, read_frames, seal
-from sidecar.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    DirectoryWitness,
-    Witness,
-    key_id,
-    load_private_key,
-)
-from sidecar.merkle import Frontier
 
 logger = logging.getLogger(__name__)
 
@@ -96,49 +87,6 @@ class LogMetrics:
                                        registry=registry)
 
 
-def _recover(directory: Path, tree: Frontier) -> tuple[int, bytes]:
-    """The last complete record's (sequence, hash): where the chain continues; every
-    record's hash goes into ``tree``."""
-    sequence, last = 0, GENESIS
-    for path in segments(directory):
-        for frame in read_frames(path.read_bytes()):
-            if frame.record is None:
-                break
-            sequence, last = frame.record.sequence, frame.record.hash
-            tree.append(last)
-    return sequence, last
-
-
-@dataclass(frozen=True, slots=True)
-class Durable:
-    """What is on disk: the tree over it and its last record."""
-
-    size: int
-    root: bytes
-    sequence: int
-    last: bytes
-
-
-class Signer:
-    """Signs checkpoints and hands them to the witness (in a worker thread)."""
-
-    def __init__(self, settings: DecisionLogSettings, witness: Witness | None = None) -> None:
-        assert settings.signing_key_file is not None
-        self._key = load_private_key(settings.signing_key_file)
-        self._key_id = key_id(self._key.public_key())
-        self._log = settings.directory.name
-        self.witness = witness or DirectoryWitness(settings.witness)
-        self.published = 0
-
-    def publish(self, durable: Durable) -> Checkpoint:
-        checkpoint = Checkpoint(self._log, durable.size, durable.root.hex(), durable.sequence,
-                                durable.last.hex(), time.time_ns(), self._key_id
-                                ).signed(self._key)
-        self.witness.publish(checkpoint)
-        self.published = durable.size
-        return checkpoint
-
-
 class DecisionLog:
     """The sidecar's decision log (see the module docstring)."""
 
@@ -178,7 +126,7 @@ class DecisionLog:
         else:
             logger.warning("decision log: no signing_key_file, so no signed checkpoints: a "
                            "rewrite of the whole log would go unnoticed")
-        self._sequence, self._last = await asyncio.to_thread(_recover, self._dir, self._tree)
+        self._sequence, self._last = await asyncio.to_thread(recover, self._dir, self._tree)
         self._durable = Durable(self._tree.size, self._tree.root(), self._sequence, self._last)
         # Always a fresh segment: never append after a tail a crash may have torn.
         self._open_segment(self._sequence + 1)
@@ -389,11 +337,7 @@ class DecisionLog:
             logger.warning("decision log: HEAD not updated (%s)", exc.strerror or exc)
 
     def _write_head(self, sequence: int, last: bytes, segment: str) -> None:
-        head = self._dir / HEAD_FILE
-        tmp = head.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sequence": sequence, "hash": last.hex(),
-                                   "segment": segment}))
-        os.replace(tmp, head)
+        write_head(self._dir, sequence, last, segment)
         self._head_at = time.monotonic()
 
     async def _publish(self, batch: list[DecisionRecord]) -> None:

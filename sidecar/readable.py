@@ -86,14 +86,30 @@ def _cell(value: Any, unit: str, redacted: ColumnRedaction | None) -> dict[str, 
     return {"value": value, "unit": unit} if unit else {"value": value}
 
 
+def _time(record: DecisionRecord) -> str:
+    when = datetime.datetime.fromtimestamp(record.time_unix_nanos / 1e9, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def route_change(record: DecisionRecord) -> dict[str, Any]:
+    """A routing change record (the gateway's change log) as a JSON-ready dict."""
+    change = record.route_change
+    return {"kind": record.kind, "sequence": record.sequence, "time": _time(record),
+            "model": record.model, "revision": record.route_revision, "who": record.subject,
+            "action": change.action, "reason": change.reason,
+            "before": json.loads(change.before_json) if change.before_json else None,
+            "after": json.loads(change.after_json) if change.after_json else None,
+            "hash": record.hash.hex(), "prev_hash": record.prev_hash.hex()}
+
+
 def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dict[str, Any]:
     """``record`` as a JSON-ready dict a person can read."""
+    if record.kind == "route_change":
+        return route_change(record)
     meaning = names.get((record.model, record.version))
-    when = datetime.datetime.fromtimestamp(record.time_unix_nanos / 1e9, datetime.UTC)
     return {
         "decision_id": record.decision_id, "request_id": record.request_id,
-        "sequence": record.sequence,
-        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "sequence": record.sequence, "time": _time(record),
         "business_key": record.business_key, "tenant": record.tenant,
         "subject": record.subject, "model": record.model, "version": record.version,
         "protocol": record.protocol,
@@ -121,6 +137,17 @@ def _number(value: Any) -> str:
 
 def text_block(doc: dict[str, Any]) -> str:
     """A readable document (`readable`) as lines of text."""
+    if doc.get("kind") == "route_change":
+        return "\n".join([
+            f"routing change of {doc['model']} to revision {doc['revision']}  "
+            f"(record {doc['sequence']})",
+            f"  time          {doc['time']}",
+            f"  who           {doc['who'] or '-'}",
+            f"  action        {doc['action']}",
+            f"  reason        {doc['reason'] or '-'}",
+            f"  before        {json.dumps(doc['before'], sort_keys=True)}",
+            f"  after         {json.dumps(doc['after'], sort_keys=True)}",
+            f"  record hash   {doc['hash']}"])
     route = doc["route"]
     weights = ", ".join(f"{k}={v}" for k, v in sorted(route["weights"].items())) or "-"
     lines = [

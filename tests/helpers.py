@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.checkpoint import write_key_pair
+from aios.checkpoint import write_key_pair
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_REPO = REPO / "model_repo"
@@ -108,6 +109,8 @@ def stack_config(ports: StackPorts, tmp: Path, model_repo: Path = MODEL_REPO,
                                                "sticky": "header:x-claim-id"},
                                "slow": {"backend": "local"}},
                     "routing": {"state_file": str(tmp / "routes.json")},
+                    "change_log": {"directory": str(tmp / "route-changes"),
+                                   "signing_key_file": str(signing_key)},
                     "auth": TEST_AUTH,
                     # The functional tests must not trip over quotas; test_quota sets its own.
                     "quota": {"tenants": {
@@ -271,5 +274,8 @@ def gateway_config(sidecar_http: str, sidecar_grpc: str, models: dict[str, Any],
     section = {"server": {"http_port": http_port, "grpc_port": grpc_port, **(server or {})},
                "backends": backends, "models": models,
                "quota": {"tenants": {TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000}}},
-               "auth": TEST_AUTH, **extra}
+               "auth": TEST_AUTH,
+               # Never the checkout's var/: each gateway's changes in a folder of its own.
+               "change_log": {"directory": tempfile.mkdtemp(prefix="aios-changes-")},
+               **extra}
     return {"gateway": section}, http_port, grpc_port

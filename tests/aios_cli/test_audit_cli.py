@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aios.checkpoint import write_key_pair
 from aios.config import DecisionLogSettings
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.checkpoint import write_key_pair
 from sidecar.decisionlog import DecisionLog
 from sidecar.records import add_tensor
 from tests.helpers import REPO

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
-from sidecar.audit import records, verify
+from aios.auditlog import records, verify
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER, grpc_request
 from tests.helpers import (

@@ -13,8 +13,8 @@ import grpc
 import httpx
 from tritonclient.grpc import service_pb2
 
-from sidecar.audit import records, verify
-from sidecar.checkpoint import DirectoryWitness, load_public_key, write_key_pair
+from aios.auditlog import records, verify
+from aios.checkpoint import DirectoryWitness, load_public_key, write_key_pair
 from tests.conftest import Stack
 from tests.helpers import (
     MODEL_REPO,

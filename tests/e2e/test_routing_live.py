@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from aios.auditlog import records, verify
 from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
 from tests.conftest import Stack
@@ -47,6 +48,7 @@ class Gateway:
     http: str
     grpc: str
     process: subprocess.Popen[bytes]
+    changes: Path  # its change log
 
     @property
     def url(self) -> str:
@@ -56,10 +58,12 @@ class Gateway:
 def start_gateway(services: contextlib.ExitStack, stack: Stack, models: dict[str, Any],
                   tmp: Path, **extra: Any) -> Gateway:
     """A gateway in front of the session's sidecar, stopped when ``services`` closes."""
-    config, http_port, grpc_port = gateway_config(stack.sidecar_http, stack.sidecar_grpc,
-                                                  models, **extra)
+    changes = tmp / "route-changes"
+    config, http_port, grpc_port = gateway_config(
+        stack.sidecar_http, stack.sidecar_grpc, models,
+        **{"change_log": {"directory": str(changes)}, **extra})
     process = services.enter_context(running("gateway", config, http_port, tmp))
-    return Gateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process)
+    return Gateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process, changes)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +207,13 @@ def test_weight_change_is_recorded_and_stale_revisions_conflict(canary: Gateway)
         "weight"]
     assert latest["after"]["targets"]["canary"]["weight"] == 20
     assert score(canary, "x").headers["x-aios-route-revision"] == str(after["revision"])
+    # The change is also in the gateway's tamper-evident change log.
+    chained = [r for r in records(canary.changes) if r.route_revision == after["revision"]]
+    assert [(r.kind, r.subject, r.route_change.action, r.route_change.reason)
+            for r in chained] == [("route_change", "ops-alice", "set_weights",
+                                   "canary looks healthy")]
+    assert json.loads(chained[0].route_change.after_json)["targets"]["canary"]["weight"] == 20
+    assert verify(canary.changes).intact
 
 
 def test_admin_over_grpc(canary: Gateway) -> None:

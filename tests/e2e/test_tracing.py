@@ -19,9 +19,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from aios.auditlog import records
 from aios.tracing import Tracing
 from aios_cli.cli import tracing_settings
-from sidecar.audit import records
 from tests.e2e.test_errors import INFER, grpc_request
 from tests.helpers import (
     STARTUP_TIMEOUT_S,

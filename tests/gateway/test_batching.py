@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2
 
+from aios.auditlog import records
 from aios.config import UpstreamSettings
 from aios.envelope import BATCH_PATH, Call, encode_calls
 from aios.tracing import Tracing
@@ -24,7 +25,6 @@ from aios.upstream import HttpReply, HttpUpstream
 from gateway.batching import BackendBatching, calls_histogram, infer_path
 from gateway.routing import ShadowSpec
 from gateway.shadow import ShadowJob, ShadowRunner
-from sidecar.audit import records
 from tests.conftest import Stack
 from tests.e2e.test_decisions import decisions
 from tests.helpers import REPO, TEST_TENANT, bearer, token

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aios.auditlog import verify
 from loadtests.audit_search import claim_id, markdown, run, write_log
-from sidecar.audit import verify
 from sidecar.auditindex import Query, search
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import orjson
 import pytest
 
+from aios.auditlog import records
 from aios.batching import content_headers
 from aios.kserve import validate_infer_request
-from sidecar.audit import records
 from sidecar.batching import batch_key, merge_body, runs, split_reply
 from tests.conftest import Stack
 from tests.e2e.test_decisions import decisions

@@ -15,11 +15,11 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from aios.auditlog import records, segments, verify
+from aios.chain import read_frames, record_hash, seal
 from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.audit import records, segments, verify
-from sidecar.chain import read_frames, record_hash, seal
 from sidecar.decisionlog import DecisionLog
 from tests.helpers import REPO
 from tests.redis_server import RedisServer

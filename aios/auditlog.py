@@ -1,7 +1,7 @@
 """Reading the decision log for an auditor: verify it, read a record, prove one.
 
 `verify` walks the hash chain across segments and checks it against HEAD and against
-every signed checkpoint the witness holds (`sidecar.checkpoint`): a byte edit, a removed,
+every signed checkpoint the witness holds (`aios.checkpoint`): a byte edit, a removed,
 inserted or swapped record breaks the chain (named by record); a log rewritten from some
 record on, chain and HEAD recomputed, no longer has the signed Merkle root; records cut
 from the end fall short of the signed size; a checkpoint not signed by the key is
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from aios.chain import GENESIS, read_frames, record_hash
+from aios.checkpoint import Checkpoint, CheckpointError, Witness
+from aios.merkle import Frontier, inclusion_proof, leaf_hash, root_from_proof
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.chain import GENESIS, read_frames, record_hash
-from sidecar.checkpoint import Checkpoint, CheckpointError, Witness
-from sidecar.merkle import Frontier, inclusion_proof, leaf_hash, root_from_proof
 
 SEGMENT_GLOB = "segment-*.log"
 HEAD_FILE = "HEAD"
@@ -189,6 +190,24 @@ def _check_head(directory: Path, report: Report) -> None:
     elif head["sequence"] < report.last_sequence:
         report.warnings.append(f"HEAD lags at {head['sequence']} (a crash before the marker "
                                "was updated)")
+
+
+def recover(directory: Path, tree: Frontier) -> tuple[int, bytes]:
+    """The last complete record's (sequence, hash): where a writer's chain continues;
+    every record's hash goes into ``tree``."""
+    sequence, last = 0, GENESIS
+    for item in located(directory):
+        sequence, last = item.record.sequence, item.record.hash
+        tree.append(last)
+    return sequence, last
+
+
+def write_head(directory: Path, sequence: int, last: bytes, segment: str) -> None:
+    """Move the HEAD marker (a new file renamed over the old)."""
+    head = directory / HEAD_FILE
+    tmp = head.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sequence": sequence, "hash": last.hex(), "segment": segment}))
+    os.replace(tmp, head)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Signed checkpoints of the decision log, and the witness that keeps them.
 
 Every so many records or seconds the sidecar signs (Ed25519) a tree head: the Merkle
-root (`sidecar.merkle`) over every record so far, with the tree size and the last
+root (`aios.merkle`) over every record so far, with the tree size and the last
 record's sequence and chain hash. The signature covers a fixed text, so any Ed25519
 tool checks it. Checkpoints go to a witness outside the log folder (a directory of its
 own by default): whoever can rewrite the log folder cannot move a signed root without
@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from aios.config import SignedLogSettings
 
 FORMAT = "aios-checkpoint/v1"
 LATEST_FILE = "latest.json"
@@ -129,6 +132,37 @@ def write_key_pair(private_path: Path, public_path: Path) -> Ed25519PublicKey:
     public_path.write_bytes(public.public_bytes(serialization.Encoding.PEM,
                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
     return public
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """What of a log is on disk: the tree over it and its last record."""
+
+    size: int
+    root: bytes
+    sequence: int
+    last: bytes
+
+
+class Signer:
+    """Signs checkpoints of one log and hands them to its witness (blocking: call it from
+    a worker thread)."""
+
+    def __init__(self, settings: SignedLogSettings, witness: Witness | None = None) -> None:
+        assert settings.signing_key_file is not None
+        self._key = load_private_key(settings.signing_key_file)
+        self._key_id = key_id(self._key.public_key())
+        self._log = settings.directory.name
+        self.witness = witness or DirectoryWitness(settings.witness)
+        self.published = 0
+
+    def publish(self, durable: Durable) -> Checkpoint:
+        checkpoint = Checkpoint(self._log, durable.size, durable.root.hex(), durable.sequence,
+                                durable.last.hex(), time.time_ns(), self._key_id
+                                ).signed(self._key)
+        self.witness.publish(checkpoint)
+        self.published = durable.size
+        return checkpoint
 
 
 class Witness(Protocol):

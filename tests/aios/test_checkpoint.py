@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aios.auditlog import HEAD_FILE, records, segments, verify
+from aios.chain import GENESIS, read_frames, seal
+from aios.checkpoint import DirectoryWitness, load_public_key, write_key_pair
 from aios.config import DecisionLogSettings
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.audit import HEAD_FILE, records, segments, verify
-from sidecar.chain import GENESIS, read_frames, seal
-from sidecar.checkpoint import DirectoryWitness, load_public_key, write_key_pair
 from sidecar.decisionlog import DecisionLog
 from tests.helpers import REPO
 

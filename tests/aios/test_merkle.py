@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from sidecar.merkle import (
+from aios.merkle import (
     EMPTY_ROOT,
     Frontier,
     inclusion_proof,
