@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from aios.config import StackConfig
+from aios.config import SignedLogSettings, StackConfig
 
 PAGE = 20
 
@@ -36,12 +36,10 @@ def _witness(args: argparse.Namespace, config: StackConfig) -> Any:
     """The checkpoint folder: named, else beside a named log folder, else the config's."""
     from aios.checkpoint import DirectoryWitness
 
-    path: Path | None = args.witness
     given = _given_dir(args)
-    if path is None:
-        path = given.with_name(given.name + "-checkpoints") if given else \
-            config.sidecar.decision_log.witness
-    return DirectoryWitness(path)
+    default = SignedLogSettings(directory=given).witness if given else \
+        config.sidecar.decision_log.witness
+    return DirectoryWitness(args.witness or default)
 
 
 def _public_key(args: argparse.Namespace, config: StackConfig) -> Any:
