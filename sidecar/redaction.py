@@ -44,7 +44,7 @@ def read_key(path: Path | None) -> bytes:
         return b""
     where = "sidecar.decision_log.redaction_key_file"
     try:
-        key = path.read_bytes().strip()
+        key = path.read_bytes()  # every byte, as written: a key is not text
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path} ({exc.strerror})") from exc
     if len(key) < MIN_KEY_BYTES:

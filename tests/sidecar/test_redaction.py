@@ -79,6 +79,12 @@ def test_a_feature_no_profile_names_is_a_config_error() -> None:
         build(settings, load_names(MODEL_REPO), b"")
 
 
+def test_the_whole_file_is_the_key(tmp_path: Path) -> None:
+    key = b"\n" + b"x" * 30 + b" \n"  # whitespace at either end is key, not padding
+    (tmp_path / "key").write_bytes(key)
+    assert read_key(tmp_path / "key") == key
+
+
 def test_a_short_or_missing_key_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(b"x" * 8)
     with pytest.raises(ConfigError, match=r"redaction_key_file: .* holds 8 bytes; at least 32"):
