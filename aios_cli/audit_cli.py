@@ -9,18 +9,21 @@ The log folder, witness, signing key and model repository come from the stack co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from aios.config import SignedLogSettings, StackConfig
 
 PAGE = 20
+# Parquet row group size of `aios audit export`.
+PARQUET_ROWS = 10_000
 
 
 def _dir(args: argparse.Namespace, config: StackConfig) -> Path:
@@ -222,8 +225,9 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
     return 0
 
 
-def _flat(doc: dict[str, Any]) -> dict[str, Any]:
-    """One CSV row: the record's fields, the route's, and each input column by name."""
+def _flat(doc: dict[str, Any], lists: bool = False) -> dict[str, Any]:
+    """One CSV or Parquet row: the record's fields, the route's, and each input column by
+    name (its values as a JSON list, or with ``lists`` as a list)."""
     if doc.get("kind") == "route_change":
         return {k: json.dumps(v, sort_keys=True) if k in ("before", "after") else v
                 for k, v in doc.items()}
@@ -237,13 +241,68 @@ def _flat(doc: dict[str, Any]) -> dict[str, Any]:
             if "rows" in tensor:
                 for name in tensor["rows"][0] if tensor["rows"] else ():
                     cells = [r[name] for r in tensor["rows"]]
+                    column = [c["value"] for c in cells]
                     row[name] = f"({cells[0]['redacted']})" if "redacted" in cells[0] else \
-                        json.dumps([c["value"] for c in cells])
+                        column if lists else json.dumps(column)
             elif "values" in tensor:
-                row[tensor["name"]] = json.dumps(tensor["values"])
+                row[tensor["name"]] = json.dumps(tensor["values"])  # any shape: as text
             else:
                 row[tensor["name"]] = f"({tensor['redaction']})"
     return row
+
+
+@contextlib.contextmanager
+def _sink(fmt: str, path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Where exported documents go: a JSON line each, a CSV row each (columns from the
+    first), or Parquet row groups of PARQUET_ROWS (lists kept as lists)."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows: list[dict[str, Any]] = []
+        parquet: Any = None
+
+        def flush() -> None:
+            nonlocal parquet
+            if not rows:
+                return
+            table = pa.Table.from_pylist(rows, schema=parquet.schema_arrow if parquet else None)
+            parquet = parquet or pq.ParquetWriter(path, table.schema)
+            parquet.write_table(table)
+            rows.clear()
+
+        def add(doc: dict[str, Any]) -> None:
+            rows.append(_flat(doc, lists=True))
+            if len(rows) == PARQUET_ROWS:
+                flush()
+
+        try:
+            yield add
+            flush()
+        finally:
+            if parquet is not None:
+                parquet.close()
+            elif not path.exists():
+                path.write_bytes(b"")
+        return
+    with path.open("w", newline="") as out:
+        if fmt == "jsonl":
+            def line(doc: dict[str, Any]) -> None:
+                out.write(json.dumps(doc) + "\n")
+
+            yield line
+            return
+        writer: Any = None
+
+        def row(doc: dict[str, Any]) -> None:
+            nonlocal writer
+            flat = _flat(doc)
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(flat), extrasaction="ignore")
+                writer.writeheader()
+            writer.writerow(flat)
+
+        yield row
 
 
 def _pages(directory: Path, args: argparse.Namespace) -> Iterator[Any]:
@@ -272,22 +331,11 @@ def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
     out_path: Path = args.out
     bar = Bar("exporting")
     count, first, last = 0, None, None
-    digest = hashlib.sha256()
     try:
-        with out_path.open("w", newline="") as out:
-            writer: Any = None
+        with _sink(args.format, out_path) as write:
             for record in _pages(directory, args):
                 doc = readable(record, names)
-                if args.format == "jsonl":
-                    line = json.dumps(doc) + "\n"
-                    out.write(line)
-                    digest.update(line.encode())
-                else:
-                    row = _flat(doc)
-                    if writer is None:
-                        writer = csv.DictWriter(out, fieldnames=list(row), extrasaction="ignore")
-                        writer.writeheader()
-                    writer.writerow(row)
+                write(doc)
                 first = first or doc
                 last = doc
                 count += 1
@@ -298,8 +346,10 @@ def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
         return 1
     finally:
         bar.close()
-    if args.format == "csv":
-        digest.update(out_path.read_bytes())
+    digest = hashlib.sha256()
+    with out_path.open("rb") as written:
+        while chunk := written.read(1 << 20):
+            digest.update(chunk)
     manifest = _manifest(args, config, directory, count, first, last, digest.hexdigest())
     manifest_path = out_path.with_name(out_path.name + ".manifest.json")
     manifest_path.write_text(json.dumps(manifest, indent=2))
@@ -422,7 +472,7 @@ def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     export = add("export", cmd_export, "write decoded decisions and a manifest")
     export.add_argument("--from", help="from this time on (ISO 8601)")
     export.add_argument("--to", help="before this time")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
     for name in ("key", "tenant", "model", "version", "outcome"):
         export.set_defaults(**{name: None})

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -88,7 +89,7 @@ def test_search_pages_through_a_key(log_dir: Path) -> None:
     assert [d["decision_id"] for d in timed["decisions"]] == ["d-2", "d-3"]
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_export_writes_decoded_decisions_and_a_manifest(log_dir: Path, tmp_path: Path,
                                                         fmt: str) -> None:
     out_file = tmp_path / f"export.{fmt}"
@@ -97,6 +98,10 @@ def test_export_writes_decoded_decisions_and_a_manifest(log_dir: Path, tmp_path:
     if fmt == "jsonl":
         docs = [json.loads(line) for line in out_file.read_text().splitlines()]
         assert docs[0]["inputs"][0]["rows"][0]["claim_amount"]["unit"] == "EUR"
+    elif fmt == "parquet":
+        docs = pq.read_table(out_file).to_pylist()
+        assert docs[0]["claim_amount"] == [pytest.approx(5255.7)]
+        assert (docs[0]["risk_score"], docs[1]["decision_id"]) == ("(hash)", "d-1")
     else:
         docs = list(csv.DictReader(out_file.open()))
         assert json.loads(docs[0]["claim_amount"]) == [pytest.approx(5255.7)]
