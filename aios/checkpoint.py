@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aios.config import SignedLogSettings
+from aios.config import ConfigError, SignedLogSettings
 
 FORMAT = "aios-checkpoint/v1"
 LATEST_FILE = "latest.json"
@@ -163,6 +163,17 @@ class Signer:
         self.witness.publish(checkpoint)
         self.published = durable.size
         return checkpoint
+
+
+def open_signer(settings: SignedLogSettings, section: str) -> Signer | None:
+    """The log's signer, if it has a key; ConfigError naming ``section``'s field if the
+    key cannot be used."""
+    if settings.signing_key_file is None:
+        return None
+    try:
+        return Signer(settings)
+    except CheckpointError as exc:
+        raise ConfigError(f"{section}.signing_key_file: {exc}") from exc
 
 
 class Witness(Protocol):

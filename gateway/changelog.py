@@ -18,8 +18,8 @@ from pathlib import Path
 
 from aios.auditlog import recover, write_head
 from aios.chain import seal
-from aios.checkpoint import CheckpointError, Durable, Signer
-from aios.config import ConfigError, SignedLogSettings
+from aios.checkpoint import CheckpointError, Durable, Signer, open_signer
+from aios.config import SignedLogSettings
 from aios.errors import LogUnavailable
 from aios.merkle import Frontier
 from gateway.routestore import Change
@@ -45,30 +45,25 @@ def change_record(change: Change) -> DecisionRecord:
 class ChangeLog:
     """Appends routing changes (see the module docstring)."""
 
-    def __init__(self, settings: SignedLogSettings) -> None:
-        self._settings = settings
-        self._dir = settings.directory
-        self._segment: Path = self._dir / "segment-0000000000000001.log"
-        self._tree = Frontier()
-        self._sequence, self._last = 0, b""
-        self._signer: Signer | None = None
+    def __init__(self, directory: Path, signer: Signer | None, tree: Frontier,
+                 sequence: int, last: bytes) -> None:
+        self._dir = directory
+        self._signer = signer
+        self._tree = tree
+        self._sequence, self._last = sequence, last
+        # A fresh segment after a restart: never append after a tail a crash may have torn.
+        self._segment = directory / f"segment-{sequence + 1:016d}.log"
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, settings: SignedLogSettings) -> ChangeLog:
         """The change log in ``settings.directory``, continuing its chain (it holds no
         file open between changes: nothing to close)."""
-        log = cls(settings)
-        log._dir.mkdir(parents=True, exist_ok=True)
-        if settings.signing_key_file is not None:
-            try:
-                log._signer = Signer(settings)
-            except CheckpointError as exc:
-                raise ConfigError(f"gateway.change_log.signing_key_file: {exc}") from exc
-        log._sequence, log._last = await asyncio.to_thread(recover, log._dir, log._tree)
-        # A fresh segment after a restart: never append after a tail a crash may have torn.
-        log._segment = log._dir / f"segment-{log._sequence + 1:016d}.log"
-        return log
+        settings.directory.mkdir(parents=True, exist_ok=True)
+        signer = open_signer(settings, "gateway.change_log")
+        tree = Frontier()
+        sequence, last = await asyncio.to_thread(recover, settings.directory, tree)
+        return cls(settings.directory, signer, tree, sequence, last)
 
     async def append(self, change: Change) -> None:
         """Record ``change`` durably (LogUnavailable if it cannot be)."""

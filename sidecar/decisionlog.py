@@ -32,8 +32,8 @@ from redis.exceptions import RedisError
 
 from aios.auditlog import recover, write_head
 from aios.chain import GENESIS, seal
-from aios.checkpoint import CheckpointError, Durable, Signer
-from aios.config import ConfigError, DecisionLogSettings
+from aios.checkpoint import CheckpointError, Durable, Signer, open_signer
+from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from aios.merkle import Frontier
 from aios.metrics import LATENCY_BUCKETS
@@ -106,7 +106,7 @@ class DecisionLog:
         self._synced_at = 0.0
         self._head_at = 0.0
         self._tree = Frontier()
-        self._durable = Durable(0, self._tree.root(), 0, GENESIS)
+        self._durable = self._snapshot()
         self._signer: Signer | None = None
         self._sign_now = asyncio.Event()
         self._checkpointer: asyncio.Task[None] | None = None
@@ -118,16 +118,12 @@ class DecisionLog:
 
     async def __aenter__(self) -> DecisionLog:
         self._dir.mkdir(parents=True, exist_ok=True)
-        if self._settings.signing_key_file is not None:
-            try:
-                self._signer = Signer(self._settings)
-            except CheckpointError as exc:
-                raise ConfigError(f"sidecar.decision_log.signing_key_file: {exc}") from exc
-        else:
+        self._signer = open_signer(self._settings, "sidecar.decision_log")
+        if self._signer is None:
             logger.warning("decision log: no signing_key_file, so no signed checkpoints: a "
                            "rewrite of the whole log would go unnoticed")
         self._sequence, self._last = await asyncio.to_thread(recover, self._dir, self._tree)
-        self._durable = Durable(self._tree.size, self._tree.root(), self._sequence, self._last)
+        self._durable = self._snapshot()
         # Always a fresh segment: never append after a tail a crash may have torn.
         self._open_segment(self._sequence + 1)
         if self._signer is not None:
@@ -153,8 +149,7 @@ class DecisionLog:
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
-                self._durable = Durable(self._tree.size, self._tree.root(), self._sequence,
-                                        self._last)
+                self._durable = self._snapshot()
                 if self._sequence and self._segment is not None:
                     self._write_head(self._sequence, self._last, self._segment.name)
             except OSError as exc:
@@ -263,7 +258,7 @@ class DecisionLog:
         for record, _ in batch:
             self._tree.append(record.hash)
         if fsync:
-            self._durable = Durable(self._tree.size, self._tree.root(), sequence, last)
+            self._durable = self._snapshot()
             if self._signer is not None and self._durable.size - self._signer.published >= \
                     self._settings.checkpoint_every_records:
                 self._sign_now.set()
@@ -306,6 +301,10 @@ class DecisionLog:
         if self._size >= self._settings.max_segment_bytes:
             self._open_segment(sequence + 1)
         return segment
+
+    def _snapshot(self) -> Durable:
+        """The tree and last record as written so far (durable once fsynced)."""
+        return Durable(self._tree.size, self._tree.root(), self._sequence, self._last)
 
     async def _checkpoint_loop(self) -> None:
         while True:

@@ -278,9 +278,10 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
         log = None
         features = NO_FEATURE_RULES
         if settings.decision_log.enabled:
-            features = build_feature_rules(
-                settings.decision_log, load_names(settings.parity.model_repository),
-                read_key(settings.decision_log.redaction_key_file))
+            if settings.decision_log.feature_redaction:  # else no profile need be read here
+                features = build_feature_rules(
+                    settings.decision_log, load_names(settings.parity.model_repository),
+                    read_key(settings.decision_log.redaction_key_file))
             log = await stack.enter_async_context(DecisionLog(settings.decision_log, registry))
         parity = None
         if settings.parity.enabled:
