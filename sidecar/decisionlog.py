@@ -109,6 +109,9 @@ class DecisionLog:
         self._durable = self._snapshot()
         self._signer: Signer | None = None
         self._sign_now = asyncio.Event()
+        # The durable state that crossed checkpoint_every_records: what the next
+        # checkpoint covers (so checkpoints fall on the records that called for them).
+        self._due: Durable | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
     @property
@@ -261,6 +264,7 @@ class DecisionLog:
             self._durable = self._snapshot()
             if self._signer is not None and self._durable.size - self._signer.published >= \
                     self._settings.checkpoint_every_records:
+                self._due = self._durable
                 self._sign_now.set()
         self.metrics.write_seconds.observe(time.perf_counter() - start)
         self.metrics.batch.observe(len(batch))
@@ -308,14 +312,19 @@ class DecisionLog:
 
     async def _checkpoint_loop(self) -> None:
         while True:
+            # Not wait_for: on 3.11 it swallows a cancel that meets the event being set, and
+            # the loop would then outlive close.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sign_now.wait(), self._settings.checkpoint_every_s)
+                async with asyncio.timeout(self._settings.checkpoint_every_s):
+                    await self._sign_now.wait()
             self._sign_now.clear()
-            await self._checkpoint()
+            due, self._due = self._due, None
+            await self._checkpoint(due)
 
-    async def _checkpoint(self) -> None:
-        """Sign and publish what is durable, if anything is new since the last one."""
-        signer, durable = self._signer, self._durable
+    async def _checkpoint(self, due: Durable | None = None) -> None:
+        """Sign and publish ``due`` (by default what is durable now), if anything is new
+        since the last checkpoint."""
+        signer, durable = self._signer, due or self._durable
         if signer is None or durable.size <= signer.published:
             return
         try:

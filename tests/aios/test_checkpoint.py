@@ -32,7 +32,9 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 async def write_log(log_dir: Path, private: Path, n: int = 30) -> None:
     settings = DecisionLogSettings.model_validate({
         "directory": str(log_dir), "signing_key_file": str(private),
-        "checkpoint_every_records": 10, "max_segment_bytes": 4096})
+        # By count only: a slow disk must not let the 10 s timer add a checkpoint.
+        "checkpoint_every_records": 10, "checkpoint_every_s": 3600,
+        "max_segment_bytes": 4096})
     async with DecisionLog(settings, CollectorRegistry()) as log:
         for i in range(n):
             await log.append(DecisionRecord(request_id=f"req-{i}", decision_id=f"d-{i}",
