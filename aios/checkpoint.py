@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,10 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aios.config import ConfigError, SignedLogSettings
-
 FORMAT = "aios-checkpoint/v1"
-LATEST_FILE = "latest.json"
 
 
 class CheckpointError(ValueError):
@@ -148,12 +144,11 @@ class Signer:
     """Signs checkpoints of one log and hands them to its witness (blocking: call it from
     a worker thread)."""
 
-    def __init__(self, settings: SignedLogSettings, witness: Witness | None = None) -> None:
-        assert settings.signing_key_file is not None
-        self._key = load_private_key(settings.signing_key_file)
-        self._key_id = key_id(self._key.public_key())
-        self._log = settings.directory.name
-        self.witness = witness or DirectoryWitness(settings.witness)
+    def __init__(self, key: Ed25519PrivateKey, log: str, witness: Witness) -> None:
+        self._key = key
+        self._key_id = key_id(key.public_key())
+        self._log = log
+        self.witness = witness
         self.published = 0
 
     def publish(self, durable: Durable) -> Checkpoint:
@@ -165,19 +160,8 @@ class Signer:
         return checkpoint
 
 
-def open_signer(settings: SignedLogSettings, section: str) -> Signer | None:
-    """The log's signer, if it has a key; ConfigError naming ``section``'s field if the
-    key cannot be used."""
-    if settings.signing_key_file is None:
-        return None
-    try:
-        return Signer(settings)
-    except CheckpointError as exc:
-        raise ConfigError(f"{section}.signing_key_file: {exc}") from exc
-
-
 class Witness(Protocol):
-    """Where checkpoints are kept, outside the log folder."""
+    """Where checkpoints are kept, outside the log folder (`aios.witness`)."""
 
     def publish(self, checkpoint: Checkpoint) -> None:
         """Keep ``checkpoint`` (blocking: called from a worker thread)."""
@@ -186,27 +170,3 @@ class Witness(Protocol):
     def checkpoints(self) -> list[Checkpoint]:
         """Every checkpoint kept, smallest tree first."""
         ...
-
-
-class DirectoryWitness:
-    """Checkpoints as files in a directory: ``checkpoint-<size>.json`` and ``latest.json``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def publish(self, checkpoint: Checkpoint) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(checkpoint.to_json(), indent=1)
-        for name in (f"checkpoint-{checkpoint.size:016d}.json", LATEST_FILE):
-            tmp = self.directory / (name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.directory / name)
-
-    def checkpoints(self) -> list[Checkpoint]:
-        out = []
-        for path in sorted(self.directory.glob("checkpoint-*.json")):
-            try:
-                out.append(Checkpoint.from_json(json.loads(path.read_text())))
-            except (OSError, ValueError) as exc:
-                raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
-        return sorted(out, key=lambda c: c.size)

@@ -31,6 +31,9 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MIN_HS256_SECRET_CHARS = 32
 # Every Redis URL (quota, routing store, decision-log fan-out): `aios.redisconf`'s form.
 REDIS_URL = r"^rediss?://"
+POSTGRES_URL = r"^postgres(ql)?://"
+# Where signed checkpoints may be published besides a directory (`aios.witness`).
+WITNESS_URL = r"^(rediss?|postgres(ql)?)://"
 
 
 class ConfigError(Exception):
@@ -113,6 +116,11 @@ class ServerSettings(_Frozen):
 Redaction = Literal["keep", "hash", "drop"]
 
 
+def default_witness(directory: Path, named: Path | None) -> Path:
+    """A log's checkpoint folder: the one named, else the sibling "<directory>-checkpoints"."""
+    return named or directory.with_name(directory.name + "-checkpoints")
+
+
 class SignedLogSettings(_Frozen):
     """A hash-chained log with signed checkpoints (`aios.checkpoint`)."""
 
@@ -122,14 +130,22 @@ class SignedLogSettings(_Frozen):
     # chained but unsigned (a warning at start).
     signing_key_file: Path | None = None
     # Where checkpoints are published, outside the log folder (default: a sibling folder
-    # "<directory>-checkpoints").
+    # "<directory>-checkpoints"); or, with witness_url, in Redis or PostgreSQL, out of
+    # reach of whoever can write this machine's disk.
     witness_directory: Path | None = None
+    witness_url: str | None = Field(None, pattern=WITNESS_URL)
+    # The log's name in its checkpoints, and its key in a shared witness: each log that
+    # publishes to one Redis or PostgreSQL witness needs its own (default: the folder's).
+    name: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,100}$")
 
     @property
     def witness(self) -> Path:
-        """The witness folder in force."""
-        return self.witness_directory or self.directory.with_name(
-            self.directory.name + "-checkpoints")
+        """The witness folder in force (when checkpoints go to a folder)."""
+        return default_witness(self.directory, self.witness_directory)
+
+    @property
+    def log_name(self) -> str:
+        return self.name or self.directory.name
 
     def _secret_paths(self) -> list[tuple[str, Path | None]]:
         return [("signing_key_file", self.signing_key_file),
@@ -137,6 +153,8 @@ class SignedLogSettings(_Frozen):
 
     @model_validator(mode="after")
     def _keys_and_checkpoints_live_outside_the_log(self) -> SignedLogSettings:
+        if self.witness_directory is not None and self.witness_url is not None:
+            raise ValueError("witness_url: set either witness_directory or witness_url")
         log = self.directory.resolve()
         for name, path in self._secret_paths():
             if path is not None and path.resolve().is_relative_to(log):

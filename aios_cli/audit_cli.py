@@ -36,13 +36,16 @@ def _given_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _witness(args: argparse.Namespace, config: StackConfig) -> Any:
-    """The checkpoint folder: named, else beside a named log folder, else the config's."""
-    from aios.checkpoint import DirectoryWitness
+    """Where the checkpoints are: named (a folder, or a Redis / PostgreSQL URL), else
+    beside a named log folder, else the config's."""
+    from aios.witness import open_witness, witness_at
 
     given = _given_dir(args)
-    default = SignedLogSettings(directory=given).witness if given else \
-        config.sidecar.decision_log.witness
-    return DirectoryWitness(args.witness or default)
+    if args.witness is not None:
+        return witness_at(args.witness, args.log_name or (given or _dir(args, config)).name)
+    if given is not None:
+        return open_witness(SignedLogSettings(directory=given))
+    return open_witness(config.sidecar.decision_log)
 
 
 def _public_key(args: argparse.Namespace, config: StackConfig) -> Any:
@@ -59,7 +62,7 @@ def _public_key(args: argparse.Namespace, config: StackConfig) -> Any:
 
 
 def _names(args: argparse.Namespace, config: StackConfig) -> Any:
-    from sidecar.readable import load_names
+    from aios.readable import load_names
 
     return load_names(args.model_repo or config.sidecar.parity.model_repository)
 
@@ -114,7 +117,7 @@ def cmd_verify(args: argparse.Namespace, config: StackConfig) -> int:
 
 
 def _find(args: argparse.Namespace, config: StackConfig, ident: str) -> list[Any]:
-    from sidecar.auditindex import Query, search
+    from aios.auditindex import Query, search
 
     directory = _dir(args, config)
     bar = Bar("indexing")
@@ -128,7 +131,7 @@ def _find(args: argparse.Namespace, config: StackConfig, ident: str) -> list[Any
 
 
 def cmd_show(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.readable import readable, text_block
+    from aios.readable import readable, text_block
 
     ident = args.id or args.request_id
     if not ident:
@@ -166,7 +169,7 @@ def _time_ns(text: str | None, flag: str) -> int | None:
 
 
 def _query(args: argparse.Namespace, limit: int, page: int) -> Any:
-    from sidecar.auditindex import Query
+    from aios.auditindex import Query
 
     fields = tuple((name, getattr(args, name)) for name in
                    ("key", "request_id", "decision_id", "tenant", "model", "version", "outcome")
@@ -184,8 +187,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.auditindex import COUNT_CAP, search
-    from sidecar.readable import readable
+    from aios.auditindex import COUNT_CAP, search
+    from aios.readable import readable
 
     try:
         query = _query(args, args.limit, args.page)
@@ -306,7 +309,7 @@ def _sink(fmt: str, path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
 
 
 def _pages(directory: Path, args: argparse.Namespace) -> Iterator[Any]:
-    from sidecar.auditindex import MAX_PAGE, search
+    from aios.auditindex import MAX_PAGE, search
 
     page = 1
     while True:
@@ -318,7 +321,7 @@ def _pages(directory: Path, args: argparse.Namespace) -> Iterator[Any]:
 
 
 def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.readable import readable
+    from aios.readable import readable
 
     directory = _dir(args, config)
     names = _names(args, config)
@@ -439,8 +442,11 @@ def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     asub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     log = argparse.ArgumentParser(add_help=False, parents=[common])
     log.add_argument("--dir", type=Path, help="the log folder (default: the config's)")
-    log.add_argument("--witness", type=Path, help="the checkpoint folder (default: the "
+    log.add_argument("--witness", help="the checkpoint folder, or a redis:// or "
+                     "postgresql:// witness URL (default: the "
                      "config's, or <dir>-checkpoints)")
+    log.add_argument("--log-name", help="the log's name in a shared witness (default: its "
+                     "folder's name)")
     log.add_argument("--public-key", type=Path, help="PEM public key checkpoints are "
                      "signed with (default: from the config's signing_key_file)")
     log.add_argument("--model-repo", type=Path, help="where profile.json names the "

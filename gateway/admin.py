@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aios.config import GatewaySettings, ModelRoute, ShadowConfig, describe_validation
 from aios.errors import InvalidInput, NotFound
+from aios.signedlog import SignedLog
 from gateway.breaker import Breaker
-from gateway.changelog import ChangeLog
+from gateway.changelog import change_record
 from gateway.routestore import Change, RouteStore, new_change, route_of, table_from_route
 from gateway.routing import ModelTable, Router
 from gateway.versions import VersionLookup
@@ -63,7 +64,7 @@ class RoutingAdmin:
 
     def __init__(self, settings: GatewaySettings, router: Router, store: RouteStore,
                  versions: VersionLookup, breaker: Breaker,
-                 changes: ChangeLog | None = None) -> None:
+                 changes: SignedLog | None = None) -> None:
         self._backends = settings.backends
         self._changes = changes
         self._history_default = 100
@@ -156,5 +157,7 @@ class RoutingAdmin:
             await self._store.commit(table, base, change)
             self._router.install(table)
             if self._changes is not None:
-                await self._changes.append(change)
+                await self._changes.append(
+                    change_record(change),
+                    f"the routing change {model} r{table.revision}, applied,")
             return table

@@ -42,6 +42,7 @@ from aios.plane import (
     model_path,
 )
 from aios.serve import ServiceParts, run_service
+from aios.signedlog import SignedLog
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Metadata
 from gateway.admin import RoutingAdmin
@@ -50,7 +51,6 @@ from gateway.admin_rest import AdminAuth, admin_routes
 from gateway.auth import Authenticator, Principal, build_authenticator
 from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
-from gateway.changelog import ChangeLog
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
@@ -366,8 +366,8 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
             res.shadow_queue, res.shadow_concurrency, registry, tracing,
             linger_s=res.shadow_linger_s))
         versions = BackendVersions({n: b.http for n, b in backends.items()})
-        changes = await ChangeLog.open(settings.change_log) if settings.change_log.enabled \
-            else None
+        changes = await SignedLog.open(settings.change_log, "gateway.change_log") \
+            if settings.change_log.enabled else None
         admin = RoutingAdmin(settings, router, store, versions, breaker, changes)
         admin_auth = AdminAuth(auth)
         plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from aios.auditindex import AuditIndex, Query, search
 from aios.chain import GENESIS, seal
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.auditindex import AuditIndex, Query, search
 from sidecar.records import add_tensor
 
 GOAL_MS = 100.0

@@ -32,12 +32,13 @@ from redis.exceptions import RedisError
 
 from aios.auditlog import recover, write_head
 from aios.chain import GENESIS, seal
-from aios.checkpoint import CheckpointError, Durable, Signer, open_signer
+from aios.checkpoint import CheckpointError, Durable, Signer
 from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from aios.merkle import Frontier
 from aios.metrics import LATENCY_BUCKETS
 from aios.redisconf import RedisEndpoint
+from aios.witness import open_signer
 from proto.decision_record_pb2 import DecisionRecord
 
 logger = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ from aios.plane import (
     valid_model_name,
     valid_version,
 )
+from aios.readable import load_names
 from aios.rest import PREFIX, parse_model_path
 from aios.serve import ServiceParts, run_service
 from aios.tensors import Tensors, grpc_request_inputs, rest_outputs, rest_request_inputs
@@ -51,7 +52,6 @@ from sidecar.batching import BatchKey, TritonBatching, batch_key
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, load_profiles
 from sidecar.pipeline import CostCollector, InferCall, Pipeline, mirrored
-from sidecar.readable import load_names
 from sidecar.redaction import NONE as NO_FEATURE_RULES
 from sidecar.redaction import FeatureRedaction, read_key
 from sidecar.redaction import build as build_feature_rules

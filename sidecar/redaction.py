@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aios.config import ConfigError, DecisionLogSettings
-from sidecar.readable import Names
+from aios.readable import Names
 from sidecar.records import ColumnRules
 
 MIN_KEY_BYTES = 32

@@ -21,6 +21,7 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
+from tests.postgres import database
 from tests.redis_server import RedisServer
 
 
@@ -93,3 +94,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own (tests/postgres.py)."""
+    yield from database()

@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from aios.auditlog import HEAD_FILE, records, segments, verify
 from aios.chain import GENESIS, read_frames, seal
-from aios.checkpoint import DirectoryWitness, load_public_key, write_key_pair
+from aios.checkpoint import load_public_key, write_key_pair
 from aios.config import DecisionLogSettings
+from aios.witness import DirectoryWitness
 from proto.decision_record_pb2 import DecisionRecord
 from sidecar.decisionlog import DecisionLog
 from tests.helpers import REPO

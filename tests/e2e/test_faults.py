@@ -14,7 +14,8 @@ import httpx
 from tritonclient.grpc import service_pb2
 
 from aios.auditlog import records, verify
-from aios.checkpoint import DirectoryWitness, load_public_key, write_key_pair
+from aios.checkpoint import load_public_key, write_key_pair
+from aios.witness import DirectoryWitness
 from tests.conftest import Stack
 from tests.helpers import (
     MODEL_REPO,

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from aios.auditlog import records, segments, verify
-from aios.checkpoint import DirectoryWitness, load_public_key, write_key_pair
+from aios.checkpoint import load_public_key, write_key_pair
 from aios.config import SignedLogSettings
-from gateway.changelog import ChangeLog
+from aios.signedlog import SignedLog
+from aios.witness import DirectoryWitness
+from gateway.changelog import change_record
 from gateway.routestore import Change
 from tests.helpers import REPO
 
@@ -33,11 +35,11 @@ async def test_each_change_is_chained_signed_and_readable(tmp_path: Path) -> Non
     write_key_pair(tmp_path / "k.pem", tmp_path / "k.pub.pem")
     settings = SignedLogSettings(directory=tmp_path / "changes",
                                  signing_key_file=tmp_path / "k.pem")
-    log = await ChangeLog.open(settings)
+    log = await SignedLog.open(settings, "change_log")
     for change in CHANGES[:2]:
-        await log.append(change)
-    log = await ChangeLog.open(settings)  # a restart continues the chain
-    await log.append(CHANGES[2])
+        await log.append(change_record(change), "a change")
+    log = await SignedLog.open(settings, "change_log")  # a restart continues the chain
+    await log.append(change_record(CHANGES[2]), "a change")
     assert len(segments(tmp_path / "changes")) == 2
     witness = DirectoryWitness(tmp_path / "changes-checkpoints")
     assert [c.size for c in witness.checkpoints()] == [1, 2, 3], "signed before answering"
@@ -58,9 +60,9 @@ async def test_each_change_is_chained_signed_and_readable(tmp_path: Path) -> Non
 
 
 async def test_an_edited_change_is_named_by_verify(tmp_path: Path) -> None:
-    log = await ChangeLog.open(SignedLogSettings(directory=tmp_path / "changes"))
+    log = await SignedLog.open(SignedLogSettings(directory=tmp_path / "changes"), "change_log")
     for change in CHANGES:
-        await log.append(change)
+        await log.append(change_record(change), "a change")
     [segment] = segments(tmp_path / "changes")
     data = segment.read_bytes()
     segment.write_bytes(data.replace(b"canary healthy", b"canary HEALTHY"))

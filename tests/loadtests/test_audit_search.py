@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aios.auditindex import Query, search
 from aios.auditlog import verify
 from loadtests.audit_search import claim_id, markdown, run, write_log
-from sidecar.auditindex import Query, search
 
 
 def test_the_benchmark_log_is_a_real_log(tmp_path: Path) -> None:

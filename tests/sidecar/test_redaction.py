@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from aios.config import ConfigError, DecisionLogSettings
+from aios.readable import load_names, readable
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.readable import load_names, readable
 from sidecar.records import ColumnRules, add_tensor
 from sidecar.redaction import build, read_key
 from tests.helpers import MODEL_REPO

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aios.auditindex import INDEX_FILE, AuditIndex, Query, search
 from aios.config import DecisionLogSettings
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.auditindex import INDEX_FILE, AuditIndex, Query, search
 from sidecar.decisionlog import DecisionLog
 
 
