@@ -1,45 +1,55 @@
-"""A search index beside the decision log's segments: SQLite, brought up to date from the
-segments before each search (incrementally: only what was appended since), rebuilt when
-missing or when it does not match them.
+"""A search index beside a signed log's segments: SQLite in the log's folder by default,
+or PostgreSQL for a fleet (one database for every log, each under its name). Brought up
+to date from the segments before each search (incrementally: only what was appended
+since), rebuilt when missing or when it does not match them.
 
 The index is never trusted over the log: it says where a record lies, and what is shown
-is the record read from its segment there, whose own hash and decision id must match
-what the index holds (else the index is rebuilt). Whether the log itself is intact is
-`aios audit verify`'s question.
+is the record read from its segment there, whose own hash, decision id and searched
+fields must match what the index holds (else the index is rebuilt). A row edited to
+hide a record from a search is found by `check` (`aios audit verify`). Whether the log
+itself is intact is `aios.auditlog.verify`'s question.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from aios.auditlog import Located, located, record_at, segments
 from proto.decision_record_pb2 import DecisionRecord
 
 INDEX_FILE = "index.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Records inserted per transaction while indexing.
 CHUNK = 10_000
 MAX_PAGE = 1000
 # Matches counted at most: counting half a million rows would cost more than the search.
 COUNT_CAP = 10_000
 
+_COLUMNS = ("log", "sequence", "decision_id", "request_id", "business_key", "tenant",
+            "model", "version", "outcome", "shadow", "time_unix_nanos", "segment",
+            "at_offset", "hash")
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (
-    sequence INTEGER PRIMARY KEY, decision_id TEXT NOT NULL, request_id TEXT NOT NULL,
-    business_key TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,
-    version TEXT NOT NULL, outcome TEXT NOT NULL, shadow INTEGER NOT NULL,
-    time_unix_nanos INTEGER NOT NULL, segment TEXT NOT NULL, offset INTEGER NOT NULL,
-    hash BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS by_decision ON decisions (decision_id);
-CREATE INDEX IF NOT EXISTS by_request ON decisions (request_id);
-CREATE INDEX IF NOT EXISTS by_key ON decisions (business_key, time_unix_nanos);
-CREATE INDEX IF NOT EXISTS by_tenant ON decisions (tenant, time_unix_nanos);
-CREATE INDEX IF NOT EXISTS by_model ON decisions (model, version, time_unix_nanos);
-CREATE INDEX IF NOT EXISTS by_time ON decisions (time_unix_nanos);
+CREATE TABLE IF NOT EXISTS aios_index_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS aios_decisions (
+    log TEXT NOT NULL, sequence BIGINT NOT NULL, decision_id TEXT NOT NULL,
+    request_id TEXT NOT NULL, business_key TEXT NOT NULL, tenant TEXT NOT NULL,
+    model TEXT NOT NULL, version TEXT NOT NULL, outcome TEXT NOT NULL,
+    shadow INTEGER NOT NULL, time_unix_nanos BIGINT NOT NULL, segment TEXT NOT NULL,
+    at_offset BIGINT NOT NULL, hash {blob} NOT NULL, PRIMARY KEY (log, sequence));
+CREATE INDEX IF NOT EXISTS aios_by_decision ON aios_decisions (log, decision_id);
+CREATE INDEX IF NOT EXISTS aios_by_request ON aios_decisions (log, request_id);
+CREATE INDEX IF NOT EXISTS aios_by_key ON aios_decisions (log, business_key, time_unix_nanos);
+CREATE INDEX IF NOT EXISTS aios_by_tenant ON aios_decisions (log, tenant, time_unix_nanos);
+CREATE INDEX IF NOT EXISTS aios_by_model ON aios_decisions (log, model, version,
+                                                            time_unix_nanos);
+CREATE INDEX IF NOT EXISTS aios_by_time ON aios_decisions (log, time_unix_nanos)
 """
 
 # Search fields and the column each one matches exactly.
@@ -59,9 +69,9 @@ class Query:
     limit: int = 20
     page: int = 1
 
-    def where(self) -> tuple[str, list[object]]:
-        clauses: list[str] = []
-        args: list[object] = []
+    def where(self, log: str) -> tuple[str, list[object]]:
+        clauses = ["log = ?"]
+        args: list[object] = [log]
         for name, value in self.fields:
             if name not in FILTERS:
                 raise ValueError(f"cannot search by {name!r}: one of {', '.join(FILTERS)}")
@@ -73,20 +83,79 @@ class Query:
         if self.until_ns is not None:
             clauses.append("time_unix_nanos < ?")
             args.append(self.until_ns)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+        return " WHERE " + " AND ".join(clauses), args
 
 
 class StaleIndex(Exception):
     """The index does not match the segments (it will be rebuilt)."""
 
 
-class AuditIndex:
-    """The index of the log in ``directory`` (see the module docstring)."""
+class _Sql:
+    """The few statements the index runs, on SQLite or PostgreSQL (``?`` placeholders)."""
 
-    def __init__(self, directory: Path, path: Path | None = None) -> None:
+    def __init__(self, url: str | None, path: Path) -> None:
+        self.postgres = url is not None
+        self._db: Any = psycopg.connect(url, connect_timeout=5) if url is not None \
+            else sqlite3.connect(path, timeout=30)
+        self.integrity: tuple[type[Exception], ...] = (
+            psycopg.errors.UniqueViolation if url is not None else sqlite3.IntegrityError,)
+
+    def _text(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    def rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(self._text(sql), args).fetchall())
+
+    def run(self, sql: str, args: Sequence[object] = ()) -> None:
+        self._db.execute(self._text(sql), args)
+
+    def many(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        self._db.cursor().executemany(self._text(sql), rows)
+
+    def schema(self) -> None:
+        for statement in _SCHEMA.format(blob="BYTEA" if self.postgres else "BLOB").split(";"):
+            self.run(statement)
+        self.commit()
+
+    @contextlib.contextmanager
+    def exclusive(self, log: str) -> Iterator[None]:
+        """One indexer of ``log`` at a time among the processes sharing a PostgreSQL
+        index (two would insert the same rows, and each then rebuild); SQLite locks the
+        file by itself."""
+        if not self.postgres:
+            yield
+            return
+        self.run("SELECT pg_advisory_lock(hashtext(?))", (log,))
+        self.commit()
+        try:
+            yield
+        finally:
+            self.rollback()
+            self.run("SELECT pg_advisory_unlock(hashtext(?))", (log,))
+            self.commit()
+
+    def commit(self) -> None:
+        self._db.commit()
+
+    def rollback(self) -> None:
+        self._db.rollback()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class AuditIndex:
+    """The index of the log in ``directory`` (see the module docstring): a SQLite file
+    (``path``, default in the folder) or, with ``url``, a PostgreSQL database, where the
+    log's rows go under ``log`` (default: the folder's name)."""
+
+    def __init__(self, directory: Path, path: Path | None = None, url: str | None = None,
+                 log: str = "") -> None:
         self.directory = directory
         self.path = path or directory / INDEX_FILE
-        self._db: sqlite3.Connection | None = None
+        self.url = url
+        self.log = log or directory.name
+        self._db: _Sql | None = None
 
     def __enter__(self) -> AuditIndex:
         self._db = self._open()
@@ -96,48 +165,55 @@ class AuditIndex:
         if self._db is not None:
             self._db.close()
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path)
-        db.executescript(_SCHEMA)
-        version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if version is not None and version[0] != str(SCHEMA_VERSION):
-            db.close()
+    def _open(self) -> _Sql:
+        db = _Sql(self.url, self.path)
+        if not db.postgres and db.rows("SELECT 1 FROM sqlite_master WHERE name = 'meta'"):
+            db.close()  # the first schema's file: made again
             self.path.unlink()
-            return self._open()
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        db.commit()
+            db = _Sql(self.url, self.path)
+        db.schema()
+        version = db.rows("SELECT value FROM aios_index_meta WHERE key = 'schema'")
+        if version and version[0][0] != str(SCHEMA_VERSION):
+            for table in ("aios_decisions", "aios_index_meta"):
+                db.run(f"DROP TABLE {table}")
+            db.commit()
+            db.schema()
+        if not version or version[0][0] != str(SCHEMA_VERSION):
+            db.run("INSERT INTO aios_index_meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            db.commit()
         return db
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> _Sql:
         assert self._db is not None, "use AuditIndex as a context manager"
         return self._db
 
     def update(self, progress: Progress | None = None) -> int:
         """Index what was appended since the last update (all of it the first time, or
         when the index does not match the segments); how many records were added."""
-        try:
-            return self._append(progress)
-        except StaleIndex:
-            self.rebuild()
-            return self._append(progress)
+        with self.db.exclusive(self.log):
+            try:
+                return self._append(progress)
+            except StaleIndex:
+                self.rebuild()
+                return self._append(progress)
 
     def rebuild(self) -> None:
-        """Forget everything (the next update reads all the segments)."""
-        self.db.execute("DELETE FROM decisions")
-        self.db.execute("DELETE FROM meta WHERE key != 'schema'")
+        """Forget this log's rows (the next update reads all the segments)."""
+        self.db.run("DELETE FROM aios_decisions WHERE log = ?", (self.log,))
         self.db.commit()
 
     def _append(self, progress: Progress | None) -> int:
-        last = self.db.execute("SELECT sequence, segment, offset, hash FROM decisions "
-                               "ORDER BY sequence DESC LIMIT 1").fetchone()
+        last = self.db.rows("SELECT sequence, segment, at_offset, hash FROM aios_decisions "
+                            "WHERE log = ? ORDER BY sequence DESC LIMIT 1", (self.log,))
         after = None
-        if last is not None:
-            sequence, segment, offset, digest = last
+        if last:
+            sequence, segment, offset, digest = last[0]
             rec = record_at(self.directory, segment, offset)
-            if rec is None or rec.sequence != sequence or rec.hash != digest:
+            if rec is None or rec.sequence != sequence or rec.hash != bytes(digest):
                 raise StaleIndex
-            (rows_indexed,) = self.db.execute("SELECT count(*) FROM decisions").fetchone()
+            [(rows_indexed,)] = self.db.rows(
+                "SELECT count(*) FROM aios_decisions WHERE log = ?", (self.log,))
             if rows_indexed != sequence:  # sequences run 1, 2, ...: a row went missing
                 raise StaleIndex
             after = (segment, offset)
@@ -146,7 +222,7 @@ class AuditIndex:
         for item in located(self.directory, after):
             if after is not None and (item.segment, item.offset) == after:
                 continue
-            rows.append(_row(item))
+            rows.append(_row(self.log, item))
             if len(rows) == CHUNK:
                 added += self._insert(rows)
                 rows = []
@@ -158,9 +234,12 @@ class AuditIndex:
         return added
 
     def _insert(self, rows: list[tuple[object, ...]]) -> int:
+        if not rows:
+            return 0
         try:
-            self.db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        except sqlite3.IntegrityError as exc:  # a sequence indexed twice: not this log's
+            self.db.many(f"INSERT INTO aios_decisions VALUES ({','.join('?' * len(_COLUMNS))})",
+                         rows)
+        except self.db.integrity as exc:  # a sequence indexed twice: not this log's
             self.db.rollback()
             raise StaleIndex from exc
         self.db.commit()
@@ -168,48 +247,65 @@ class AuditIndex:
 
     def count(self, query: Query) -> int:
         """How many match, up to COUNT_CAP + 1 (more than COUNT_CAP: "over COUNT_CAP")."""
-        where, args = query.where()
-        (total,) = self.db.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM decisions{where} LIMIT ?)",
-            [*args, COUNT_CAP + 1]).fetchone()
+        where, args = query.where(self.log)
+        [(total,)] = self.db.rows(
+            f"SELECT count(*) FROM (SELECT 1 FROM aios_decisions{where} LIMIT ?) AS hits",
+            [*args, COUNT_CAP + 1])
         return int(total)
 
     def search(self, query: Query) -> list[DecisionRecord]:
         """The records matching ``query``, oldest first, one page; each read from its
         segment (StaleIndex if one is not where the index says)."""
-        where, args = query.where()
+        where, args = query.where(self.log)
         limit = max(1, min(query.limit, MAX_PAGE))
-        rows = self.db.execute(
-            f"SELECT sequence, decision_id, segment, offset, hash FROM decisions{where} "
+        rows = self.db.rows(
+            f"SELECT sequence, decision_id, segment, at_offset, hash FROM aios_decisions{where} "
             "ORDER BY sequence LIMIT ? OFFSET ?",
-            [*args, limit, (max(1, query.page) - 1) * limit]).fetchall()
+            [*args, limit, (max(1, query.page) - 1) * limit])
         return list(self._read(rows, query))
 
-    def _read(self, rows: list[tuple[int, str, str, int, bytes]],
-              query: Query) -> Iterator[DecisionRecord]:
+    def _read(self, rows: list[tuple[Any, ...]], query: Query) -> Iterator[DecisionRecord]:
         for sequence, decision_id, segment, offset, digest in rows:
             rec = record_at(self.directory, segment, offset)
             if rec is None or (rec.sequence, rec.decision_id, rec.hash) != (
-                    sequence, decision_id, digest) or any(
+                    sequence, decision_id, bytes(digest)) or any(
                     getattr(rec, FILTERS[name]) != value for name, value in query.fields):
                 raise StaleIndex
             yield rec
 
+    def check(self) -> int:
+        """How many of this log's rows differ from the records in the segments (a row
+        edited so that a search misses its record, one missing, one too many); a bad
+        index is rebuilt."""
+        indexed = {r[1]: r for r in self.db.rows(
+            f"SELECT {', '.join(_COLUMNS)} FROM aios_decisions WHERE log = ?", (self.log,))}
+        wrong = 0
+        for item in located(self.directory):
+            row = indexed.pop(item.record.sequence, None)
+            if row is None or (*row[:-1], bytes(row[-1])) != _row(self.log, item):
+                wrong += 1
+        wrong += len(indexed)
+        if wrong:
+            self.rebuild()
+            self.update()
+        return wrong
 
-def _row(item: Located) -> tuple[object, ...]:
+
+def _row(log: str, item: Located) -> tuple[object, ...]:
     r = item.record
-    return (r.sequence, r.decision_id, r.request_id, r.business_key, r.tenant, r.model,
+    return (log, r.sequence, r.decision_id, r.request_id, r.business_key, r.tenant, r.model,
             r.version, r.outcome, int(r.shadow), r.time_unix_nanos, item.segment, item.offset,
             r.hash)
 
 
-def search(directory: Path, query: Query, progress: Progress | None = None,
-           ) -> tuple[list[DecisionRecord], int]:
+def search(directory: Path, query: Query, progress: Progress | None = None, *,
+           url: str | None = None, log: str = "") -> tuple[list[DecisionRecord], int]:
     """The page of records matching ``query`` and how many match in all, after bringing
-    the index up to date; an index that does not match the segments is rebuilt."""
+    the index (in the folder, or at the PostgreSQL ``url`` under ``log``) up to date; an
+    index that does not match the segments is rebuilt."""
     if not segments(directory):
         raise FileNotFoundError(f"no decision log segments in {directory}")
-    with AuditIndex(directory) as index:
+    with AuditIndex(directory, url=url, log=log) as index:
         index.update(progress)
         try:
             return index.search(query), index.count(query)

@@ -137,6 +137,9 @@ class SignedLogSettings(_Frozen):
     # The log's name in its checkpoints, and its key in a shared witness: each log that
     # publishes to one Redis or PostgreSQL witness needs its own (default: the folder's).
     name: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,100}$")
+    # Where readers (`aios audit`, the gateway's audit API) keep the search index: a
+    # SQLite file in the folder by default, or PostgreSQL shared by a fleet's logs.
+    index_url: str | None = Field(None, pattern=POSTGRES_URL)
 
     @property
     def witness(self) -> Path:

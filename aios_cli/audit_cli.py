@@ -26,8 +26,28 @@ PAGE = 20
 PARQUET_ROWS = 10_000
 
 
+def _log(args: argparse.Namespace, config: StackConfig) -> SignedLogSettings:
+    """The log the command reads: a named folder, else the config's decision log; with the
+    witness, index and name given on the command line in place of the config's."""
+    given = _given_dir(args)
+    base = SignedLogSettings(directory=given) if given is not None else \
+        config.sidecar.decision_log
+    changes: dict[str, Any] = {}
+    if args.witness is not None:
+        url = args.witness.startswith(("redis://", "rediss://", "postgres://", "postgresql://"))
+        changes["witness_url" if url else "witness_directory"] = \
+            args.witness if url else Path(args.witness)
+        changes["witness_directory" if url else "witness_url"] = None
+    if args.log_name is not None:
+        changes["name"] = args.log_name
+    if args.index is not None:
+        changes["index_url"] = args.index
+    return SignedLogSettings.model_validate({
+        **base.model_dump(include=set(SignedLogSettings.model_fields)), **changes})
+
+
 def _dir(args: argparse.Namespace, config: StackConfig) -> Path:
-    return _given_dir(args) or config.sidecar.decision_log.directory
+    return _log(args, config).directory
 
 
 def _given_dir(args: argparse.Namespace) -> Path | None:
@@ -36,16 +56,18 @@ def _given_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _witness(args: argparse.Namespace, config: StackConfig) -> Any:
-    """Where the checkpoints are: named (a folder, or a Redis / PostgreSQL URL), else
-    beside a named log folder, else the config's."""
-    from aios.witness import open_witness, witness_at
+    """Where the log's checkpoints are (`_log`)."""
+    from aios.witness import open_witness
 
-    given = _given_dir(args)
-    if args.witness is not None:
-        return witness_at(args.witness, args.log_name or (given or _dir(args, config)).name)
-    if given is not None:
-        return open_witness(SignedLogSettings(directory=given))
-    return open_witness(config.sidecar.decision_log)
+    return open_witness(_log(args, config))
+
+
+def _search(args: argparse.Namespace, config: StackConfig, query: Any,
+            progress: Any = None) -> tuple[list[Any], int]:
+    from aios.auditindex import search
+
+    log = _log(args, config)
+    return search(log.directory, query, progress, url=log.index_url, log=log.log_name)
 
 
 def _public_key(args: argparse.Namespace, config: StackConfig) -> Any:
@@ -95,17 +117,21 @@ def cmd_verify(args: argparse.Namespace, config: StackConfig) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    directory = _dir(args, config)
+    log = _log(args, config)
     bar = Bar("verifying")
     try:
-        report = verify(directory, _witness(args, config), key, bar)
+        report = verify(log.directory, _witness(args, config), key, bar)
     finally:
         bar.close()
+    index = _check_index(log) if report.intact else None
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), "index_rows_wrong": index}, indent=2))
         return 0 if report.intact else 1
     for warning in report.warnings:
         print(f"warning: {warning}")
+    if index:
+        print(f"warning: the search index held {index} row(s) that did not match the log "
+              "(edited, missing or extra; a search could have missed a record): rebuilt")
     if not report.intact:
         print(f"{report.kind.upper()}: {report.problem}")
         return 1
@@ -116,15 +142,25 @@ def cmd_verify(args: argparse.Namespace, config: StackConfig) -> int:
     return 0
 
 
-def _find(args: argparse.Namespace, config: StackConfig, ident: str) -> list[Any]:
-    from aios.auditindex import Query, search
+def _check_index(log: SignedLogSettings) -> int | None:
+    """Rows of the log's search index that disagree with the segments (rebuilt), or None
+    if there is no index to check."""
+    from aios.auditindex import INDEX_FILE, AuditIndex
 
-    directory = _dir(args, config)
+    if log.index_url is None and not (log.directory / INDEX_FILE).exists():
+        return None
+    with AuditIndex(log.directory, url=log.index_url, log=log.log_name) as index:
+        return index.check()
+
+
+def _find(args: argparse.Namespace, config: StackConfig, ident: str) -> list[Any]:
+    from aios.auditindex import Query
+
     bar = Bar("indexing")
     try:
-        found, _ = search(directory, Query((("decision_id", ident),), limit=10), bar)
+        found, _ = _search(args, config, Query((("decision_id", ident),), limit=10), bar)
         if not found:
-            found, _ = search(directory, Query((("request_id", ident),), limit=10), bar)
+            found, _ = _search(args, config, Query((("request_id", ident),), limit=10), bar)
     finally:
         bar.close()
     return found
@@ -187,7 +223,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
-    from aios.auditindex import COUNT_CAP, search
+    from aios.auditindex import COUNT_CAP
     from aios.readable import readable
 
     try:
@@ -197,7 +233,7 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
         return 2
     bar = Bar("indexing")
     try:
-        found, total = search(_dir(args, config), query, bar)
+        found, total = _search(args, config, query, bar)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -308,12 +344,12 @@ def _sink(fmt: str, path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
         yield row
 
 
-def _pages(directory: Path, args: argparse.Namespace) -> Iterator[Any]:
-    from aios.auditindex import MAX_PAGE, search
+def _pages(args: argparse.Namespace, config: StackConfig) -> Iterator[Any]:
+    from aios.auditindex import MAX_PAGE
 
     page = 1
     while True:
-        found, _ = search(directory, _query(args, MAX_PAGE, page))
+        found, _ = _search(args, config, _query(args, MAX_PAGE, page))
         yield from found
         if len(found) < MAX_PAGE:
             return
@@ -336,7 +372,7 @@ def cmd_export(args: argparse.Namespace, config: StackConfig) -> int:
     count, first, last = 0, None, None
     try:
         with _sink(args.format, out_path) as write:
-            for record in _pages(directory, args):
+            for record in _pages(args, config):
                 doc = readable(record, names)
                 write(doc)
                 first = first or doc
@@ -445,8 +481,10 @@ def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     log.add_argument("--witness", help="the checkpoint folder, or a redis:// or "
                      "postgresql:// witness URL (default: the "
                      "config's, or <dir>-checkpoints)")
-    log.add_argument("--log-name", help="the log's name in a shared witness (default: its "
-                     "folder's name)")
+    log.add_argument("--log-name", help="the log's name in a shared witness or index "
+                     "(default: its folder's name)")
+    log.add_argument("--index", help="a postgresql:// search index shared by a fleet's logs "
+                     "(default: the config's, or a SQLite file in the log folder)")
     log.add_argument("--public-key", type=Path, help="PEM public key checkpoints are "
                      "signed with (default: from the config's signing_key_file)")
     log.add_argument("--model-repo", type=Path, help="where profile.json names the "

@@ -113,6 +113,7 @@ class DecisionLog:
         # The durable state that crossed checkpoint_every_records: what the next
         # checkpoint covers (so checkpoints fall on the records that called for them).
         self._due: Durable | None = None
+        self._signing = 0  # the size of the latest checkpoint begun
         self._checkpointer: asyncio.Task[None] | None = None
 
     @property
@@ -263,7 +264,10 @@ class DecisionLog:
             self._tree.append(record.hash)
         if fsync:
             self._durable = self._snapshot()
-            if self._signer is not None and self._durable.size - self._signer.published >= \
+            # Counted from the last checkpoint asked for, not the last published: one
+            # still being signed must not make the next batch ask again.
+            asked = max(self._signing, self._due.size if self._due else 0)
+            if self._signer is not None and self._durable.size - asked >= \
                     self._settings.checkpoint_every_records:
                 self._due = self._durable
                 self._sign_now.set()
@@ -328,6 +332,7 @@ class DecisionLog:
         signer, durable = self._signer, due or self._durable
         if signer is None or durable.size <= signer.published:
             return
+        self._signing = durable.size
         try:
             await asyncio.to_thread(signer.publish, durable)
         except (OSError, CheckpointError) as exc:
