@@ -13,6 +13,7 @@ itself is intact is `aios.auditlog.verify`'s question.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,20 @@ class Query:
             clauses.append("time_unix_nanos < ?")
             args.append(self.until_ns)
         return " WHERE " + " AND ".join(clauses), args
+
+
+def parse_time_ns(text: str | None, field: str) -> int | None:
+    """An ISO 8601 time (UTC unless it says otherwise) in ns; ValueError naming ``field``."""
+    if text is None:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{field}: not an ISO 8601 time ({text!r}), e.g. "
+                         "2026-12-01 or 2026-12-01T09:30") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1e9)
 
 
 class StaleIndex(Exception):

@@ -121,14 +121,10 @@ def default_witness(directory: Path, named: Path | None) -> Path:
     return named or directory.with_name(directory.name + "-checkpoints")
 
 
-class SignedLogSettings(_Frozen):
-    """A hash-chained log with signed checkpoints (`aios.checkpoint`)."""
+class LogLocation(_Frozen):
+    """Where a signed log (`aios.checkpoint`) and what vouches for it are kept."""
 
-    enabled: bool = True
     directory: Path = Path("var/decisions")
-    # An Ed25519 private key (PEM) kept outside the log folder; without one the log is
-    # chained but unsigned (a warning at start).
-    signing_key_file: Path | None = None
     # Where checkpoints are published, outside the log folder (default: a sibling folder
     # "<directory>-checkpoints"); or, with witness_url, in Redis or PostgreSQL, out of
     # reach of whoever can write this machine's disk.
@@ -151,11 +147,10 @@ class SignedLogSettings(_Frozen):
         return self.name or self.directory.name
 
     def _secret_paths(self) -> list[tuple[str, Path | None]]:
-        return [("signing_key_file", self.signing_key_file),
-                ("witness_directory", self.witness_directory)]
+        return [("witness_directory", self.witness_directory)]
 
     @model_validator(mode="after")
-    def _keys_and_checkpoints_live_outside_the_log(self) -> SignedLogSettings:
+    def _keys_and_checkpoints_live_outside_the_log(self) -> LogLocation:
         if self.witness_directory is not None and self.witness_url is not None:
             raise ValueError("witness_url: set either witness_directory or witness_url")
         log = self.directory.resolve()
@@ -163,6 +158,46 @@ class SignedLogSettings(_Frozen):
             if path is not None and path.resolve().is_relative_to(log):
                 raise ValueError(f"{name} must be outside the log directory {self.directory} "
                                  "(whoever can rewrite the log must not reach it)")
+        return self
+
+
+class SignedLogSettings(LogLocation):
+    """A hash-chained log with signed checkpoints that a service writes."""
+
+    enabled: bool = True
+    # An Ed25519 private key (PEM) kept outside the log folder; without one the log is
+    # chained but unsigned (a warning at start).
+    signing_key_file: Path | None = None
+
+    def _secret_paths(self) -> list[tuple[str, Path | None]]:
+        return [*super()._secret_paths(), ("signing_key_file", self.signing_key_file)]
+
+
+class AuditSource(LogLocation):
+    """A signed log the gateway's audit API reads (the local stack's sidecar log, or a
+    fleet's logs mounted read-only)."""
+
+    # The public key its checkpoints are checked with (a private key's file also serves:
+    # its public half is used); without one, checkpoints are shown as unchecked.
+    public_key_file: Path | None = None
+
+
+class AuditApiSettings(_Frozen):
+    """The gateway's read-only audit API (/admin/audit, scope audit:read)."""
+
+    # By name: the logs it reads; none, and the API answers that none is configured.
+    logs: dict[str, AuditSource] = Field(default_factory=dict)
+    # Where profile.json names each version's features (decoded records).
+    model_repository: Path = Path("model_repo")
+    # Every read of the audit API (who, when, what was asked, which decisions were
+    # shown), chained and signed before the answer goes out.
+    access_log: SignedLogSettings = SignedLogSettings(directory=Path("var/audit-reads"))
+
+    @model_validator(mode="after")
+    def _log_names(self) -> AuditApiSettings:
+        for name in self.logs:
+            if not name or not all(c.isalnum() or c in "._-" for c in name):
+                raise ValueError(f"logs.{name}: a log's name is letters, digits, '.', '_', '-'")
         return self
 
 
@@ -460,6 +495,7 @@ class GatewaySettings(_Frozen):
     # Every routing change, chained and signed as the decision log is (`aios audit verify
     # --dir var/route-changes`): who, when, why, before, after, revision.
     change_log: SignedLogSettings = SignedLogSettings(directory=Path("var/route-changes"))
+    audit: AuditApiSettings = AuditApiSettings()
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:

@@ -31,6 +31,8 @@ BUSINESS_KEY_HEADER = "x-aios-business-key"
 # at its primary's.
 DECISION_HEADER = "x-aios-decision-id"
 SHADOW_OF_HEADER = "x-aios-shadow-of"
+# A shadow copy: the primary's decisions (`aios.compare.encode_expected`).
+SHADOW_COMPARE_HEADER = "x-aios-shadow-compare"
 REQUEST_ID_HEADER = "x-request-id"
 # A gRPC call the gateway carried to a sidecar as JSON (`aios.grpcjson`): recorded and
 # counted as the gRPC call it is.

@@ -102,10 +102,30 @@ def route_change(record: DecisionRecord) -> dict[str, Any]:
             "hash": record.hash.hex(), "prev_hash": record.prev_hash.hex()}
 
 
+def audit_read(record: DecisionRecord) -> dict[str, Any]:
+    """A read of the gateway's audit API (its access log) as a JSON-ready dict."""
+    read = record.audit_read
+    return {"kind": record.kind, "sequence": record.sequence, "time": _time(record),
+            "who": record.subject, "action": read.action,
+            "asked": json.loads(read.query_json) if read.query_json else {},
+            "decision_ids": list(read.decision_ids), "results": read.results,
+            "hash": record.hash.hex(), "prev_hash": record.prev_hash.hex()}
+
+
+def _agreement(record: DecisionRecord) -> dict[str, Any] | None:
+    if not record.HasField("shadow_agreement"):
+        return None
+    a = record.shadow_agreement
+    return {"output": a.output, "threshold": a.threshold, "decisions": a.rows,
+            "agreed": a.agreed}
+
+
 def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dict[str, Any]:
     """``record`` as a JSON-ready dict a person can read."""
     if record.kind == "route_change":
         return route_change(record)
+    if record.kind == "audit_read":
+        return audit_read(record)
     meaning = names.get((record.model, record.version))
     return {
         "decision_id": record.decision_id, "request_id": record.request_id,
@@ -120,6 +140,7 @@ def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dic
         "latency_ms": record.latency_micros / 1000, "trace_id": record.trace_id,
         "parity_flags": list(record.parity_flags), "shadow": record.shadow,
         "shadow_of": record.shadow_of,
+        "shadow_agreement": _agreement(record),
         "inputs": [_tensor(t, meaning.features if meaning and t.name == meaning.input
                            else None) for t in record.inputs],
         "outputs": [_tensor(t, None) for t in record.outputs],
@@ -148,6 +169,15 @@ def text_block(doc: dict[str, Any]) -> str:
             f"  before        {json.dumps(doc['before'], sort_keys=True)}",
             f"  after         {json.dumps(doc['after'], sort_keys=True)}",
             f"  record hash   {doc['hash']}"])
+    if doc.get("kind") == "audit_read":
+        return "\n".join([
+            f"audit read by {doc['who'] or '-'}  (record {doc['sequence']})",
+            f"  time          {doc['time']}",
+            f"  action        {doc['action']}",
+            f"  asked         {json.dumps(doc['asked'], sort_keys=True)}",
+            f"  shown         {', '.join(doc['decision_ids']) or 'nothing'} "
+            f"({doc['results']} matched)",
+            f"  record hash   {doc['hash']}"])
     route = doc["route"]
     weights = ", ".join(f"{k}={v}" for k, v in sorted(route["weights"].items())) or "-"
     lines = [
@@ -165,6 +195,10 @@ def text_block(doc: dict[str, Any]) -> str:
     ]
     if doc["shadow"]:
         lines.append(f"  shadow copy   of decision {doc['shadow_of'] or '-'} (no one acted on it)")
+    if doc["shadow_agreement"]:
+        a = doc["shadow_agreement"]
+        lines.append(f"  agreement     {a['agreed']} of {a['decisions']} decision(s) as the "
+                     f"primary's, at {a['output']} >= {_number(a['threshold'])}")
     for kind, tensors in (("input", doc["inputs"]), ("output", doc["outputs"])):
         for tensor in tensors:
             lines.extend(_tensor_lines(kind, tensor))

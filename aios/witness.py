@@ -18,7 +18,7 @@ import psycopg
 import redis
 
 from aios.checkpoint import Checkpoint, CheckpointError, Signer, Witness, load_private_key
-from aios.config import ConfigError, SignedLogSettings
+from aios.config import ConfigError, LogLocation, SignedLogSettings
 
 LATEST_FILE = "latest.json"
 REDIS_PREFIX = "aios:checkpoints:"
@@ -128,7 +128,7 @@ def witness_at(where: str | Path, log: str) -> Witness:
     return DirectoryWitness(Path(where))
 
 
-def open_witness(settings: SignedLogSettings) -> Witness:
+def open_witness(settings: LogLocation) -> Witness:
     """The witness a signed log's settings name."""
     return witness_at(settings.witness_url or settings.witness, settings.log_name)
 

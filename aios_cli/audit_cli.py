@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime
 import hashlib
 import json
 import sys
@@ -191,26 +190,14 @@ def cmd_show(args: argparse.Namespace, config: StackConfig) -> int:
     return 0
 
 
-def _time_ns(text: str | None, flag: str) -> int | None:
-    if text is None:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(f"{flag}: not an ISO 8601 time ({text!r}), e.g. "
-                         "2026-12-01 or 2026-12-01T09:30") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return int(when.timestamp() * 1e9)
-
-
 def _query(args: argparse.Namespace, limit: int, page: int) -> Any:
-    from aios.auditindex import Query
+    from aios.auditindex import Query, parse_time_ns
 
     fields = tuple((name, getattr(args, name)) for name in
                    ("key", "request_id", "decision_id", "tenant", "model", "version", "outcome")
                    if getattr(args, name, None) is not None)
-    return Query(fields, _time_ns(args.since, "--since"), _time_ns(args.until, "--until"),
+    return Query(fields, parse_time_ns(args.since, "--since"),
+                 parse_time_ns(args.until, "--until"),
                  limit, page)
 
 
@@ -250,6 +237,11 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
         rows = [[str(d["sequence"]), d["time"], d["model"], str(d["revision"]), d["who"] or "-",
                  d["action"], d["reason"] or "-"] for d in docs]
         print(_table(rows, ["RECORD", "TIME", "MODEL", "REVISION", "WHO", "ACTION", "REASON"]))
+    elif docs and all(d.get("kind") == "audit_read" for d in docs):  # an access log
+        rows = [[str(d["sequence"]), d["time"], d["who"] or "-", d["action"],
+                 json.dumps(d["asked"], sort_keys=True), ",".join(d["decision_ids"]) or "-"]
+                for d in docs]
+        print(_table(rows, ["RECORD", "TIME", "WHO", "ACTION", "ASKED", "SHOWN"]))
     else:
         rows = [[d["decision_id"] or "-", d["time"], d["business_key"] or "-",
                  d["tenant"] or "-", f"{d['model']} v{d['version']}",
@@ -267,11 +259,13 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
 def _flat(doc: dict[str, Any], lists: bool = False) -> dict[str, Any]:
     """One CSV or Parquet row: the record's fields, the route's, and each input column by
     name (its values as a JSON list, or with ``lists`` as a list)."""
-    if doc.get("kind") == "route_change":
-        return {k: json.dumps(v, sort_keys=True) if k in ("before", "after") else v
+    if doc.get("kind") in ("route_change", "audit_read"):
+        return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
                 for k, v in doc.items()}
     row = {k: v for k, v in doc.items() if k not in ("inputs", "outputs", "route")}
     row["parity_flags"] = " ".join(doc["parity_flags"])
+    row["shadow_agreement"] = json.dumps(doc["shadow_agreement"]) \
+        if doc["shadow_agreement"] else ""
     for k, v in doc["route"].items():
         row[f"route_{k}"] = ",".join(f"{n}={w}" for n, w in v.items()) if k == "weights" \
             else v

@@ -48,6 +48,9 @@ from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Meta
 from gateway.admin import RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
 from gateway.admin_rest import AdminAuth, admin_routes
+from gateway.audit import AuditReader
+from gateway.audit_grpc import AuditService, register_audit
+from gateway.audit_rest import audit_routes
 from gateway.auth import Authenticator, Principal, build_authenticator
 from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
@@ -373,8 +376,11 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
         plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,
                              RequestMetrics(registry, "gateway"), registry, tracing,
                              ServedVersions(versions))
-        yield ServiceParts(plane, admin_routes(admin, admin_auth),
-                           [register_admin(RoutingAdminService(admin, admin_auth))])
+        audit = await AuditReader.open(settings.audit, router)
+        yield ServiceParts(plane, [*admin_routes(admin, admin_auth),
+                                   *audit_routes(audit, admin_auth)],
+                           [register_admin(RoutingAdminService(admin, admin_auth)),
+                            register_audit(AuditService(audit, admin_auth))])
 
 
 async def run_gateway(settings: GatewaySettings,

@@ -165,6 +165,11 @@ class Router:
         self._starts[table.model] = [s for s, _, _ in table.segments]
         self._weights[table.model] = ",".join(f"{t.name}={t.weight}" for t in table.targets)
 
+    def shadow_of(self, model: str) -> ShadowSpec | None:
+        """The shadow ``model``'s table has now, if any."""
+        table = self._tables.get(model)
+        return table.shadow if table is not None else None
+
     def table(self, model: str) -> ModelTable:
         """The current table of ``model``; NotFound if there is none."""
         table = self._tables.get(model)

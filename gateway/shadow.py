@@ -22,16 +22,16 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from aios.compare import compare, encode_expected
 from aios.errors import AiosError
 from aios.ids import new_ulid
 from aios.kserve import with_model
 from aios.metrics import LATENCY_BUCKETS
-from aios.plane import DECISION_HEADER, SHADOW_HEADER, model_path
+from aios.plane import DECISION_HEADER, SHADOW_COMPARE_HEADER, SHADOW_HEADER, model_path
 from aios.tasks import Tasks
 from aios.tensors import Outputs, grpc_outputs, rest_outputs
 from aios.tracing import Tracing
 from aios.upstream import GrpcReply, HttpReply, Metadata
-from gateway.compare import compare
 from gateway.routing import ShadowSpec
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,15 @@ class ShadowRunner:
         spec, label = job.spec, shadow_label(job.spec)
         extra = {**job.identity, SHADOW_HEADER: "1", DECISION_HEADER: new_ulid(),
                  **self._tracing.inject()}
+        try:
+            ours: Outputs | None = _outputs(job.primary)
+        except (ValueError, KeyError, zlib.error, OSError):
+            ours = None  # sent all the same (its record is evidence); counted below
+        if ours is not None and spec.output in ours and spec.threshold is not None:
+            # The copy's record then says whether its decisions agree (aios.compare).
+            expected = encode_expected(spec.output, spec.threshold, ours[spec.output])
+            if expected is not None:
+                extra[SHADOW_COMPARE_HEADER] = expected
         start = time.perf_counter()
         try:
             # A deadline on this task (`wait_for` would run the call in a task of its own).
@@ -188,12 +197,11 @@ class ShadowRunner:
                     if reply.status != 200:
                         self.metrics.requests.labels(job.model, label, "error").inc()
                         return
-                    pair: tuple[HttpReply | GrpcReply, HttpReply | GrpcReply] = (
-                        job.primary, reply)
+                    answer: HttpReply | GrpcReply = reply
                 else:
                     payload = with_model(job.payload, spec.model, spec.version)
-                    pair = (job.primary, await self._grpc[spec.backend].call(
-                        job.grpc_method, payload, job.headers, extra))
+                    answer = await self._grpc[spec.backend].call(
+                        job.grpc_method, payload, job.headers, extra)
         except TimeoutError:
             self.metrics.requests.labels(job.model, label, "timeout").inc()
             return
@@ -203,8 +211,9 @@ class ShadowRunner:
         finally:
             self.metrics.latency.labels(job.model, label).observe(time.perf_counter() - start)
         try:
-            ours, theirs = (_outputs(r) for r in pair)
-            result = compare(ours, theirs, spec.output, spec.threshold)
+            if ours is None:
+                raise ValueError("the primary's answer could not be decoded")
+            result = compare(ours, _outputs(answer), spec.output, spec.threshold)
         except (ValueError, KeyError, zlib.error, OSError):
             # Undecodable or differently shaped answers: counted, not compared.
             self.metrics.requests.labels(job.model, label, "mismatch").inc()

@@ -37,7 +37,7 @@ class ColumnRedaction(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., redaction: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of", "kind", "route_change")
+    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of", "kind", "route_change", "audit_read", "shadow_agreement")
     class RouteWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,8 @@ class DecisionRecord(_message.Message):
     SHADOW_OF_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUTE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_READ_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time_unix_nanos: int
     request_id: str
@@ -99,7 +101,21 @@ class DecisionRecord(_message.Message):
     shadow_of: str
     kind: str
     route_change: RouteChange
-    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., decision_id: _Optional[str] = ..., business_key: _Optional[str] = ..., route_reason: _Optional[str] = ..., route_weights: _Optional[_Mapping[str, int]] = ..., shadow_of: _Optional[str] = ..., kind: _Optional[str] = ..., route_change: _Optional[_Union[RouteChange, _Mapping]] = ...) -> None: ...
+    audit_read: AuditRead
+    shadow_agreement: ShadowAgreement
+    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., decision_id: _Optional[str] = ..., business_key: _Optional[str] = ..., route_reason: _Optional[str] = ..., route_weights: _Optional[_Mapping[str, int]] = ..., shadow_of: _Optional[str] = ..., kind: _Optional[str] = ..., route_change: _Optional[_Union[RouteChange, _Mapping]] = ..., audit_read: _Optional[_Union[AuditRead, _Mapping]] = ..., shadow_agreement: _Optional[_Union[ShadowAgreement, _Mapping]] = ...) -> None: ...
+
+class ShadowAgreement(_message.Message):
+    __slots__ = ("output", "threshold", "rows", "agreed")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    AGREED_FIELD_NUMBER: _ClassVar[int]
+    output: str
+    threshold: float
+    rows: int
+    agreed: int
+    def __init__(self, output: _Optional[str] = ..., threshold: _Optional[float] = ..., rows: _Optional[int] = ..., agreed: _Optional[int] = ...) -> None: ...
 
 class RouteChange(_message.Message):
     __slots__ = ("action", "reason", "before_json", "after_json")
@@ -112,3 +128,15 @@ class RouteChange(_message.Message):
     before_json: str
     after_json: str
     def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ...) -> None: ...
+
+class AuditRead(_message.Message):
+    __slots__ = ("action", "query_json", "decision_ids", "results")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_JSON_FIELD_NUMBER: _ClassVar[int]
+    DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    query_json: str
+    decision_ids: _containers.RepeatedScalarFieldContainer[str]
+    results: int
+    def __init__(self, action: _Optional[str] = ..., query_json: _Optional[str] = ..., decision_ids: _Optional[_Iterable[str]] = ..., results: _Optional[int] = ...) -> None: ...

@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aios.batching import JSON_HEADERS
+from aios.compare import agreement, parse_expected
 from aios.config import DecisionLogSettings
 from aios.errors import AiosError, LogUnavailable, grpc_code_for
 from aios.ids import new_ulid
@@ -38,6 +39,7 @@ from aios.plane import (
     REASON_HEADER,
     REQUEST_ID_HEADER,
     REVISION_HEADER,
+    SHADOW_COMPARE_HEADER,
     SHADOW_HEADER,
     SHADOW_OF_HEADER,
     SUBJECT_HEADER,
@@ -50,7 +52,7 @@ from aios.plane import (
 from aios.tensors import Tensors, grpc_outputs, json_outputs, rest_response
 from aios.tracing import Tracing, current_trace_id
 from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream
-from proto.decision_record_pb2 import DecisionRecord
+from proto.decision_record_pb2 import DecisionRecord, ShadowAgreement
 from sidecar.batching import BatchKey, TritonBatching, merge_inputs, merged_body, runs, split_doc
 from sidecar.decisionlog import DecisionLog
 from sidecar.parity import Parity, VersionProfile, schema_violations
@@ -65,7 +67,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RECORD_HEADERS = frozenset({REVISION_HEADER, TENANT_HEADER, SUBJECT_HEADER, TARGET_HEADER,
                             SHADOW_HEADER, "traceparent", REQUEST_ID_HEADER, DECISION_HEADER,
                             REASON_HEADER, WEIGHTS_HEADER, BUSINESS_KEY_HEADER,
-                            SHADOW_OF_HEADER})
+                            SHADOW_OF_HEADER, SHADOW_COMPARE_HEADER})
 
 
 @dataclass(slots=True)
@@ -420,4 +422,11 @@ class Pipeline:
         add_tensors(record.inputs, call.inputs, input_rules, settings.default_redaction,
                     self._features.lookup(call.model, version))
         add_tensors(record.outputs, outputs, rules, settings.default_redaction)
+        expected = parse_expected(seen.get(SHADOW_COMPARE_HEADER, "")) if record.shadow \
+            else None
+        agreed = agreement(expected, outputs) if expected is not None else None
+        if expected is not None and agreed is not None:
+            record.shadow_agreement.CopyFrom(ShadowAgreement(
+                output=expected.output, threshold=expected.threshold,
+                rows=len(expected.decisions), agreed=agreed))
         return record

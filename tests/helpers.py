@@ -111,6 +111,12 @@ def stack_config(ports: StackPorts, tmp: Path, model_repo: Path = MODEL_REPO,
                     "routing": {"state_file": str(tmp / "routes.json")},
                     "change_log": {"directory": str(tmp / "route-changes"),
                                    "signing_key_file": str(signing_key)},
+                    "audit": {"logs": {"local": {
+                        "directory": str(tmp / "decisions"),
+                        "public_key_file": str(tmp / "audit-signing.pub.pem")}},
+                        "model_repository": str(model_repo),
+                        "access_log": {"directory": str(tmp / "audit-reads"),
+                                       "signing_key_file": str(signing_key)}},
                     "auth": TEST_AUTH,
                     # The functional tests must not trip over quotas; test_quota sets its own.
                     "quota": {"tenants": {

@@ -299,28 +299,57 @@ def test_a_call_straight_to_the_sidecar_gets_the_ids_of_its_record(stack: Stack)
     assert find(decisions(stack), "straight-grpc").decision_id == trailing["x-aios-decision-id"]
 
 
-def test_a_shadow_copy_has_its_own_record_pointing_at_the_primary(stack: Stack,
-                                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_a_shadow_copy_has_its_own_record_pointing_at_the_primary(
+        stack: Stack, tmp_path: Path, protocol: str) -> None:
     models = {"claims_risk": {"backend": "local", "version": "2", "sticky": "header:x-claim-id",
-                              "shadow": {"backend": "local", "version": "1", "fraction": 1.0}}}
-    config, http_port, _ = gateway_config(stack.sidecar_http, stack.sidecar_grpc, models)
+                              "shadow": {"backend": "local", "version": "1", "fraction": 1.0,
+                                         "output": "risk_score", "threshold": 0.5}}}
+    config, http_port, grpc_port = gateway_config(stack.sidecar_http, stack.sidecar_grpc,
+                                                  models,
+                                                  audit=audit_of(decisions(stack), tmp_path))
     claim_id = f"C-shadow-{time.time_ns()}"
     with running("gateway", config, http_port, tmp_path):
-        resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
-                          content=infer_json([CLAIM]), headers={**bearer(),
-                                                                "x-claim-id": claim_id})
-        assert resp.status_code == 200
-        primary = resp.headers["x-aios-decision-id"]
+        if protocol == "rest":
+            resp = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                              content=infer_json([CLAIM]), headers={**bearer(),
+                                                                    "x-claim-id": claim_id})
+            assert resp.status_code == 200
+            primary = resp.headers["x-aios-decision-id"]
+        else:
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                _, call = channel.unary_unary(INFER).with_call(
+                    grpc_claim(CLAIM), timeout=10,
+                    metadata=(*bearer().items(), ("x-claim-id", claim_id)))
+            primary = str(dict(call.trailing_metadata())["x-aios-decision-id"])
 
         def both() -> list[Any]:
             return [r for r in records(decisions(stack)) if r.business_key == claim_id]
 
         wait_until(lambda: len(both()) == 2, 10, "the shadow's record")
-    main, shadow = sorted(both(), key=lambda r: r.shadow)
+        main, shadow = sorted(both(), key=lambda r: r.shadow)
+        # The audit API finds the copy from the primary and compares the two records.
+        answer = httpx.get(f"http://127.0.0.1:{http_port}/admin/audit/decisions/{primary}",
+                           headers=bearer("audit:read"))
     assert (main.decision_id, main.shadow, main.version) == (primary, False, "2")
     assert (shadow.shadow, shadow.shadow_of, shadow.version) == (True, primary, "1")
     assert shadow.decision_id not in ("", primary)
     assert shadow.request_id == main.request_id
+    assert answer.status_code == 200, answer.text
+    [copy] = answer.json()["shadow_copies"]
+    ours, theirs = (float(np.frombuffer(r.outputs[0].contents, "<f4")[0])
+                    for r in (main, shadow))
+    assert (copy["decision_id"], copy["version"]) == (shadow.decision_id, "1")
+    agreed = int((ours >= 0.5) == (theirs >= 0.5))
+    assert copy["comparison"] == {
+        "max_abs_diff": pytest.approx(abs(ours - theirs)),
+        "max_rel_diff": pytest.approx(abs(ours - theirs) / abs(ours)),
+        "output": "risk_score", "threshold": 0.5, "decisions": 1, "agreed": agreed}
+    # ...and the copy's own record says so, written by its sidecar from what it was sent.
+    assert (shadow.shadow_agreement.output, shadow.shadow_agreement.threshold,
+            shadow.shadow_agreement.rows, shadow.shadow_agreement.agreed) == (
+        "risk_score", 0.5, 1, agreed)
+    assert not main.HasField("shadow_agreement")
 
 
 def test_a_hashed_feature_leaves_no_byte_in_the_log_index_or_export(stack: Stack,
@@ -364,3 +393,23 @@ def test_a_hashed_feature_leaves_no_byte_in_the_log_index_or_export(stack: Stack
         [column] = record.inputs[0].columns
         assert (column.name, column.redaction, len(column.digest)) == ("claimant_age", "hash",
                                                                        32)
+
+    # The gateway's audit API shows what the log holds: the digest, never the age.
+    config, gateway_port, _ = gateway_config(
+        stack.sidecar_http, stack.sidecar_grpc, {"claims_risk": {"backend": "local"}},
+        audit=audit_of(log, tmp_path))
+    with running("gateway", config, gateway_port, tmp_path):
+        answer = httpx.get(f"http://127.0.0.1:{gateway_port}/admin/audit/decisions/"
+                           "redacted-grpc", headers=bearer("audit:read"))
+    assert answer.status_code == 200, answer.text
+    assert "61.8125" not in answer.text
+    [row] = answer.json()["inputs"][0]["rows"]
+    assert row["claimant_age"] == {"redacted": "hash",
+                                   "hmac_sha256": grpc_.inputs[0].columns[0].digest.hex()}
+    assert row["claim_amount"] == {"value": pytest.approx(5255.7), "unit": "EUR"}
+
+
+def audit_of(log: Path, tmp: Path) -> dict[str, Any]:
+    """A gateway's audit section reading ``log`` (its reads recorded in ``tmp``)."""
+    return {"logs": {"local": {"directory": str(log)}}, "model_repository": str(MODEL_REPO),
+            "access_log": {"directory": str(tmp / "audit-reads")}}
