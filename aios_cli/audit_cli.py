@@ -250,9 +250,10 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
         print(_table(rows, ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE", "OUTCOME"]))
     first = (args.page - 1) * args.limit
     of = f"over {COUNT_CAP:,}" if total > COUNT_CAP else str(total)
+    what = "decision(s)" if not docs or "decision_id" in docs[0] else "record(s)"
     print(f"\n{first + 1 if rows else 0}-{first + len(rows)} of {of} "
           f"(--page {args.page + 1} for more)" if first + len(rows) < total else
-          f"\n{total} decision(s)")
+          f"\n{total} {what}")
     return 0
 
 

@@ -256,7 +256,7 @@ class AuditReader:
         for log in self._logs.values():
             latest = await self._latest(log)
             out[log.name] = None if latest is None else {
-                **latest[0].to_json(), "signature": latest[1]}
+                **latest[0].to_json(), "signature_check": latest[1]}
         await self._record(who, "checkpoints", {}, [], len(out))
         return {"checkpoints": out}
 
@@ -278,10 +278,10 @@ class AuditReader:
     async def _coverage(self, log: _Log, sequence: int) -> dict[str, Any]:
         latest = await self._latest(log)
         if latest is None:
-            return {"covered": False, "size": 0, "signature": None}
-        checkpoint, signature = latest
+            return {"covered": False, "size": 0, "signature_check": None}
+        checkpoint, check = latest
         return {"covered": sequence <= checkpoint.size, "size": checkpoint.size,
-                "signature": signature,
+                "signature_check": check,
                 "time_unix_nanos": checkpoint.time_unix_nanos}
 
 
@@ -314,5 +314,6 @@ def _comparison(primary: DecisionRecord, copy: DecisionRecord,
 
 def _asked(asked: AuditQuery) -> dict[str, Any]:
     query = asked.query
-    return {**dict(query.fields), "since_ns": query.since_ns, "until_ns": query.until_ns,
-            "limit": query.limit, "page": query.page, "log": asked.log}
+    doc = {**dict(query.fields), "since_ns": query.since_ns, "until_ns": query.until_ns,
+           "limit": query.limit, "page": query.page, "log": asked.log}
+    return {k: v for k, v in doc.items() if v is not None}

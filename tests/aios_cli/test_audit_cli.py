@@ -3,6 +3,7 @@ with feature names from the repository's profile.json."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import json
@@ -113,3 +114,31 @@ def test_export_writes_decoded_decisions_and_a_manifest(log_dir: Path, tmp_path:
         == (12, 1, 12)
     assert manifest["checkpoint"]["size"] >= 12
     assert manifest["file_sha256"] == hashlib.sha256(out_file.read_bytes()).hexdigest()
+
+
+async def write_to_fleet(settings: DecisionLogSettings) -> None:
+    async with DecisionLog(settings, CollectorRegistry()) as log:
+        for i in range(10):
+            await log.append(DecisionRecord(decision_id=f"d-{i}", business_key=f"C-{i % 2}",
+                                            model="claims_risk", version="2", outcome="ok"))
+
+
+def test_a_fleets_log_is_read_from_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """A sidecar publishing checkpoints to PostgreSQL under its own name; the auditor's
+    CLI checks the log against them and searches through an index in the same database."""
+    write_key_pair(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    asyncio.run(write_to_fleet(DecisionLogSettings.model_validate({
+        "directory": str(tmp_path / "log"), "signing_key_file": str(tmp_path / "k.pem"),
+        "witness_url": postgres_url, "name": "sidecar-7", "checkpoint_every_records": 4})))
+    fleet = ("--dir", str(tmp_path / "log"), "--witness", postgres_url, "--log-name",
+             "sidecar-7", "--public-key", str(tmp_path / "k.pub.pem"))
+    out = audit("verify", *fleet)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "the latest covering 10 records" in out.stdout
+    assert not list(tmp_path.glob("log-checkpoints")), "nothing on the disk's witness"
+    found = json.loads(audit("search", *fleet, "--index", postgres_url, "--key", "C-1",
+                             "--json").stdout)
+    assert [d["decision_id"] for d in found["decisions"]] == ["d-1", "d-3", "d-5", "d-7", "d-9"]
+    assert not (tmp_path / "log" / "index.sqlite3").exists()
+    wrong = audit("verify", *fleet[:4], "--log-name", "sidecar-8", *fleet[6:])
+    assert wrong.returncode == 0 and "no checkpoint" in wrong.stdout, wrong.stdout
