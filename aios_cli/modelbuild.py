@@ -7,8 +7,13 @@ version folder of the Triton model repository:
 
 - ``model.pt``: the TorchScript model the Triton python backend serves;
 - ``profile.json``: the training feature profile (per feature dtype, range, mean/std,
-  quantile bin edges and training frequencies, and the same for the output);
-- ``golden.json``: inputs with the outputs that training-time PyTorch produced.
+  quantile bin edges and training frequencies, the distribution sketch the drift tests
+  use, and the same for the output; the correlation of the features' normal scores; the
+  decision threshold);
+- ``golden.json``: inputs with the outputs that training-time PyTorch produced: random
+  holdout rows, and the edges (each feature at its minimum, maximum and high quantiles,
+  each value of a flag, rows either side of the decision threshold), with a tolerance
+  set from the numerical noise measured on them.
 
 Everything is seeded and single-threaded so rebuilding gives byte-identical golden files.
 This module needs the ``triton`` extra (torch); the services never import it.
@@ -25,7 +30,15 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from aios.profile import FEATURES, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, bin_index
+from aios.profile import (
+    DECISION_THRESHOLD,
+    FEATURES,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    bin_index,
+    build_sketch,
+)
 from aios_cli.claims import SEED, synthesize_claims
 
 logger = logging.getLogger(__name__)
@@ -33,7 +46,16 @@ logger = logging.getLogger(__name__)
 N_CLAIMS = 20_000
 HOLDOUT_FRACTION = 0.2
 N_BINS = 10
-GOLDEN_SIZE = 64
+# Golden rows: this many random holdout rows, then the edge and threshold rows; 64 in
+# all, the model's max_batch_size, so that the replay is one request.
+GOLDEN_RANDOM = 32
+# The golden tolerance: this many times the largest difference measured between ways of
+# running the same module on the golden rows (one at a time, in odd batches, all at
+# once), and never below GOLDEN_FLOOR (loadtests/README.md, "Golden parity").
+NOISE_FACTOR = 10
+GOLDEN_FLOOR = 1e-6
+# The high quantiles each feature's golden edge rows take.
+EDGE_QUANTILES = (0.99, 0.999)
 
 
 class ClaimsRiskModel(nn.Module):
@@ -139,7 +161,65 @@ def _column_profile(values: NDArray[Any]) -> dict[str, Any]:
         "std": round(float(values.std()), 6),
         "bin_edges": [float(e) for e in edges],
         "frequencies": [round(float(c) / len(values), 6) for c in counts],
+        "sketch": build_sketch(values).to_json(),
     }
+
+
+def _score_correlation(x: NDArray[Any]) -> list[list[float]]:
+    """The correlation of the features' normal scores over the training rows."""
+    scores = np.column_stack([build_sketch(x[:, j]).normal_scores(x[:, j])
+                              for j in range(x.shape[1])])
+    return [[round(float(v), 6) for v in r] for r in np.corrcoef(scores, rowvar=False)]
+
+
+def _edge_rows(x_train: NDArray[Any], base: NDArray[Any]) -> NDArray[Any]:
+    """``base`` with one feature at a time set to each of its edges in training: the
+    minimum, the maximum, the EDGE_QUANTILES, and every value of a 0/1 flag."""
+    rows = []
+    for j in range(x_train.shape[1]):
+        column = x_train[:, j].astype(np.float64)
+        values = sorted(set(column.tolist())) if set(column.tolist()) <= {0.0, 1.0} else [
+            float(column.min()), float(column.max()),
+            *(float(q) for q in np.quantile(column, EDGE_QUANTILES))]
+        for value in values:
+            row = base.copy()
+            row[j] = value
+            rows.append(row)
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _threshold_rows(scripted: Any, x: NDArray[Any]) -> NDArray[Any]:
+    """Rows just either side of the decision threshold: on the line from the lowest- to
+    the highest-scoring row, a thousandth and a hundredth of it either side of the
+    crossing found by bisection."""
+    scores = _scripted(scripted, x)
+    low, high = x[int(scores.argmin())].astype(np.float64), x[int(scores.argmax())]
+    if not scores.min() < DECISION_THRESHOLD < scores.max():
+        return np.zeros((0, x.shape[1]), dtype=np.float32)
+    a, b = 0.0, 1.0
+    for _ in range(40):
+        mid = (a + b) / 2
+        point = (low + mid * (high - low)).astype(np.float32)[None, :]
+        a, b = (mid, b) if _scripted(scripted, point)[0] < DECISION_THRESHOLD else (a, mid)
+    return np.asarray([low + t * (high - low) for t in (a - 0.01, a - 0.001, b + 0.001,
+                                                         b + 0.01)], dtype=np.float32)
+
+
+def _scripted(scripted: Any, x: NDArray[Any]) -> NDArray[Any]:
+    out: NDArray[Any] = scripted(torch.from_numpy(np.ascontiguousarray(x))).detach().numpy()
+    return out[:, 0]
+
+
+def _noise(scripted: Any, x: NDArray[Any]) -> float:
+    """The largest difference between running ``x`` through the module all at once, a
+    row at a time, and in batches of 7: how much the same model's answers move with
+    how Triton happens to batch them."""
+    whole = scripted(torch.from_numpy(x)).detach().numpy()
+    single = np.concatenate([scripted(torch.from_numpy(x[i:i + 1])).detach().numpy()
+                             for i in range(len(x))])
+    odd = np.concatenate([scripted(torch.from_numpy(x[i:i + 7])).detach().numpy()
+                          for i in range(0, len(x), 7)])
+    return float(max(np.abs(whole - single).max(), np.abs(whole - odd).max()))
 
 
 def _dump(path: Path, doc: dict[str, Any]) -> None:
@@ -159,7 +239,7 @@ def build(repo: Path) -> dict[int, dict[str, float]]:
     x, y = synthesize_claims(N_CLAIMS)
     n_train = int(N_CLAIMS * (1 - HOLDOUT_FRACTION))
     x_train, y_train, x_hold, y_hold = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-    golden_x = x_hold[:GOLDEN_SIZE]
+    random_x = x_hold[:GOLDEN_RANDOM]
     report: dict[int, dict[str, float]] = {}
     for spec in VERSIONS:
         model = _train(spec, x_train, y_train)
@@ -184,13 +264,19 @@ def build(repo: Path) -> dict[int, dict[str, float]]:
             "input": INPUT_NAME, "output": OUTPUT_NAME, "n_train": n_train, "seed": SEED,
             "features": features, "output_profile": {"name": OUTPUT_NAME,
                                                      **_column_profile(train_score)},
+            "score_correlation": _score_correlation(x_train),
+            "decision_threshold": DECISION_THRESHOLD,
             "metrics": metrics,
         })
         # The golden outputs come from the scripted module, as Triton will run it.
+        golden_x = np.concatenate([random_x, _edge_rows(x_train, random_x[0]),
+                                   _threshold_rows(scripted, x_hold)])
         golden_y = scripted(torch.from_numpy(golden_x)).detach().numpy()
+        noise = _noise(scripted, golden_x)
         _dump(out_dir / "golden.json", {
             "model": MODEL_NAME, "version": spec.version, "input": INPUT_NAME,
-            "output": OUTPUT_NAME, "tolerance": 1e-6,
+            "output": OUTPUT_NAME, "measured_noise": noise,
+            "tolerance": max(GOLDEN_FLOOR, NOISE_FACTOR * noise),
             "inputs": [[float(v) for v in row] for row in golden_x],
             "outputs": [[float(v) for v in row] for row in golden_y],
         })

@@ -2,15 +2,14 @@
 
 - Schema: each input checked against the profile (name, dtype, shape, NaN/inf, range);
   per model `observe` (flag and count) or `enforce` (422 naming the feature and bound).
-- Drift: per feature, a sliding window of served values binned with the training
-  quantile edges; PSI and a KS statistic against the training frequencies every N rows,
-  a flag when either is over its threshold. The same for the model's output. (A
-  feature with few distinct values, such as a 0/1 flag, has few bins: a shift that stays
-  within a bin cannot show.)
+- Drift: per version, the tests of `sidecar.drift` (a test with a stated error rate per
+  feature and for the output, a joint test, the decision rate, a CUSUM per column) over
+  the served rows; flags and their evidence in metrics, logs and the decision records.
+  PSI over the profile's decile bins is reported beside them, as a familiar figure.
 - Output parity: the golden set replayed through Triton; a mismatch beyond tolerance
   marks the version not ready and names the worst input.
 
-The statistics are pure functions; `Parity` holds the windows and the metrics.
+`Parity` holds the monitors and the metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +29,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aios.config import ParitySettings
 from aios.errors import Unprocessable
-from aios.profile import bin_index
+from aios.profile import SCORE_TAIL, Sketch, bin_index
+from sidecar.drift import DECISION_RATE, JOINT, Finding, Monitor, MonitorSettings
 
 logger = logging.getLogger(__name__)
 
 PSI_EPSILON = 1e-4
+# The training rows a profile that does not say is taken to stand for.
+OLD_PROFILE_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class ColumnProfile:
     maximum: float
     edges: tuple[float, ...]
     frequencies: NDArray[np.float64]
+    sketch: Sketch
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class VersionProfile:
     golden_inputs: NDArray[np.float32]
     golden_outputs: NDArray[np.float32]
     tolerance: float
+    # The training correlation of the features' normal scores (the joint test), and the
+    # model's decision threshold on its output (the decision-rate test); None in
+    # profiles made before them.
+    correlation: NDArray[np.float64] | None = None
+    threshold: float | None = None
     # Per feature, as arrays: every request's inputs are checked against them at once.
     minimums: NDArray[np.float64] = field(init=False, repr=False, compare=False)
     maximums: NDArray[np.float64] = field(init=False, repr=False, compare=False)
@@ -71,9 +80,30 @@ class VersionProfile:
                            np.asarray([f.maximum for f in self.features], dtype=np.float64))
 
 
-def _column(doc: Mapping[str, Any]) -> ColumnProfile:
-    return ColumnProfile(doc["name"], float(doc["min"]), float(doc["max"]),
-                         tuple(doc["bin_edges"]), np.asarray(doc["frequencies"], dtype=np.float64))
+def _column(doc: Mapping[str, Any], n_train: int) -> ColumnProfile:
+    edges = tuple(float(e) for e in doc["bin_edges"])
+    frequencies = np.asarray(doc["frequencies"], dtype=np.float64)
+    minimum, maximum = float(doc["min"]), float(doc["max"])
+    sketch = Sketch.from_json(doc["sketch"]) if "sketch" in doc else \
+        sketch_from_bins(minimum, edges, frequencies, n_train)
+    return ColumnProfile(doc["name"], minimum, maximum, edges, frequencies, sketch)
+
+
+def sketch_from_bins(minimum: float, edges: tuple[float, ...],
+                     frequencies: NDArray[np.float64], n: int) -> Sketch:
+    """A coarse sketch from a profile made before sketches: its decile bins as the values
+    of a discrete column (knot i is bin i's lower edge), so the tests stay exact and see
+    no finer than the bins did."""
+    support = np.asarray([min(minimum, edges[0] - 1.0) if edges else minimum, *edges],
+                         dtype=np.float64)
+    shares = frequencies[:len(support)] / max(float(frequencies[:len(support)].sum()), 1e-12)
+    cdf = np.cumsum(shares)
+    normal = statistics.NormalDist()
+    scores = np.asarray([normal.inv_cdf(min(max(float(c - s / 2), SCORE_TAIL), 1 - SCORE_TAIL))
+                         for c, s in zip(cdf, shares, strict=True)])
+    mean = float((shares * scores).sum())
+    std = math.sqrt(float((shares * (scores - mean) ** 2).sum())) or 1.0
+    return Sketch("discrete", support, cdf, scores, mean, std, n)
 
 
 def load_profiles(repo: Path) -> dict[tuple[str, str], VersionProfile]:
@@ -83,11 +113,16 @@ def load_profiles(repo: Path) -> dict[tuple[str, str], VersionProfile]:
         doc = json.loads(path.read_text())
         golden = json.loads((path.parent / "golden.json").read_text())
         version = path.parent.name
+        n_train = int(doc.get("n_train", OLD_PROFILE_ROWS))
         profiles[(doc["model"], version)] = VersionProfile(
             doc["model"], version, doc["input"], doc["output"],
-            tuple(_column(f) for f in doc["features"]), _column(doc["output_profile"]),
+            tuple(_column(f, n_train) for f in doc["features"]),
+            _column(doc["output_profile"], n_train),
             np.asarray(golden["inputs"], dtype=np.float32),
-            np.asarray(golden["outputs"], dtype=np.float32), float(golden["tolerance"]))
+            np.asarray(golden["outputs"], dtype=np.float32), float(golden["tolerance"]),
+            np.asarray(doc["score_correlation"], dtype=np.float64)
+            if "score_correlation" in doc else None,
+            float(doc["decision_threshold"]) if "decision_threshold" in doc else None)
     return profiles
 
 
@@ -97,12 +132,6 @@ def psi(expected: NDArray[np.float64], counts: NDArray[np.int64]) -> float:
     e = np.clip(expected, PSI_EPSILON, None)
     a = np.clip(actual, PSI_EPSILON, None)
     return float(np.sum((a - e) * np.log(a / e)))
-
-
-def ks(expected: NDArray[np.float64], counts: NDArray[np.int64]) -> float:
-    """Kolmogorov-Smirnov statistic between the binned distributions."""
-    actual = counts / max(int(counts.sum()), 1)
-    return float(np.max(np.abs(np.cumsum(actual) - np.cumsum(expected))))
 
 
 @dataclass(frozen=True)
@@ -153,74 +182,6 @@ def schema_violations(profile: VersionProfile, tensors: Mapping[str, NDArray[Any
     return out
 
 
-class Window:
-    """The last ``size`` rows' bin indices per column, with counts kept up to date.
-
-    Rows are staged and binned in chunks: a request of one row costs a list append, and
-    the numpy work is shared by `STAGE_ROWS` rows. Counts and `full` see staged rows too.
-    """
-
-    STAGE_ROWS = 64
-
-    def __init__(self, columns: tuple[ColumnProfile, ...], size: int) -> None:
-        self.columns = columns
-        self._edges = [np.asarray(c.edges, dtype=np.float64) for c in columns]
-        # All columns' counts in one array: column j's bins start at _offsets[j].
-        widths = [len(c.edges) + 1 for c in columns]
-        self._offsets = np.cumsum([0, *widths[:-1]]).astype(np.int64)
-        self._counts = np.zeros(sum(widths), dtype=np.int64)
-        self._bounds = [(int(o), int(o) + w) for o, w in zip(self._offsets, widths, strict=True)]
-        self._bins = np.zeros((size, len(columns)), dtype=np.int64)
-        self._filled = 0
-        self._pos = 0
-        self._staged: list[NDArray[Any]] = []
-        self._staged_rows = 0
-        self.since_eval = 0
-
-    @property
-    def full(self) -> bool:
-        """Whether the window holds ``size`` rows."""
-        self.flush()
-        return self._filled == len(self._bins)
-
-    def add(self, rows: NDArray[Any]) -> None:
-        """Add rows (one value per column each), evicting the oldest."""
-        self._staged.append(rows)
-        self._staged_rows += len(rows)
-        self.since_eval += len(rows)
-        if self._staged_rows >= self.STAGE_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Bin the staged rows into the window."""
-        if not self._staged:
-            return
-        rows = self._staged[0] if len(self._staged) == 1 else np.concatenate(self._staged)
-        self._staged, self._staged_rows = [], 0
-        size = len(self._bins)
-        recent = rows[-size:]
-        binned = np.empty((len(recent), len(self._edges)), dtype=np.int64)
-        for j, edges in enumerate(self._edges):
-            binned[:, j] = bin_index(edges, recent[:, j])
-        slots = (self._pos + np.arange(len(recent))) % size
-        # Slots below _filled hold rows (the ring fills from 0): those rows leave.
-        evicted = self._bins[slots[slots < self._filled]]
-        if len(evicted):
-            self._counts -= np.bincount((evicted + self._offsets).ravel(),
-                                        minlength=len(self._counts))
-        self._bins[slots] = binned
-        self._counts += np.bincount((binned + self._offsets).ravel(),
-                                    minlength=len(self._counts))
-        self._filled = min(size, self._filled + len(recent))
-        self._pos = (self._pos + len(recent)) % size
-
-    def counts(self, column: int) -> NDArray[np.int64]:
-        """Current bin counts of one column."""
-        self.flush()
-        start, end = self._bounds[column]
-        return self._counts[start:end]
-
-
 class ParityMetrics:
     """Schema violations, drift figures and golden-set parity, per model and version."""
 
@@ -231,8 +192,14 @@ class ParityMetrics:
                                   registry=registry)
         self.psi = Gauge("aios_sidecar_drift_psi", "PSI of the served window vs training",
                          labels, registry=registry)
-        self.ks = Gauge("aios_sidecar_drift_ks", "KS statistic of the window vs training",
-                        labels, registry=registry)
+        self.ks = Gauge("aios_sidecar_drift_ks", "KS statistic of the window vs training "
+                        "(continuous columns)", labels, registry=registry)
+        self.p_value = Gauge("aios_sidecar_drift_p_value", "Bonferroni p-value of the "
+                             "column's window test (joint: the worst pair; decision_rate: "
+                             "the rate at the threshold)", labels, registry=registry)
+        self.cusum = Gauge("aios_sidecar_drift_cusum", "Highest CUSUM level of the "
+                           "column's normal score since the last evaluation", labels,
+                           registry=registry)
         self.drift = Gauge("aios_sidecar_drift_flag", "1 while a feature has drifted", labels,
                            registry=registry)
         self.parity_ok = Gauge("aios_sidecar_parity_ok",
@@ -244,16 +211,18 @@ class ParityMetrics:
 
 
 class Parity:
-    """Profiles, drift windows and parity state of every served version."""
+    """Profiles, drift monitors and parity state of every served version."""
 
     def __init__(self, settings: ParitySettings, profiles: dict[tuple[str, str], VersionProfile],
                  registry: CollectorRegistry) -> None:
         self._settings = settings
+        self._monitor_settings = MonitorSettings(
+            settings.drift_window, settings.drift_every, settings.drift_alpha,
+            settings.cusum_k, settings.cusum_h, settings.drift_clear_after)
         self.profiles = profiles
         self.metrics = ParityMetrics(registry)
-        self._windows: dict[tuple[str, str], tuple[Window, Window]] = {}
+        self._monitors: dict[tuple[str, str], Monitor] = {}
         self.golden_ok: dict[tuple[str, str], bool] = {}
-        self._drifted: set[tuple[str, str, str]] = set()
         self._latest: dict[str, str] = {}
         for model, version in profiles:
             if int(version) > int(self._latest.get(model, "0")):
@@ -264,61 +233,75 @@ class Parity:
         return self.profiles.get((model, version or self._latest.get(model, "")))
 
     def check(self, profile: VersionProfile, tensors: Mapping[str, NDArray[Any]]) -> list[str]:
-        """Schema flags for a request; in enforce mode, refuse it (422) instead."""
+        """Schema flags for a request, and the version's drift flags with their evidence;
+        in enforce mode, a schema violation refuses the request (422) instead."""
         violations = schema_violations(profile, tensors)
         for v in violations:
             check, _, feature = v.flag.partition(":")
             self.metrics.violations.labels(profile.model, profile.version, feature, check).inc()
         if violations and self._settings.mode.get(profile.model) == "enforce":
             raise Unprocessable(violations[0].message)
-        return [v.flag for v in violations]
+        flags = [v.flag for v in violations]
+        monitor = self._monitors.get((profile.model, profile.version))
+        if monitor is not None and monitor.flags:
+            flags += [f"drift:{name} ({flag.finding.evidence})"
+                      for name, flag in monitor.flags.items()]
+        return flags
+
+    def monitor(self, profile: VersionProfile) -> Monitor:
+        """The version's drift monitor (made on first use)."""
+        key = (profile.model, profile.version)
+        monitor = self._monitors.get(key)
+        if monitor is None:
+            columns = (*profile.features, profile.output)
+            monitor = self._monitors[key] = Monitor(
+                tuple(c.name for c in columns), tuple(c.sketch for c in columns),
+                profile.correlation, profile.threshold, self._monitor_settings)
+        return monitor
 
     def observe(self, profile: VersionProfile, inputs: NDArray[Any],
                 outputs: NDArray[Any] | None) -> None:
-        """Add served rows to the drift windows; re-evaluate every `drift_every` rows."""
-        key = (profile.model, profile.version)
-        windows = self._windows.get(key)
-        if windows is None:
-            size = self._settings.drift_window
-            windows = self._windows[key] = (Window(profile.features, size),
-                                            Window((profile.output,), size))
-        if inputs.ndim != 2 or inputs.shape[1] != len(profile.features):
+        """Add served rows (with their outputs) to the version's monitor; evaluate every
+        `drift_every` rows once the window is full."""
+        if inputs.ndim != 2 or inputs.shape[1] != len(profile.features) or outputs is None \
+                or len(outputs) != len(inputs):
             return
-        windows[0].add(inputs)
-        if outputs is not None and len(outputs) == len(inputs):
-            windows[1].add(outputs.reshape(len(outputs), -1)[:, :1])
-        for window in windows:
-            if window.since_eval >= self._settings.drift_every and window.full:
-                window.since_eval = 0
-                self._evaluate(profile, window)
+        monitor = self.monitor(profile)
+        monitor.add(np.column_stack([inputs, outputs.reshape(len(outputs), -1)[:, :1]]))
+        if monitor.since_eval >= self._settings.drift_every and monitor.full:
+            before = set(monitor.flags)
+            self._report(profile, monitor, monitor.evaluate(), before)
 
-    def _evaluate(self, profile: VersionProfile, window: Window) -> None:
-        for i, column in enumerate(window.columns):
-            counts = window.counts(i)
-            value_psi = psi(column.frequencies, counts)
-            value_ks = ks(column.frequencies, counts)
+    def _report(self, profile: VersionProfile, monitor: Monitor, findings: list[Finding],
+                before: set[str]) -> None:
+        window = monitor.window()
+        columns = (*profile.features, profile.output)
+        for j, column in enumerate(columns):
             labels = (profile.model, profile.version, column.name)
-            self.metrics.psi.labels(*labels).set(value_psi)
-            self.metrics.ks.labels(*labels).set(value_ks)
-            drifted = (value_psi > self._settings.psi_threshold
-                       or value_ks > self._settings.ks_threshold)
-            was = labels in self._drifted
-            self.metrics.drift.labels(*labels).set(1 if drifted else 0)
-            if drifted:
-                self._drifted.add(labels)
-            else:
-                self._drifted.discard(labels)
-            if drifted and not was:
-                logger.warning("drift: %s v%s feature '%s' PSI %.3f (threshold %.2f), "
-                               "KS %.3f (threshold %.2f)", profile.model, profile.version,
-                               column.name, value_psi, self._settings.psi_threshold, value_ks,
-                               self._settings.ks_threshold)
+            counts = np.bincount(bin_index(column.edges, window[:, j]),
+                                 minlength=len(column.edges) + 1)
+            self.metrics.psi.labels(*labels).set(psi(column.frequencies, counts))
+            if column.sketch.kind == "continuous":
+                self.metrics.ks.labels(*labels).set(findings[j].statistic)
+        for finding in findings:
+            labels = (profile.model, profile.version, finding.name)
+            self.metrics.p_value.labels(*labels).set(finding.p_value)
+            self.metrics.cusum.labels(*labels).set(finding.cusum)
+            raised = finding.name in monitor.flags
+            self.metrics.drift.labels(*labels).set(1 if raised else 0)
+            if raised and finding.name not in before:
+                logger.warning("drift: %s v%s '%s' (%s)", profile.model, profile.version,
+                               finding.name, monitor.flags[finding.name].finding.evidence)
 
     def drifted(self, model: str, version: str) -> list[str]:
-        """Features (or the output) of a version flagged as drifted now."""
+        """What of a version is flagged as drifted now: features, the output, `joint`,
+        `decision_rate`, in that order."""
         profile = self.profiles[(model, version)]
-        return [c.name for c in (*profile.features, profile.output)
-                if (model, version, c.name) in self._drifted]
+        monitor = self._monitors.get((model, version))
+        if monitor is None:
+            return []
+        names = [*(c.name for c in (*profile.features, profile.output)), JOINT, DECISION_RATE]
+        return [n for n in names if n in monitor.flags]
 
     def record_golden(self, profile: VersionProfile, outputs: NDArray[Any] | None,
                       error: str = "") -> bool:

@@ -76,8 +76,21 @@ def test_bin_index_puts_edges_in_the_upper_bin() -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_golden_set_covers_a_batch(version: int) -> None:
+def test_golden_set_covers_a_batch_and_the_edges(version: int) -> None:
     gold = load(MODEL_REPO, version, "golden.json")
-    assert len(gold["inputs"]) == len(gold["outputs"]) == 64
+    profile = load(MODEL_REPO, version, "profile.json")
+    assert len(gold["inputs"]) == len(gold["outputs"]) == 64  # max_batch_size: one request
     assert all(len(row) == 8 for row in gold["inputs"])
     assert all(0.0 < out[0] < 1.0 for out in gold["outputs"])
+    x = np.asarray(gold["inputs"], dtype=np.float64)
+    for j, feature in enumerate(profile["features"]):
+        column = x[:, j].tolist()
+        assert min(column) == pytest.approx(feature["min"], rel=1e-6), feature["name"]
+        assert max(column) == pytest.approx(feature["max"], rel=1e-6), feature["name"]
+    assert max(x[:, 0]) > 100_000, "a tail-only change to large claims shows"
+    scores = [out[0] for out in gold["outputs"]]
+    threshold = profile["decision_threshold"]
+    near = [s for s in scores if abs(s - threshold) < 0.02]
+    assert any(s < threshold for s in near) and any(s >= threshold for s in near)
+    assert 0 < gold["measured_noise"] < 1e-5
+    assert gold["tolerance"] == max(1e-6, 10 * gold["measured_noise"])

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
 from aios.auditlog import records, verify
+from aios_cli.claims import synthesize_claims
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER, grpc_request
 from tests.helpers import (
@@ -34,6 +35,7 @@ from tests.helpers import (
     infer_json,
     listening,
     running,
+    schema_flags,
     wait_until,
 )
 
@@ -69,7 +71,7 @@ def test_rest_decision_is_recorded_with_who_what_and_why(stack: Stack) -> None:
     served = resp.json()["outputs"][0]["data"]
     np.testing.assert_allclose(np.frombuffer(record.outputs[0].contents, "<f4"), served,
                                rtol=1e-6)
-    assert record.latency_micros > 0 and record.parity_flags == []
+    assert record.latency_micros > 0 and schema_flags(record) == []
     out = audit(stack, "show", "--request-id", "rest-decision-1", "--json")
     assert json.loads(out.stdout)["tenant"] == "tests"
 
@@ -153,7 +155,7 @@ def test_out_of_profile_inputs_are_flagged(stack: Stack) -> None:
                       content=infer_json([odd]),
                       headers={**bearer(), "x-request-id": "odd-1"})
     assert resp.status_code == 200, "observe mode serves and flags"
-    assert list(find(decisions(stack), "odd-1").parity_flags) == ["out_of_range:claimant_age"]
+    assert schema_flags(find(decisions(stack), "odd-1")) == ["out_of_range:claimant_age"]
     assert verify(decisions(stack)).intact
 
 
@@ -178,6 +180,29 @@ def test_enforce_mode_refuses_with_422_naming_the_bound(stack: Stack, tmp_path: 
         ok = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
                         content=infer_json([CLAIM]))
         assert ok.status_code == 200
+
+
+def test_drift_is_flagged_with_its_evidence_in_metrics_and_records(stack: Stack,
+                                                                    tmp_path: Path) -> None:
+    http_port, grpc_port = free_ports(2)
+    config = sidecar_config(stack, http_port, grpc_port, tmp_path,
+                            parity={"drift_window": 200, "drift_every": 50})
+    x, _ = synthesize_claims(1500, seed=77)
+    x[300:, 0] *= 3.0  # claims inflation after the first 300
+    with running("sidecar", config, http_port, tmp_path), httpx.Client() as client:
+        for i in range(0, len(x), 30):
+            resp = client.post(f"http://127.0.0.1:{http_port}/v2/models/claims_risk/infer",
+                               content=infer_json(x[i:i + 30].tolist()),
+                               headers={"x-request-id": f"drift-{i}"})
+            assert resp.status_code == 200
+        metrics = client.get(f"http://127.0.0.1:{http_port}/metrics").text
+    labels = 'feature="claim_amount",model="claims_risk",version="2"'
+    assert f"aios_sidecar_drift_flag{{{labels}}} 1.0" in metrics
+    assert f"aios_sidecar_drift_p_value{{{labels}}}" in metrics
+    log = {r.request_id: list(r.parity_flags) for r in records(tmp_path / "decisions")}
+    assert not any(f.startswith("drift:") for f in log["drift-0"] + log["drift-270"])
+    [flag] = [f for f in log["drift-1470"] if f.startswith("drift:claim_amount ")]
+    assert "cusum" in flag or "p=" in flag, flag
 
 
 def test_kill_9_loses_no_acknowledged_decision(stack: Stack, tmp_path: Path) -> None:
