@@ -7,6 +7,7 @@ so both bin and score a value the same way.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,7 +134,8 @@ def _rounded(values: NDArray[np.float64]) -> list[float]:
     return [round(float(v), 9) for v in values]
 
 
-def _normal_quantiles(p: NDArray[np.float64]) -> NDArray[np.float64]:
+def normal_quantiles(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The standard normal quantiles of ``p``, clipped to SCORE_TAIL."""
     normal = statistics.NormalDist()
     return np.asarray([normal.inv_cdf(float(q)) for q in
                        np.clip(p, SCORE_TAIL, 1 - SCORE_TAIL)], dtype=np.float64)
@@ -149,7 +151,7 @@ def build_sketch(values: NDArray[Any]) -> Sketch:
         counts = counts if len(distinct) >= 2 else np.array([counts[0], 0])
         cdf = np.cumsum(counts) / len(v)
         mid = cdf - counts / (2 * len(v))
-        scores = _normal_quantiles(mid)
+        scores = normal_quantiles(mid)
         at = np.searchsorted(support, v)
     else:
         kind = "continuous"
@@ -157,8 +159,23 @@ def build_sketch(values: NDArray[Any]) -> Sketch:
         support = np.quantile(v, probs)
         keep = np.concatenate([[True], np.diff(support) > 0])  # ties: the first knot
         support, cdf = support[keep], probs[keep]
-        scores = _normal_quantiles(cdf)
+        scores = normal_quantiles(cdf)
     sketch = Sketch(kind, support, cdf, scores, 0.0, 1.0, len(v))
     raw = sketch.scores[at] if kind != "continuous" else np.interp(v, support, scores)
     return Sketch(kind, support, cdf, scores, float(raw.mean()), float(raw.std()) or 1.0,
                   len(v))
+
+
+def sketch_from_bins(minimum: float, edges: tuple[float, ...],
+                     frequencies: NDArray[np.float64], n: int) -> Sketch:
+    """A coarse sketch from a profile made before sketches: its decile bins as the values
+    of a discrete column (knot i is bin i's lower edge), so the tests stay exact and see
+    no finer than the bins did."""
+    support = np.asarray([min(minimum, edges[0] - 1.0) if edges else minimum, *edges],
+                         dtype=np.float64)
+    shares = frequencies[:len(support)] / max(float(frequencies[:len(support)].sum()), 1e-12)
+    cdf = np.cumsum(shares)
+    scores = normal_quantiles(cdf - shares / 2)
+    mean = float((shares * scores).sum())
+    std = math.sqrt(float((shares * (scores - mean) ** 2).sum())) or 1.0
+    return Sketch("discrete", support, cdf, scores, mean, std, n)

@@ -71,52 +71,45 @@ GRID = {"policy_tenure_months": 1.0, "days_to_report": 1.0, "claimant_age": 1.0,
         "vehicle_age_years": 0.1}
 
 
-def mean_shift(name: str, sigmas: float) -> Shift:
+ColumnChange = Callable[[NDArray[np.float64], np.random.Generator, float], NDArray[np.float64]]
+
+
+def on_column(name: str, change: ColumnChange) -> Shift:
+    """A shift of one column: ``change(values, rng, training std)``."""
     def shift(x: NDArray[np.float64], rng: np.random.Generator,
               std: NDArray[np.float64]) -> NDArray[np.float64]:
         j = _col(name)
         y = x.copy()
-        if name == "prior_claims":  # a count: a higher Poisson rate, by sigmas * std
-            rate = 0.5 + sigmas * float(std[j])
-            y[:, j] = np.clip(rng.poisson(rate, len(y)), 0, 12)
-            return y
-        y[:, j] = x[:, j] + sigmas * std[j]
-        if name in GRID:
-            y[:, j] = np.round(y[:, j] / GRID[name]) * GRID[name]
+        y[:, j] = change(x[:, j], rng, float(std[j]))
         return y
     return shift
+
+
+def mean_shift(name: str, sigmas: float) -> Shift:
+    def change(col: NDArray[np.float64], rng: np.random.Generator,
+               sd: float) -> NDArray[np.float64]:
+        if name == "prior_claims":  # a count: a higher Poisson rate, by sigmas * std
+            return np.clip(rng.poisson(0.5 + sigmas * sd, len(col)), 0, 12).astype(np.float64)
+        moved = col + sigmas * sd
+        return np.round(moved / GRID[name]) * GRID[name] if name in GRID else moved
+    return on_column(name, change)
 
 
 def scale(name: str, factor: float) -> Shift:
-    def shift(x: NDArray[np.float64], rng: np.random.Generator,
-              std: NDArray[np.float64]) -> NDArray[np.float64]:
-        j = _col(name)
-        y = x.copy()
-        y[:, j] = x[:, j] * factor
-        return y
-    return shift
+    return on_column(name, lambda col, rng, sd: col * factor)
 
 
 def spread(name: str, factor: float) -> Shift:
-    def shift(x: NDArray[np.float64], rng: np.random.Generator,
-              std: NDArray[np.float64]) -> NDArray[np.float64]:
-        j = _col(name)
-        y = x.copy()
-        centre = float(np.median(x[:, j]))
-        y[:, j] = np.round(centre + (x[:, j] - centre) * factor)
-        return y
-    return shift
+    def change(col: NDArray[np.float64], rng: np.random.Generator,
+               sd: float) -> NDArray[np.float64]:
+        centre = float(np.median(col))
+        return np.round(centre + (col - centre) * factor)
+    return on_column(name, change)
 
 
 def rate(name: str, points: float) -> Shift:
-    def shift(x: NDArray[np.float64], rng: np.random.Generator,
-              std: NDArray[np.float64]) -> NDArray[np.float64]:
-        j = _col(name)
-        y = x.copy()
-        p = float(x[:, j].mean()) + points / 100
-        y[:, j] = (rng.random(len(y)) < p).astype(np.float64)
-        return y
-    return shift
+    return on_column(name, lambda col, rng, sd: (
+        rng.random(len(col)) < float(col.mean()) + points / 100).astype(np.float64))
 
 
 def correlated(a: str, b: str, rho: float) -> Shift:
@@ -136,14 +129,12 @@ def correlated(a: str, b: str, rho: float) -> Shift:
 
 
 def ramp(name: str, sigmas: float, over: int) -> Shift:
-    def shift(x: NDArray[np.float64], rng: np.random.Generator,
-              std: NDArray[np.float64]) -> NDArray[np.float64]:
-        j = _col(name)
-        y = x.copy()
-        steps = np.minimum(np.arange(len(y)) / over, 1.0)
-        y[:, j] = np.round(x[:, j] + sigmas * std[j] * steps)
-        return y
-    return shift
+    def change(col: NDArray[np.float64], rng: np.random.Generator,
+               sd: float) -> NDArray[np.float64]:
+        steps = np.minimum(np.arange(len(col), dtype=np.float64) / over, 1.0)
+        out: NDArray[np.float64] = np.asarray(np.round(col + sigmas * sd * steps), np.float64)
+        return out
+    return on_column(name, change)
 
 
 def logit_bias(bias: float) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aios.config import ParitySettings
 from aios.errors import Unprocessable
-from aios.profile import SCORE_TAIL, Sketch, bin_index
+from aios.profile import Sketch, bin_index, sketch_from_bins
 from sidecar.drift import DECISION_RATE, JOINT, Finding, Monitor, MonitorSettings
 
 logger = logging.getLogger(__name__)
@@ -87,23 +86,6 @@ def _column(doc: Mapping[str, Any], n_train: int) -> ColumnProfile:
     sketch = Sketch.from_json(doc["sketch"]) if "sketch" in doc else \
         sketch_from_bins(minimum, edges, frequencies, n_train)
     return ColumnProfile(doc["name"], minimum, maximum, edges, frequencies, sketch)
-
-
-def sketch_from_bins(minimum: float, edges: tuple[float, ...],
-                     frequencies: NDArray[np.float64], n: int) -> Sketch:
-    """A coarse sketch from a profile made before sketches: its decile bins as the values
-    of a discrete column (knot i is bin i's lower edge), so the tests stay exact and see
-    no finer than the bins did."""
-    support = np.asarray([min(minimum, edges[0] - 1.0) if edges else minimum, *edges],
-                         dtype=np.float64)
-    shares = frequencies[:len(support)] / max(float(frequencies[:len(support)].sum()), 1e-12)
-    cdf = np.cumsum(shares)
-    normal = statistics.NormalDist()
-    scores = np.asarray([normal.inv_cdf(min(max(float(c - s / 2), SCORE_TAIL), 1 - SCORE_TAIL))
-                         for c, s in zip(cdf, shares, strict=True)])
-    mean = float((shares * scores).sum())
-    std = math.sqrt(float((shares * (scores - mean) ** 2).sum())) or 1.0
-    return Sketch("discrete", support, cdf, scores, mean, std, n)
 
 
 def load_profiles(repo: Path) -> dict[tuple[str, str], VersionProfile]:
