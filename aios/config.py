@@ -111,6 +111,9 @@ class ServerSettings(_Frozen):
     body_timeout_s: float = Field(60.0, gt=0)
     # Requests whose body is still arriving, per client address (beyond: 503 and close).
     max_uploads_per_client: int = Field(64, ge=1)
+    # Server metadata names the service (aios-gateway, aios-sidecar); for clients that
+    # check for Triton's name, present it as "triton".
+    present_as_triton: bool = False
 
 
 Redaction = Literal["keep", "hash", "drop"]

@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2
 from aios import __version__
 from aios.errors import AiosError
 from aios.plane import KServePlane
+from aios.unsupported import EXTENSIONS, UNSUPPORTED, Unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ def method_path(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
-def kserve_grpc_handler(plane: KServePlane) -> grpc.GenericRpcHandler:
-    """A generic handler implementing the KServe methods a proxy should answer."""
+def kserve_grpc_handler(plane: KServePlane, server_name: str) -> grpc.GenericRpcHandler:
+    """A generic handler implementing the KServe methods a proxy should answer (server
+    metadata naming it ``server_name``), and refusing those it does not proxy."""
 
     async def server_live(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
         return bytes(service_pb2.ServerLiveResponse(live=True).SerializeToString())
@@ -46,8 +48,17 @@ def kserve_grpc_handler(plane: KServePlane) -> grpc.GenericRpcHandler:
 
     async def server_metadata(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
         meta = service_pb2.ServerMetadataResponse(
-            name=plane.server_name, version=__version__, extensions=["binary_tensor_data"])
+            name=server_name, version=__version__, extensions=list(EXTENSIONS))
         return bytes(meta.SerializeToString())
+
+    def unsupported(api: Unsupported) -> Unary:
+        async def call(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+            if not api.empty:
+                raise api.refusal()
+            # An empty registry: the method's response with nothing in it.
+            return b""
+
+        return call
 
     def forward(name: str) -> Unary:
         path = method_path(name)
@@ -65,6 +76,7 @@ def kserve_grpc_handler(plane: KServePlane) -> grpc.GenericRpcHandler:
         "ServerReady": server_ready,
         "ServerMetadata": server_metadata,
         **{name: forward(name) for name in FORWARDED_METHODS},
+        **{u.grpc_method: unsupported(u) for u in UNSUPPORTED if u.grpc_method},
     }
     return grpc.method_handlers_generic_handler(
         SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})

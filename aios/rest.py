@@ -38,6 +38,7 @@ from aios.plane import (
     header_value,
     valid_model_name,
 )
+from aios.unsupported import EXTENSIONS, MODEL_TRACE, UNSUPPORTED, Unsupported
 from aios.upstream import HttpReply
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ _MODEL_PATH = re.compile(
 
 def parse_model_path(rest: str) -> tuple[str, str, str]:
     """Split ``<model>[/versions/<v>][<tail>]`` (the part after /v2/models/)."""
+    if rest.endswith("/trace/setting"):
+        raise MODEL_TRACE.refusal()
     match = _MODEL_PATH.match(rest)
     if match is None or (match["tail"] or "") not in CALL_KINDS or not valid_model_name(
             match["model"]):
@@ -215,8 +218,10 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     raise InvalidInput(f"request body is not valid {name} data: {error}")
 
 
-def kserve_routes(plane: KServePlane, registry: CollectorRegistry) -> list[BaseRoute]:
-    """Health, server metadata and /metrics (model calls are `ModelCalls`)."""
+def kserve_routes(plane: KServePlane, registry: CollectorRegistry,
+                  server_name: str) -> list[BaseRoute]:
+    """Health, server metadata (naming the server ``server_name``), /metrics, and the
+    APIs not proxied (`aios.unsupported`); model calls are `ModelCalls`."""
 
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})
@@ -226,8 +231,8 @@ def kserve_routes(plane: KServePlane, registry: CollectorRegistry) -> list[BaseR
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(_: Request) -> Response:
-        return JSONResponse({"name": plane.server_name, "version": __version__,
-                             "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": server_name, "version": __version__,
+                             "extensions": list(EXTENSIONS)})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -237,7 +242,18 @@ def kserve_routes(plane: KServePlane, registry: CollectorRegistry) -> list[BaseR
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *(Route(u.rest_path, _unsupported(u), methods=[u.rest_method]) for u in UNSUPPORTED),
     ]
+
+
+def _unsupported(api: Unsupported) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(_: Request) -> Response:
+        if not api.empty:
+            raise api.refusal()
+        # An empty registry: no regions (status), nothing to unregister (an empty body).
+        return JSONResponse([]) if api.rest_path.endswith("/status") else Response(b"")
+
+    return endpoint
 
 
 def create_rest_app(

@@ -91,8 +91,10 @@ async def run_service(name: str, open_parts: PartsOpener, settings: ServerSettin
 async def _serve_parts(name: str, open_parts: AbstractAsyncContextManager[ServiceParts],
                        settings: ServerSettings, registry: CollectorRegistry) -> None:
     async with open_parts as parts:
-        handler = kserve_grpc_handler(parts.plane)
-        app = ModelCalls(create_rest_app([*kserve_routes(parts.plane, registry),
+        # Some clients check the server's name: it can be presented as Triton's.
+        server_name = "triton" if settings.present_as_triton else parts.plane.server_name
+        handler = kserve_grpc_handler(parts.plane, server_name)
+        app = ModelCalls(create_rest_app([*kserve_routes(parts.plane, registry, server_name),
                                           *parts.routes]),
                          parts.plane, settings.max_body_bytes, parts.batch)
         await serve(app, [lambda s: s.add_generic_rpc_handlers((handler,)), *parts.grpc],

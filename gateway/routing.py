@@ -174,7 +174,7 @@ class Router:
         """The current table of ``model``; NotFound if there is none."""
         table = self._tables.get(model)
         if table is None:
-            raise NotFound(f"unknown model '{model}'")
+            raise NotFound(f"Request for unknown model: '{model}' is not found")
         return table
 
     def tables(self) -> dict[str, ModelTable]:

@@ -41,7 +41,8 @@ class BrokenPlane:
 
 async def test_rest_bug_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> None:
     plane = BrokenPlane()
-    app = ModelCalls(create_rest_app(kserve_routes(plane, CollectorRegistry())), plane, 1 << 20)
+    app = ModelCalls(create_rest_app(kserve_routes(plane, CollectorRegistry(), "broken")),
+                     plane, 1 << 20)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://test") as client:
         resp = await client.post("/v2/models/m/infer", content=infer_json([[1.0] * 8]))
@@ -51,7 +52,7 @@ async def test_rest_bug_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> No
 
 async def test_grpc_bug_is_a_generic_internal(caplog: pytest.LogCaptureFixture) -> None:
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    server.add_generic_rpc_handlers((kserve_grpc_handler(BrokenPlane()),))
+    server.add_generic_rpc_handlers((kserve_grpc_handler(BrokenPlane(), "broken"),))
     port = free_ports(1)[0]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

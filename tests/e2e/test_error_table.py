@@ -78,7 +78,7 @@ ROWS = {
                      403, grpc.StatusCode.PERMISSION_DENIED,
                      "token lacks the scope 'infer:claims_risk'"),
     "not found": Row("nope", infer_json([CLAIM]), grpc_request("nope"), token(), 404,
-                     grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+                     grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'nope' is not found"),
     "too large": Row("claims_risk", b"x" * (LIMIT + 1), big_grpc(), token(), 413,
                      grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
     "over quota": Row("claims_risk", infer_json([CLAIM]), grpc_request(),

@@ -50,8 +50,10 @@ class Case:
 
 CASES = {
     "unknown model": Case(
-        "/v2/models/nope/infer", infer_json([CLAIM]), 404, "unknown model 'nope'",
-        grpc_request("nope"), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        "/v2/models/nope/infer", infer_json([CLAIM]), 404,
+        "Request for unknown model: 'nope' is not found",
+        grpc_request("nope"), grpc.StatusCode.NOT_FOUND,
+        "Request for unknown model: 'nope' is not found"),
     "malformed body": Case(
         "/v2/models/claims_risk/infer", b"{bad", 400, "request body is not valid JSON",
         grpc_request()[:-3], grpc.StatusCode.INVALID_ARGUMENT, "malformed protobuf"),

@@ -108,7 +108,7 @@ def test_ejected_target_share_goes_to_the_rest() -> None:
 
 
 def test_unknown_model() -> None:
-    with pytest.raises(NotFound, match="unknown model 'other'"):
+    with pytest.raises(NotFound, match="Request for unknown model: 'other' is not found"):
         Router({}).resolve("other", "", None)
 
 
