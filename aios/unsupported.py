@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from aios.errors import Unimplemented
 
-_REPOSITORY = ("model repository control", "models are loaded and unloaded on the Triton "
+_REPOSITORY = ("the model repository API", "models are loaded and unloaded on the Triton "
                "servers behind it, by their operators")
 _SHM = ("shared-memory registration", "its clients are on other machines than its Triton "
         "servers; send tensors in the request (binary tensor data)")
-_TRACE = ("trace settings", "tracing is set in the stack file's tracing section")
-_LOGGING = ("log settings", "the log level is set at start (--log-level or AIOS_LOG_LEVEL)")
+_TRACE = ("the trace settings API", "tracing is set in the stack file's tracing section")
+_LOGGING = ("the log settings API", "the log level is set at start (--log-level or AIOS_LOG_LEVEL)")
 
 
 @dataclass(frozen=True)

@@ -31,27 +31,27 @@ CLIENTS = ["http", "grpc", "http-sidecar", "grpc-sidecar"]
 
 REFUSED: dict[str, tuple[Callable[[Client], Any], str]] = {
     "load": (lambda c: c.load_model("claims_risk", headers=bearer()),
-             "model repository control is not exposed by this server: models are loaded "
+             "the model repository API is not exposed by this server: models are loaded "
              "and unloaded on the Triton servers behind it"),
     "unload": (lambda c: c.unload_model("claims_risk", headers=bearer()),
-               "model repository control is not exposed by this server"),
+               "the model repository API is not exposed by this server"),
     "repository index": (lambda c: c.get_model_repository_index(headers=bearer()),
-                         "model repository control is not exposed by this server"),
+                         "the model repository API is not exposed by this server"),
     "system shm register": (
         lambda c: c.register_system_shared_memory("r", "/k", 64, headers=bearer()),
         "shared-memory registration is not exposed by this server: its clients are on "
         "other machines than its Triton servers; send tensors in the request"),
     "cuda shm register": (
-        lambda c: c.register_cuda_shared_memory("r", b"handle", 0, 64, headers=bearer()),
+        lambda c: c.register_cuda_shared_memory("r", "aGFuZGxl", 0, 64, headers=bearer()),
         "shared-memory registration is not exposed by this server"),
     "trace settings": (lambda c: c.get_trace_settings(headers=bearer()),
-                       "trace settings are not exposed by this server: tracing is set in "
-                       "the stack file's tracing section"),
+                       "the trace settings API is not exposed by this server: tracing is set "
+                       "in the stack file's tracing section"),
     "model trace settings": (lambda c: c.get_trace_settings("claims_risk", headers=bearer()),
-                             "trace settings are not exposed by this server"),
+                             "the trace settings API is not exposed by this server"),
     "log settings": (lambda c: c.get_log_settings(headers=bearer()),
-                     "log settings are not exposed by this server: the log level is set at "
-                     "start (--log-level or AIOS_LOG_LEVEL)"),
+                     "the log settings API is not exposed by this server: the log level is "
+                     "set at start (--log-level or AIOS_LOG_LEVEL)"),
 }
 
 
