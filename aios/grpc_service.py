@@ -51,6 +51,12 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str) -> grpc.GenericRpc
             name=server_name, version=__version__, extensions=list(EXTENSIONS))
         return bytes(meta.SerializeToString())
 
+    async def repository_index(_: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        models = await plane.repository_index(context.invocation_metadata() or ())
+        return bytes(service_pb2.RepositoryIndexResponse(models=[
+            service_pb2.RepositoryIndexResponse.ModelIndex(**m) for m in models
+        ]).SerializeToString())
+
     def unsupported(api: Unsupported) -> Unary:
         async def call(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
             if not api.empty:
@@ -75,6 +81,7 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str) -> grpc.GenericRpc
         "ServerLive": server_live,
         "ServerReady": server_ready,
         "ServerMetadata": server_metadata,
+        "RepositoryIndex": repository_index,
         **{name: forward(name) for name in FORWARDED_METHODS},
         **{u.grpc_method: unsupported(u) for u in UNSUPPORTED if u.grpc_method},
     }

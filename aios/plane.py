@@ -123,6 +123,11 @@ class KServePlane(Protocol):
         """Answer a model-level gRPC call given as serialized bytes."""
         ...
 
+    async def repository_index(self, headers: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
+        """The models the caller may see, as Triton's repository index lists them (name,
+        version, state, reason)."""
+        ...
+
 
 def header_value(items: Iterable[tuple[str, Any]], name: str) -> str | None:
     """The first value of header/metadata ``name`` (lower-case) in ``items``."""

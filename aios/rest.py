@@ -237,11 +237,16 @@ def kserve_routes(plane: KServePlane, registry: CollectorRegistry,
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def repository_index(request: Request) -> Response:
+        return JSONResponse(await plane.repository_index(
+            [(k, v) for k, v in request.headers.items()]))
+
     return [
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
         *(Route(u.rest_path, _unsupported(u), methods=[u.rest_method]) for u in UNSUPPORTED),
     ]
 

@@ -1,4 +1,5 @@
-"""What the services do not proxy of Triton's API, said plainly: repository control,
+"""What the services do not proxy of Triton's API, said plainly: repository control
+(load and unload; the index is answered, with what the caller may see),
 shared-memory registration, trace and log settings get 501 / UNIMPLEMENTED naming the
 API and why; the shared-memory status and unregister calls answer as an empty registry,
 so that the common idiom (a client that unregisters everything at start) works. The REST
@@ -52,7 +53,6 @@ def _shared_memory(kind: str, grpc_kind: str) -> list[Unsupported]:
 
 
 UNSUPPORTED = (
-    Unsupported("POST", "/v2/repository/index", "RepositoryIndex", *_REPOSITORY),
     Unsupported("POST", "/v2/repository/models/{model}/load", "RepositoryModelLoad",
                 *_REPOSITORY),
     Unsupported("POST", "/v2/repository/models/{model}/unload", "RepositoryModelUnload",

@@ -170,6 +170,15 @@ class GatewayPlane:
             principal = await self._auth.authenticate(header_value(headers, "authorization"))
             self._auth.check(principal, f"infer:{model}")
 
+    async def repository_index(self, headers: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
+        """The routed models whose infer scope the caller holds, each once and ready (its
+        versions are the routing table's business, not the caller's)."""
+        models = sorted(self._router.tables())
+        if self._auth is not None:
+            principal = await self._auth.authenticate(header_value(headers, "authorization"))
+            models = [m for m in models if principal.allows(f"infer:{m}")]
+        return [{"name": m, "version": "", "state": "READY", "reason": ""} for m in models]
+
     async def _admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
                      batch: Callable[[], int]) -> Admission:
         """Authenticate, authorize and take quota; ``batch`` is called only if it counts."""

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
 from aios.envelope import Answer, decode_calls, encode_answers
-from aios.errors import AiosError, InvalidInput, NotReady, error_parts
+from aios.errors import AiosError, InvalidInput, NotReady, UpstreamUnavailable, error_parts
 from aios.kserve import check_infer_doc, check_parameters, peek_model
 from aios.metrics import RequestMetrics
 from aios.plane import (
@@ -83,6 +83,18 @@ class SidecarPlane:
 
     async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
         """Nothing to check before the body: the gateway verified the caller."""
+
+    async def repository_index(self, headers: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
+        """Triton's own index (read-only), as its REST API gives it."""
+        reply = await self._http.request("POST", "/v2/repository/index", b"{}", ())
+        try:
+            if reply.status != 200:
+                raise ValueError(f"status {reply.status}")
+            return [{k: str(m.get(k, "")) for k in ("name", "version", "state", "reason")}
+                    for m in json.loads(reply.body)]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UpstreamUnavailable(f"Triton's repository index could not be read ({exc})") \
+                from exc
 
     async def ready(self) -> bool:
         """Ready when Triton is and every version reproduces its golden set."""

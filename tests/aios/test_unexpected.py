@@ -38,6 +38,9 @@ class BrokenPlane:
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         raise RuntimeError("secret internal detail")
 
+    async def repository_index(self, headers: object) -> list[dict[str, str]]:
+        raise RuntimeError("secret internal detail")
+
 
 async def test_rest_bug_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> None:
     plane = BrokenPlane()

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from aios.unsupported import EXTENSIONS, UNSUPPORTED
 from tests.conftest import Stack
-from tests.helpers import REPO, bearer, gateway_config, running
+from tests.helpers import REPO, bearer, gateway_config, running, token
 
 Client = Any
 
@@ -35,8 +35,6 @@ REFUSED: dict[str, tuple[Callable[[Client], Any], str]] = {
              "and unloaded on the Triton servers behind it"),
     "unload": (lambda c: c.unload_model("claims_risk", headers=bearer()),
                "the model repository API is not exposed by this server"),
-    "repository index": (lambda c: c.get_model_repository_index(headers=bearer()),
-                         "the model repository API is not exposed by this server"),
     "system shm register": (
         lambda c: c.register_system_shared_memory("r", "/k", 64, headers=bearer()),
         "shared-memory registration is not exposed by this server: its clients are on "
@@ -113,3 +111,32 @@ def test_the_readme_table_says_what_the_servers_do() -> None:
             assert any("empty registry" in r and "shared memory" in r for r in rows)
         elif kind:
             assert any(kind in r for r in refused), (api, kind)
+
+
+@pytest.mark.parametrize("client", ["http", "grpc"])
+@pytest.mark.parametrize(("scope", "models"), [("infer:*", ["claims_risk", "slow"]),
+                                               ("infer:claims_risk", ["claims_risk"]),
+                                               ("routes:read", [])])
+def test_the_repository_index_lists_what_the_caller_may_call(
+        stack: Stack, client: str, scope: str, models: list[str]) -> None:
+    index = clients(stack)[client].get_model_repository_index(
+        headers={"authorization": f"Bearer {token(scope)}"})
+    entries = index if client == "http" else [
+        {"name": m.name, "state": m.state} for m in index.models]
+    assert [m["name"] for m in entries] == models
+    assert {m["state"] for m in entries} <= {"READY"}
+
+
+@pytest.mark.parametrize("client", ["http", "grpc"])
+def test_the_repository_index_needs_a_token(stack: Stack, client: str) -> None:
+    with pytest.raises(InferenceServerException, match="missing bearer token"):
+        clients(stack)[client].get_model_repository_index()
+
+
+@pytest.mark.parametrize("client", ["http-sidecar", "grpc-sidecar"])
+def test_the_sidecar_answers_with_its_tritons_index(stack: Stack, client: str) -> None:
+    index = clients(stack)[client].get_model_repository_index()
+    entries = index if client == "http-sidecar" else [
+        {"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+    ready = {(m["name"], m["version"]) for m in entries if m["state"] == "READY"}
+    assert {("claims_risk", "1"), ("claims_risk", "2")} <= ready
