@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from aios.auditlog import Located, located, record_at, segments
+from aios.postgres import make_table
 from proto.decision_record_pb2 import DecisionRecord
 
 INDEX_FILE = "index.sqlite3"
@@ -151,6 +152,9 @@ class _Sql:
         else:
             schema = _SCHEMA.format(blob="BLOB", log="", sequence="INTEGER PRIMARY KEY",
                                     primary="")
+        if self.postgres:
+            make_table(self._db, *schema.split(";"))
+            return
         for statement in schema.split(";"):
             self.run(statement)
         self.commit()

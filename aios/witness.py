@@ -19,6 +19,7 @@ import redis
 
 from aios.checkpoint import Checkpoint, CheckpointError, Signer, Witness, load_private_key
 from aios.config import ConfigError, LogLocation, SignedLogSettings
+from aios.postgres import make_table
 
 LATEST_FILE = "latest.json"
 REDIS_PREFIX = "aios:checkpoints:"
@@ -87,13 +88,16 @@ class PostgresWitness:
     def __init__(self, url: str, log: str) -> None:
         self._url = url
         self.log = log
+        self._table_made = False
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             db = psycopg.connect(self._url, connect_timeout=int(TIMEOUT_S), autocommit=True)
             db.execute(f"SET statement_timeout = {int(TIMEOUT_S * 1000)}")
-            db.execute(f"CREATE TABLE IF NOT EXISTS {PG_TABLE} (log TEXT NOT NULL, "
-                       "size BIGINT NOT NULL, doc TEXT NOT NULL, UNIQUE (log, doc))")
+            if not self._table_made:
+                make_table(db, f"CREATE TABLE IF NOT EXISTS {PG_TABLE} (log TEXT NOT NULL, "
+                               "size BIGINT NOT NULL, doc TEXT NOT NULL, UNIQUE (log, doc))")
+                self._table_made = True
         except psycopg.Error as exc:
             raise CheckpointError(f"postgresql witness: {exc}") from exc
         return db

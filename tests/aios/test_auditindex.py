@@ -5,6 +5,7 @@ database of the test's own)."""
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -130,3 +131,14 @@ async def test_logs_sharing_a_postgresql_index_keep_apart(tmp_path: Path,
         found, total = search(tmp_path / name, Query(limit=100), url=postgres_url,
                               log=f"sidecar-{name}")
         assert total == n and ids(found) == [f"d-{i}" for i in range(n)]
+
+
+async def test_indexers_meeting_a_fresh_database_all_open_it(tmp_path: Path,
+                                                            postgres_url: str) -> None:
+    await write(tmp_path, 0, 5)
+
+    def search_once(_: int) -> int:
+        return search(tmp_path, Query(limit=100), url=postgres_url)[1]
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(search_once, range(6))) == [5] * 6

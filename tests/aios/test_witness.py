@@ -5,13 +5,15 @@ answering as if recorded."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from aios.auditlog import records, segments, verify, write_head
 from aios.chain import GENESIS, seal
-from aios.checkpoint import load_public_key, write_key_pair
+from aios.checkpoint import Checkpoint, load_public_key, write_key_pair
 from aios.config import SignedLogSettings
 from aios.errors import LogUnavailable
 from aios.signedlog import SignedLog
@@ -110,3 +112,16 @@ def test_a_folder_and_a_url_at_once_is_a_config_error(tmp_path: Path) -> None:
                                          "witness_url"):
         SignedLogSettings(directory=tmp_path / "log", witness_directory=tmp_path / "w",
                           witness_url="redis://127.0.0.1:1/0")
+
+
+def test_writers_that_make_the_table_at_once_all_land(postgres_url: str) -> None:
+    """Sidecars (or a sidecar's last checkpoint and the one still in flight) meeting a
+    fresh database: PostgreSQL's CREATE TABLE IF NOT EXISTS races with itself."""
+    def publish(i: int) -> None:
+        witness_at(postgres_url, f"log-{i}").publish(Checkpoint(
+            f"log-{i}", 1, "00", 1, "00", time.time_ns(), "k", ""))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(publish, range(8)))
+    assert [len(witness_at(postgres_url, f"log-{i}").checkpoints()) for i in range(8)] == \
+        [1] * 8
