@@ -100,6 +100,21 @@ def test_compressed_requests(stack: Stack, algorithm: str, binary: bool) -> None
     np.testing.assert_array_equal(scores[stack.gateway_http], scores[stack.triton_http])
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_grpc_messages(stack: Stack, algorithm: str) -> None:
+    """gRPC message compression (tritonclient's compression_algorithm) through both hops
+    answers as Triton answers the plain call."""
+    x = np.asarray(golden("2")["inputs"][:8], dtype=np.float32)
+    scores = {}
+    for address, headers in ((stack.gateway_grpc, bearer()), (stack.triton_grpc, {})):
+        client = grpcclient.InferenceServerClient(address)
+        inp = grpcclient.InferInput("features", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        scores[address] = client.infer("claims_risk", [inp], headers=headers,
+                                       compression_algorithm=algorithm).as_numpy("risk_score")
+    np.testing.assert_array_equal(scores[stack.gateway_grpc], scores[stack.triton_grpc])
+
+
 def _gateway_pid(stack: Stack) -> int:
     for conn in psutil.net_connections("tcp"):
         if conn.status == "LISTEN" and conn.laddr.port == stack.ports.gateway_http:
