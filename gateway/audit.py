@@ -21,16 +21,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aios.auditindex import (
-    COUNT_CAP,
-    FILTERS,
-    MAX_PAGE,
-    AuditIndex,
-    Query,
-    StaleIndex,
-    parse_time_ns,
-)
-from aios.auditlog import prove, segments
+from aios.auditindex import COUNT_CAP, FILTERS, MAX_PAGE, Query, parse_time_ns
+from aios.auditindex import search as search_index
+from aios.auditlog import prove
 from aios.checkpoint import Checkpoint, CheckpointError, Witness, load_public_key
 from aios.compare import compare
 from aios.config import AuditApiSettings, AuditSource, ConfigError
@@ -136,17 +129,11 @@ class AuditReader:
         """One log's page and match count, its index brought up to date first."""
         def run() -> tuple[list[DecisionRecord], int]:
             source = log.source
-            if not segments(source.directory):
+            try:
+                return search_index(source.directory, query, url=source.index_url,
+                                    log=source.log_name)
+            except FileNotFoundError:
                 return [], 0  # nothing written yet
-            with AuditIndex(source.directory, url=source.index_url,
-                            log=source.log_name) as index:
-                index.update()
-                try:
-                    return index.search(query), index.count(query)
-                except StaleIndex:
-                    index.rebuild()
-                    index.update()
-                    return index.search(query), index.count(query)
 
         async with log.lock:  # one indexer per log in this process
             return await asyncio.to_thread(run)
@@ -161,6 +148,8 @@ class AuditReader:
         await self._access.append(record, f"the audit read by {who!r}")
 
     async def _find(self, ident: str) -> tuple[_Log, DecisionRecord] | None:
+        if not ident or len(ident) > 200:
+            raise InvalidInput("id: a decision id or request id of 1 to 200 characters")
         for field in ("decision_id", "request_id"):
             for log in self._logs.values():
                 found, _ = await self._search(log, Query(((field, ident),), limit=1))
@@ -171,8 +160,6 @@ class AuditReader:
     async def decision(self, who: str, ident: str) -> dict[str, Any]:
         """One decision (by decision id, else request id), decoded, with the log it is in,
         its shadow copies' ids, and whether a signed checkpoint covers it."""
-        if not ident or len(ident) > 200:
-            raise InvalidInput("id: a decision id or request id of 1 to 200 characters")
         hit = await self._find(ident)
         if hit is None:
             await self._record(who, "decision", {"id": ident}, [], 0)
