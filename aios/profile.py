@@ -152,7 +152,6 @@ def build_sketch(values: NDArray[Any]) -> Sketch:
         cdf = np.cumsum(counts) / len(v)
         mid = cdf - counts / (2 * len(v))
         scores = normal_quantiles(mid)
-        at = np.searchsorted(support, v)
     else:
         kind = "continuous"
         probs = np.linspace(0.0, 1.0, SKETCH_KNOTS)
@@ -160,8 +159,7 @@ def build_sketch(values: NDArray[Any]) -> Sketch:
         keep = np.concatenate([[True], np.diff(support) > 0])  # ties: the first knot
         support, cdf = support[keep], probs[keep]
         scores = normal_quantiles(cdf)
-    sketch = Sketch(kind, support, cdf, scores, 0.0, 1.0, len(v))
-    raw = sketch.scores[at] if kind != "continuous" else np.interp(v, support, scores)
+    raw = Sketch(kind, support, cdf, scores, 0.0, 1.0, len(v)).normal_scores(v)
     return Sketch(kind, support, cdf, scores, float(raw.mean()), float(raw.std()) or 1.0,
                   len(v))
 

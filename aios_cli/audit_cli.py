@@ -13,12 +13,13 @@ import contextlib
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from aios.config import SignedLogSettings, StackConfig
+from aios.config import WITNESS_URL, SignedLogSettings, StackConfig
 
 PAGE = 20
 # Parquet row group size of `aios audit export`.
@@ -33,7 +34,7 @@ def _log(args: argparse.Namespace, config: StackConfig) -> SignedLogSettings:
         config.sidecar.decision_log
     changes: dict[str, Any] = {}
     if args.witness is not None:
-        url = args.witness.startswith(("redis://", "rediss://", "postgres://", "postgresql://"))
+        url = re.match(WITNESS_URL, args.witness) is not None
         changes["witness_url" if url else "witness_directory"] = \
             args.witness if url else Path(args.witness)
         changes["witness_directory" if url else "witness_url"] = None

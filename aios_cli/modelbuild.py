@@ -21,6 +21,7 @@ This module needs the ``triton`` extra (torch); the services never import it.
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,7 @@ def _threshold_rows(scripted: Any, x: NDArray[Any]) -> NDArray[Any]:
     """Rows just either side of the decision threshold: on the line from the lowest- to
     the highest-scoring row, a thousandth and a hundredth of it either side of the
     crossing found by bisection."""
-    scores = _scripted(scripted, x)
+    scores = _score(scripted, x)
     low, high = x[int(scores.argmin())].astype(np.float64), x[int(scores.argmax())]
     if not scores.min() < DECISION_THRESHOLD < scores.max():
         return np.zeros((0, x.shape[1]), dtype=np.float32)
@@ -200,14 +201,9 @@ def _threshold_rows(scripted: Any, x: NDArray[Any]) -> NDArray[Any]:
     for _ in range(40):
         mid = (a + b) / 2
         point = (low + mid * (high - low)).astype(np.float32)[None, :]
-        a, b = (mid, b) if _scripted(scripted, point)[0] < DECISION_THRESHOLD else (a, mid)
+        a, b = (mid, b) if _score(scripted, point)[0] < DECISION_THRESHOLD else (a, mid)
     return np.asarray([low + t * (high - low) for t in (a - 0.01, a - 0.001, b + 0.001,
                                                          b + 0.01)], dtype=np.float32)
-
-
-def _scripted(scripted: Any, x: NDArray[Any]) -> NDArray[Any]:
-    out: NDArray[Any] = scripted(torch.from_numpy(np.ascontiguousarray(x))).detach().numpy()
-    return out[:, 0]
 
 
 def _noise(scripted: Any, x: NDArray[Any]) -> float:
@@ -226,9 +222,10 @@ def _dump(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
-def _score(model: ClaimsRiskModel, x: NDArray[Any]) -> NDArray[Any]:
+def _score(model: Callable[[torch.Tensor], torch.Tensor], x: NDArray[Any]) -> NDArray[Any]:
+    """The model's (or its scripted module's) score of each row of ``x``."""
     with torch.no_grad():
-        scores: NDArray[Any] = model(torch.from_numpy(x)).numpy()[:, 0]
+        scores: NDArray[Any] = model(torch.from_numpy(np.ascontiguousarray(x))).numpy()[:, 0]
     return scores
 
 

@@ -236,6 +236,8 @@ class Monitor:
     threshold: float | None  # the model's decision threshold on the output
     settings: MonitorSettings
     _values: NDArray[np.float64] = field(init=False)
+    _scores: NDArray[np.float64] = field(init=False)  # the window's normal scores
+    _expected_rate: float = field(init=False)  # training's share at/above the threshold
     _cusum: Cusum = field(init=False)
     _peaks: NDArray[np.float64] = field(init=False)
     _staged: list[NDArray[np.float64]] = field(default_factory=list)
@@ -249,6 +251,9 @@ class Monitor:
     def __post_init__(self) -> None:
         width = len(self.names)
         self._values = np.zeros((self.settings.window, width))
+        self._scores = np.zeros((self.settings.window, width))
+        self._expected_rate = 0.0 if self.threshold is None else 1.0 - float(
+            self.sketches[-1].cdf_at(np.asarray([self.threshold]))[0])
         self._cusum = Cusum(width, self.settings.cusum_k, self.settings.cusum_h)
         self._peaks = np.zeros(width)
 
@@ -286,6 +291,7 @@ class Monitor:
         recent = rows[-size:]
         slots = (self._pos + np.arange(len(recent))) % size
         self._values[slots] = recent
+        self._scores[slots] = scores[-size:]
         self._filled = min(size, self._filled + len(recent))
         self._pos = (self._pos + len(recent)) % size
 
@@ -310,15 +316,14 @@ class Monitor:
             findings.append(Finding(name, bool(fired), fired or test, stat, p, peak))
         if self.correlation is not None:
             width = self.correlation.shape[0]
-            scores = np.column_stack([self.sketches[j].normal_scores(window[:, j])
-                                      for j in range(width)])
-            (a, b), z, p = correlation_test(scores, self.correlation)
+            (a, b), z, p = correlation_test(self._scores[:self._filled, :width],
+                                            self.correlation)
             p = min(1.0, p * tests)
             findings.append(Finding(JOINT, p < alpha, JOINT, z, p, 0.0,
                                     f"{self.names[a]}~{self.names[b]}"))
         if self.threshold is not None:
             output = window[:, len(self.names) - 1]
-            expected = 1.0 - float(self.sketches[-1].cdf_at(np.asarray([self.threshold]))[0])
+            expected = self._expected_rate
             hits = int((output >= self.threshold).sum())
             p = min(1.0, rate_test(hits, len(output), expected) * tests)
             findings.append(Finding(DECISION_RATE, p < alpha, "rate", hits / len(output), p,

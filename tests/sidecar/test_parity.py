@@ -3,6 +3,7 @@ traffic drawn like the training book and scored by the real model."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -80,11 +81,18 @@ def test_enforce_mode_refuses_with_422_and_observe_only_flags() -> None:
         "check": "out_of_range"}) == 1
 
 
+@functools.cache
+def module(version: str) -> Any:
+    import torch
+
+    return torch.jit.load(str(MODEL_REPO / "claims_risk" / version / "model.pt"))
+
+
 def scored(x: np.ndarray, version: str = "2") -> np.ndarray:
     """The served version's scores of ``x`` (its TorchScript module, as Triton runs it)."""
     import torch
 
-    model = torch.jit.load(str(MODEL_REPO / "claims_risk" / version / "model.pt"))
+    model = module(version)
     with torch.no_grad():
         out: np.ndarray = model(torch.from_numpy(x)).numpy()
     return out
