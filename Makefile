@@ -68,6 +68,7 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/routing_admin.proto
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/decision_record.proto
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/audit.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/review.proto
 
 # The overhead benchmark: starts its own Triton, Redis, sidecars, gateways and nginx.
 bench: $(STAMP) $(MODELS) tools

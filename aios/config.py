@@ -280,6 +280,120 @@ class BatchingSettings(_Frozen):
     max_in_flight: int = Field(2, ge=1)
 
 
+GATE_NAME = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+class BandConfig(_Frozen):
+    """An output in [low, high]: where the model is unsure."""
+
+    output: str = Field(min_length=1)
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BandConfig:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be above high ({self.high})")
+        return self
+
+
+class ReviewGateConfig(_Frozen):
+    """One review gate (`aios.reviewrules`): exactly one of band, rule, flags,
+    shadow_disagree."""
+
+    name: str = Field(pattern=GATE_NAME)
+    band: BandConfig | None = None
+    rule: str | None = Field(None, max_length=500)
+    flags: tuple[str, ...] = ()
+    shadow_disagree: bool = False
+    priority: int = Field(0, ge=-1000, le=1000)
+    sla_s: float = Field(86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> ReviewGateConfig:
+        from aios.reviewrules import Rule
+
+        given = [n for n, v in (("band", self.band), ("rule", self.rule),
+                                ("flags", self.flags), ("shadow_disagree", self.shadow_disagree))
+                 if v]
+        if len(given) != 1:
+            raise ValueError("set exactly one of band, rule, flags, shadow_disagree"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.rule is not None:
+            Rule.parse(self.rule)  # RuleError is a ValueError: named by the field
+        return self
+
+    def gate(self) -> Any:
+        """The gate itself (`aios.reviewrules.Gate`)."""
+        from aios.reviewrules import Gate, Rule
+
+        band = (self.band.output, self.band.low, self.band.high) if self.band else None
+        return Gate(self.name, band=band, rule=Rule.parse(self.rule) if self.rule else None,
+                    flags=self.flags, shadow_disagree=self.shadow_disagree,
+                    priority=self.priority, sla_s=self.sla_s)
+
+
+class ReviewModelConfig(_Frozen):
+    """One model's review gates, and what its callers get while a decision waits."""
+
+    # flag: the model's answer, marked x-aios-review: pending; hold: 202 with the review
+    # id and no score, for workflows that must not see an unreviewed answer.
+    mode: Literal["flag", "hold"] = "flag"
+    gates: tuple[ReviewGateConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ReviewModelConfig:
+        names = [g.name for g in self.gates]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"gates: two gates are named {name!r}")
+        return self
+
+
+class ReviewEvents(_Frozen):
+    """Where a decided review is announced, so the waiting workflow resumes."""
+
+    redis_stream_url: str | None = Field(None, pattern=REDIS_URL)
+    stream_key: str = "aios:reviews"
+    stream_maxlen: int = Field(100_000, ge=1)
+    # POSTed as JSON, signed: x-aios-signature: sha256=HMAC-SHA256(secret, body) in hex.
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    webhook_secret_file: Path | None = None
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(0.5, gt=0)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> ReviewEvents:
+        if self.webhook_url is not None and self.webhook_secret_file is None:
+            raise ValueError("webhook_secret_file: a webhook needs a secret to sign with")
+        return self
+
+
+class ReviewSettings(_Frozen):
+    """The sidecar's review gates (`aios.reviewrules`) and queue (`aios.reviewstore`)."""
+
+    enabled: bool = False
+    # A SQLite file (shared with the gateway of the same machine) or postgresql://…
+    store_url: str = "var/reviews.db"
+    # Per model; a model without gates sends nothing to review. The admin API's changes
+    # (kept in the store, by revision) replace a model's configured gates.
+    models: dict[str, ReviewModelConfig] = Field(default_factory=dict)
+    gates_poll_s: float = Field(2.0, gt=0)
+    finish_every_s: float = Field(0.5, gt=0)
+    events: ReviewEvents = ReviewEvents()
+
+
+class ReviewApiSettings(_Frozen):
+    """The gateway's review API (/admin/reviews; scopes review:read, review:decide,
+    review:admin)."""
+
+    # None: no review API (404 saying so).
+    store_url: str | None = None
+    lease_s: float = Field(900.0, gt=0, le=86400)
+    stats_every_s: float = Field(5.0, gt=0)
+
+
 class SidecarSettings(_Frozen):
     """The sidecar beside one Triton."""
 
@@ -290,6 +404,7 @@ class SidecarSettings(_Frozen):
     decision_log: DecisionLogSettings = DecisionLogSettings()
     parity: ParitySettings = ParitySettings()
     batching: BatchingSettings = BatchingSettings()
+    review: ReviewSettings = ReviewSettings()
 
 
 STICKY_PATTERN = r"^(none|tenant|sub|header:[a-z0-9][a-z0-9_\-]*)$"
@@ -507,6 +622,7 @@ class GatewaySettings(_Frozen):
     # --dir var/route-changes`): who, when, why, before, after, revision.
     change_log: SignedLogSettings = SignedLogSettings(directory=Path("var/route-changes"))
     audit: AuditApiSettings = AuditApiSettings()
+    review: ReviewApiSettings = ReviewApiSettings()
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:

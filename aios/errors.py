@@ -160,6 +160,10 @@ class LogUnavailable(NotReady):
     """The decision could not be recorded, so it is not released (sync mode)."""
 
 
+class StoreUnavailable(NotReady):
+    """A database the answer depends on (the review queue) cannot be reached."""
+
+
 class Unimplemented(AiosError):
     """An API the gateway does not serve."""
 

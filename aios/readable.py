@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from proto.decision_record_pb2 import ColumnRedaction, DecisionRecord, TensorRecord
 
@@ -42,15 +43,23 @@ def load_names(repo: Path) -> dict[tuple[str, str], Names]:
     return out
 
 
-def values(tensor: TensorRecord) -> list[Any] | None:
-    """A kept tensor's values (nested by its shape); None if hashed or dropped."""
+def array(tensor: TensorRecord) -> NDArray[Any] | None:
+    """A kept tensor's values as an array of its shape; None if hashed or dropped."""
     if tensor.redaction != "keep" or tensor.datatype not in _NUMPY:
         return None
-    array = np.frombuffer(tensor.contents, _NUMPY[tensor.datatype])
+    flat = np.frombuffer(tensor.contents, _NUMPY[tensor.datatype])
     shape = list(tensor.shape)
-    if int(np.prod(shape)) != array.size:
+    if int(np.prod(shape)) != flat.size:
         return None
-    out: list[Any] = array.reshape(shape).tolist()
+    return flat.reshape(shape)
+
+
+def values(tensor: TensorRecord) -> list[Any] | None:
+    """A kept tensor's values (nested by its shape); None if hashed or dropped."""
+    kept = array(tensor)
+    if kept is None:
+        return None
+    out: list[Any] = kept.tolist()
     return out
 
 
@@ -86,9 +95,13 @@ def _cell(value: Any, unit: str, redacted: ColumnRedaction | None) -> dict[str, 
     return {"value": value, "unit": unit} if unit else {"value": value}
 
 
-def _time(record: DecisionRecord) -> str:
-    when = datetime.datetime.fromtimestamp(record.time_unix_nanos / 1e9, datetime.UTC)
+def _time_ns(ns: int) -> str:
+    when = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _time(record: DecisionRecord) -> str:
+    return _time_ns(record.time_unix_nanos)
 
 
 def route_change(record: DecisionRecord) -> dict[str, Any]:
@@ -112,6 +125,19 @@ def audit_read(record: DecisionRecord) -> dict[str, Any]:
             "hash": record.hash.hex(), "prev_hash": record.prev_hash.hex()}
 
 
+def human_review(record: DecisionRecord) -> dict[str, Any]:
+    """A reviewer's decision on a decision sent to review, as a JSON-ready dict."""
+    review = record.human_review
+    return {"kind": record.kind, "decision_id": record.decision_id,
+            "sequence": record.sequence, "time": _time(record), "reviewer": record.subject,
+            "review_id": review.review_id, "gate": review.gate, "action": review.action,
+            "reason": review.reason, "model": record.model, "version": record.version,
+            "model_answer": json.loads(review.model_json) if review.model_json else {},
+            "final": json.loads(review.final_json) if review.final_json else {},
+            "queued": _time_ns(review.queued_unix_nanos),
+            "hash": record.hash.hex(), "prev_hash": record.prev_hash.hex()}
+
+
 def _agreement(record: DecisionRecord) -> dict[str, Any] | None:
     if not record.HasField("shadow_agreement"):
         return None
@@ -126,6 +152,8 @@ def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dic
         return route_change(record)
     if record.kind == "audit_read":
         return audit_read(record)
+    if record.kind == "review":
+        return human_review(record)
     meaning = names.get((record.model, record.version))
     return {
         "decision_id": record.decision_id, "request_id": record.request_id,
@@ -141,6 +169,8 @@ def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dic
         "parity_flags": list(record.parity_flags), "shadow": record.shadow,
         "shadow_of": record.shadow_of,
         "shadow_agreement": _agreement(record),
+        "review": {"id": record.review_id, "gate": record.review_gate}
+        if record.review_id else None,
         "inputs": [_tensor(t, meaning.features if meaning and t.name == meaning.input
                            else None) for t in record.inputs],
         "outputs": [_tensor(t, None) for t in record.outputs],
@@ -178,6 +208,17 @@ def text_block(doc: dict[str, Any]) -> str:
             f"  shown         {', '.join(doc['decision_ids']) or 'nothing'} "
             f"({doc['results']} matched)",
             f"  record hash   {doc['hash']}"])
+    if doc.get("kind") == "review":
+        return "\n".join([
+            f"review of decision {doc['decision_id']} by {doc['reviewer'] or '-'}  "
+            f"(record {doc['sequence']})",
+            f"  time          {doc['time']}  (queued {doc['queued']})",
+            f"  review        {doc['review_id']}, gate {doc['gate']}",
+            f"  model         {doc['model']} version {doc['version'] or '-'}",
+            f"  decided       {doc['action']}: {doc['reason'] or '-'}",
+            f"  model said    {json.dumps(doc['model_answer'], sort_keys=True)}",
+            f"  final         {json.dumps(doc['final'], sort_keys=True)}",
+            f"  record hash   {doc['hash']}"])
     route = doc["route"]
     weights = ", ".join(f"{k}={v}" for k, v in sorted(route["weights"].items())) or "-"
     lines = [
@@ -195,6 +236,9 @@ def text_block(doc: dict[str, Any]) -> str:
     ]
     if doc["shadow"]:
         lines.append(f"  shadow copy   of decision {doc['shadow_of'] or '-'} (no one acted on it)")
+    if doc["review"]:
+        lines.append(f"  review        sent to people by gate {doc['review']['gate']} "
+                     f"(review {doc['review']['id']})")
     if doc["shadow_agreement"]:
         a = doc["shadow_agreement"]
         lines.append(f"  agreement     {a['agreed']} of {a['decisions']} decision(s) as the "

@@ -202,7 +202,7 @@ def _query(args: argparse.Namespace, limit: int, page: int) -> Any:
                  limit, page)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -237,18 +237,18 @@ def cmd_search(args: argparse.Namespace, config: StackConfig) -> int:
     if docs and all(d.get("kind") == "route_change" for d in docs):  # a change log
         rows = [[str(d["sequence"]), d["time"], d["model"], str(d["revision"]), d["who"] or "-",
                  d["action"], d["reason"] or "-"] for d in docs]
-        print(_table(rows, ["RECORD", "TIME", "MODEL", "REVISION", "WHO", "ACTION", "REASON"]))
+        print(table(rows, ["RECORD", "TIME", "MODEL", "REVISION", "WHO", "ACTION", "REASON"]))
     elif docs and all(d.get("kind") == "audit_read" for d in docs):  # an access log
         rows = [[str(d["sequence"]), d["time"], d["who"] or "-", d["action"],
                  json.dumps(d["asked"], sort_keys=True), ",".join(d["decision_ids"]) or "-"]
                 for d in docs]
-        print(_table(rows, ["RECORD", "TIME", "WHO", "ACTION", "ASKED", "SHOWN"]))
+        print(table(rows, ["RECORD", "TIME", "WHO", "ACTION", "ASKED", "SHOWN"]))
     else:
         rows = [[d["decision_id"] or "-", d["time"], d["business_key"] or "-",
                  d["tenant"] or "-", f"{d['model']} v{d['version']}",
                  d["route"]["reason"] or "-", d["outcome"] + (" (shadow)" if d["shadow"] else "")]
                 for d in docs]
-        print(_table(rows, ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE", "OUTCOME"]))
+        print(table(rows, ["DECISION", "TIME", "KEY", "TENANT", "MODEL", "ROUTE", "OUTCOME"]))
     first = (args.page - 1) * args.limit
     of = f"over {COUNT_CAP:,}" if total > COUNT_CAP else str(total)
     what = "decision(s)" if not docs or "decision_id" in docs[0] else "record(s)"

@@ -13,6 +13,7 @@ from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_conf
 from aios.tracing import TracingSettings
 from aios_cli.audit_cli import add_audit_parser
 from aios_cli.envoy_cli import add_envoy_parser
+from aios_cli.review_cli import add_review_parser
 from aios_cli.routes_cli import add_routes_parser
 from aios_cli.runner import run_async
 
@@ -152,6 +153,7 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     add_envoy_parser(sub, common)
 
     add_audit_parser(sub, common)
+    add_review_parser(sub, common)
 
     token = add("token", cmd_token, "mint a development JWT signed with the HS256 secret")
     token.add_argument("--sub", default="dev", help="subject (default: dev)")
@@ -165,7 +167,8 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `aios` command line."""
     args = build_parser(dict(os.environ)).parse_args(argv)
-    if getattr(args, "routes_command", None) and not args.token:
+    if (getattr(args, "routes_command", None) or getattr(args, "review_command", None)) \
+            and getattr(args, "token", "") is None:
         args.token = os.environ.get(ENV_TOKEN)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -20,7 +20,7 @@ class AdminError(Exception):
     """The gateway refused the call; the message is its error."""
 
 
-def _call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
+def admin_call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url + path, data=data, method=method, headers={
         "authorization": f"Bearer {token}", "content-type": "application/json"})
@@ -56,24 +56,24 @@ def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
                                      "routes:read routes:write", 300)
     try:
         if args.routes_command == "list":
-            result = _call(url, token, "GET", "/admin/routes")
+            result = admin_call(url, token, "GET", "/admin/routes")
         elif args.routes_command == "get":
-            result = _call(url, token, "GET", f"/admin/routes/{args.model}")
+            result = admin_call(url, token, "GET", f"/admin/routes/{args.model}")
         elif args.routes_command == "history":
             path = f"/admin/routes/{args.model}/history" if args.model else "/admin/history"
-            result = _call(url, token, "GET", f"{path}?limit={args.limit}")
+            result = admin_call(url, token, "GET", f"{path}?limit={args.limit}")
         else:
-            current = _call(url, token, "GET", f"/admin/routes/{args.model}")
+            current = admin_call(url, token, "GET", f"/admin/routes/{args.model}")
             base = {"base_revision": current["revision"], "reason": args.reason}
             if args.routes_command == "set":
-                result = _call(url, token, "PUT", f"/admin/routes/{args.model}/weights",
+                result = admin_call(url, token, "PUT", f"/admin/routes/{args.model}/weights",
                                {**base, "weights": parse_weights(args.weights)})
             else:
                 shadow = None if args.clear else {
                     "backend": args.backend, "version": args.version,
                     "fraction": args.fraction, "output": args.output,
                     "threshold": args.threshold}
-                result = _call(url, token, "PUT", f"/admin/routes/{args.model}/shadow",
+                result = admin_call(url, token, "PUT", f"/admin/routes/{args.model}/shadow",
                                {**base, "shadow": shadow})
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,7 +36,7 @@ class AdminAuth:
         return principal.subject
 
 
-async def _json(request: Request) -> Any:
+async def read_json(request: Request) -> Any:
     body = await read_body(request, MAX_ADMIN_BODY)
     try:
         return orjson.loads(body)
@@ -72,7 +72,7 @@ def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
                ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             subject = await who(request, "routes:write")
-            body = parse(body_type, await _json(request))
+            body = parse(body_type, await read_json(request))
             return JSONResponse(admin.view(
                 await apply(request.path_params["model"], body, subject)))
 

@@ -41,6 +41,7 @@ from aios.plane import (
     header_value,
     model_path,
 )
+from aios.reviewstore import open_review_store
 from aios.serve import ServiceParts, run_service
 from aios.signedlog import SignedLog
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings
@@ -55,6 +56,9 @@ from gateway.auth import Authenticator, Principal, build_authenticator
 from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
 from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
+from gateway.review import ReviewApi
+from gateway.review_grpc import ReviewService, register_review
+from gateway.review_rest import review_routes
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
 from gateway.shadow import ShadowJob, ShadowRunner
@@ -386,10 +390,20 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
                              RequestMetrics(registry, "gateway"), registry, tracing,
                              ServedVersions(versions))
         audit = await AuditReader.open(settings.audit, router)
+        reviews = None
+        if settings.review.store_url is not None:
+            review_store = await asyncio.to_thread(open_review_store,
+                                                   settings.review.store_url)
+            stack.callback(review_store.close)
+            reviews = ReviewApi(settings.review, review_store, registry)
+            figures = asyncio.create_task(reviews.metrics_loop())
+            stack.callback(figures.cancel)
         yield ServiceParts(plane, [*admin_routes(admin, admin_auth),
-                                   *audit_routes(audit, admin_auth)],
+                                   *audit_routes(audit, admin_auth),
+                                   *review_routes(reviews, admin_auth)],
                            [register_admin(RoutingAdminService(admin, admin_auth)),
-                            register_audit(AuditService(audit, admin_auth))])
+                            register_audit(AuditService(audit, admin_auth)),
+                            register_review(ReviewService(reviews, admin_auth))])
 
 
 async def run_gateway(settings: GatewaySettings,

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from aios.batching import JSON_HEADERS
 from aios.compare import agreement, parse_expected
 from aios.config import DecisionLogSettings
-from aios.errors import AiosError, LogUnavailable, grpc_code_for
+from aios.errors import AiosError, LogUnavailable, StoreUnavailable, grpc_code_for
 from aios.ids import new_ulid
 from aios.metrics import LoopHistogram, RequestMetrics
 from aios.plane import (
@@ -59,6 +59,7 @@ from sidecar.parity import Parity, VersionProfile, schema_violations
 from sidecar.records import add_tensors, trace_id
 from sidecar.redaction import NONE as NO_FEATURE_RULES
 from sidecar.redaction import FeatureRedaction
+from sidecar.review import Queued, ReviewDesk, reviewed, store_failure
 
 SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -159,9 +160,18 @@ class CostCollector(Collector):
 
 _NO_SPANS = contextlib.nullcontext()
 
-# What answering one call gave: its outcome, and its decision record (None: none to
-# write, as for a call refused before Triton saw it, or without a log).
-Answered = tuple[Outcome, DecisionRecord | None]
+# A call's decision record (None: none to write, as for a call refused before Triton saw
+# it, or without a log), and the review a gate sent it to (None: none).
+Recorded = tuple[DecisionRecord | None, Queued | None]
+# What answering one call gave: its outcome, and what was recorded of it.
+Answered = tuple[Outcome, DecisionRecord | None, Queued | None]
+
+
+def _marked(outcome: Outcome, queued: Queued | None) -> Outcome:
+    """An answer as its caller gets it: marked pending review if a gate sent it there."""
+    if queued is None or isinstance(outcome, AiosError):
+        return outcome
+    return reviewed(outcome, queued)
 
 
 class Pipeline:
@@ -171,8 +181,10 @@ class Pipeline:
                  grpc: GrpcUpstream, log: DecisionLog | None, parity: Parity | None,
                  metrics: RequestMetrics, registry: CollectorRegistry, tracing: Tracing,
                  batching: TritonBatching | None = None,
-                 features: FeatureRedaction = NO_FEATURE_RULES) -> None:
+                 features: FeatureRedaction = NO_FEATURE_RULES,
+                 review: ReviewDesk | None = None) -> None:
         self._log_settings = log_settings
+        self._review = review
         self._features = features
         self._http = http
         self._grpc = grpc
@@ -257,7 +269,7 @@ class Pipeline:
             with self._served(calls):
                 answered = await (self._one(first, profile, started) if len(calls) == 1
                                   else self._together(calls, merged, profile, started))
-                outcomes = [with_ids(outcome, record, call) for outcome, (_, record), call
+                outcomes = [with_ids(outcome, record, call) for outcome, (_, record, _), call
                             in zip(await self._logged(answered), answered, calls, strict=True)]
         finally:
             self._metrics.now -= len(calls)
@@ -271,17 +283,27 @@ class Pipeline:
         return outcomes
 
     async def _logged(self, answered: Sequence[Answered]) -> list[Outcome]:
-        """Write the records; an answer whose record the sync log could not make durable
-        becomes that error (503)."""
-        records = [record for _, record in answered if record is not None]
+        """Queue the reviews, then write the records; an answer whose review could not be
+        stored, or whose record the sync log could not make durable, becomes that error
+        (503). A reviewed answer says so."""
+        queued = [q.item for _, _, q in answered if q is not None]
+        if queued:
+            assert self._review is not None
+            try:
+                with self._tracing.span("review queue"):
+                    await self._review.queue(queued)
+            except StoreUnavailable as exc:
+                answered = [(exc, store_failure(exc, r), None) if q is not None and r
+                            else (o, r, q) for o, r, q in answered]
+        records = [record for _, record, _ in answered if record is not None]
         if not records or self._log is None:
-            return [outcome for outcome, _ in answered]
+            return [_marked(outcome, q) for outcome, _, q in answered]
         with self._tracing.span("decision-log write"):
             errors = iter(await self._log.append_many(records))
         out: list[Outcome] = []
-        for outcome, record in answered:
+        for outcome, record, q in answered:
             error: LogUnavailable | None = next(errors) if record is not None else None
-            out.append(outcome if error is None else error)
+            out.append(_marked(outcome, q) if error is None else error)
         return out
 
     def _check(self, profile: VersionProfile | None, inputs: Tensors) -> list[str]:
@@ -320,13 +342,13 @@ class Pipeline:
         try:
             flags = [] if checked else self._check(profile, call.inputs)
         except AiosError as exc:  # refused (enforce mode): nothing was decided
-            return [(exc, None)]
+            return [(exc, None, None)]
         try:
             with self._tracing.span("forward"):
                 reply = await self._send(call, alone)
         except AiosError as exc:
-            return [(exc, self._record(call, call.version, {}, flags,
-                                       outcome_code(call, exc), exc.message, started))]
+            return [(exc, *self._record(call, call.version, {}, flags,
+                                        outcome_code(call, exc), exc.message, started))]
         version, error = call.version, ""
         outputs: Tensors = {}
         if isinstance(reply, GrpcReply):
@@ -343,8 +365,8 @@ class Pipeline:
                 error = str(doc.get("error", ""))
         self._observe(profile, call.inputs, outputs)
         code = outcome_code(call, reply)
-        return [(reply, self._record(call, version, outputs, flags,
-                                     "ok" if code in ("200", "OK") else code, error, started))]
+        return [(reply, *self._record(call, version, outputs, flags,
+                                      "ok" if code in ("200", "OK") else code, error, started))]
 
     async def _together(self, calls: list[InferCall], merged: Tensors,
                         profile: VersionProfile | None, started: float) -> list[Answered]:
@@ -358,8 +380,8 @@ class Pipeline:
                     "POST", calls[0].rest.upstream_path, merged_body(layout, merged),
                     JSON_HEADERS.items(), self._tracing.inject())
         except AiosError as exc:
-            return [(exc, self._record(c, c.version, {}, [], outcome_code(c, exc),
-                                       exc.message, started)) for c in calls]
+            return [(exc, *self._record(c, c.version, {}, [], outcome_code(c, exc),
+                                        exc.message, started)) for c in calls]
         try:
             doc = orjson.loads(reply.body) if reply.status == 200 else None
         except orjson.JSONDecodeError:
@@ -383,14 +405,15 @@ class Pipeline:
             mine = {name: y[start:start + call.rows] for name, y in outputs.items()}
             start += call.rows
             answered.append((HttpReply(200, JSON_HEADERS, orjson.dumps(part)),
-                             self._record(call, served, mine, [], "ok", "", started)))
+                             *self._record(call, served, mine, [], "ok", "", started)))
         return answered
 
     def _record(self, call: InferCall, version: str, outputs: Tensors, flags: list[str],
-                outcome: str, error: str, started: float) -> DecisionRecord | None:
-        """The call's decision record (None without a log: nothing would take it)."""
-        if self._log is None:
-            return None
+                outcome: str, error: str, started: float) -> Recorded:
+        """The call's decision record (None without a log: nothing would take it), and the
+        review a gate sent it to."""
+        if self._log is None and self._review is None:
+            return None, None
         settings = self._log_settings
         rules = settings.redaction.get(call.model, {})
         seen: dict[str, str] = {}
@@ -429,4 +452,6 @@ class Pipeline:
             record.shadow_agreement.CopyFrom(ShadowAgreement(
                 output=expected.output, threshold=expected.threshold,
                 rows=len(expected.decisions), agreed=agreed))
-        return record
+        queued = self._review.consider(record, call.inputs, outputs, expected, agreed) \
+            if self._review is not None and self._review.gated(call.model) else None
+        return (record if self._log is not None else None), queued

@@ -37,6 +37,7 @@ from aios.plane import (
 )
 from aios.readable import load_names
 from aios.rest import PREFIX, parse_model_path
+from aios.reviewstore import open_review_store
 from aios.serve import ServiceParts, run_service
 from aios.tensors import Tensors, grpc_request_inputs, rest_outputs, rest_request_inputs
 from aios.tracing import TRACING_OFF, Tracing, TracingSettings
@@ -55,6 +56,8 @@ from sidecar.pipeline import CostCollector, InferCall, Pipeline, mirrored
 from sidecar.redaction import NONE as NO_FEATURE_RULES
 from sidecar.redaction import FeatureRedaction, read_key
 from sidecar.redaction import build as build_feature_rules
+from sidecar.review import ReviewDesk
+from sidecar.reviewevents import Announcer
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,8 @@ class SidecarPlane:
     def __init__(self, settings: SidecarSettings, http: HttpUpstream, grpc: GrpcUpstream,
                  log: DecisionLog | None, parity: Parity | None, registry: CollectorRegistry,
                  tracing: Tracing, batching: TritonBatching | None = None,
-                 features: FeatureRedaction = NO_FEATURE_RULES) -> None:
+                 features: FeatureRedaction = NO_FEATURE_RULES,
+                 review: ReviewDesk | None = None) -> None:
         self._settings = settings
         self._http = http
         self._grpc = grpc
@@ -76,7 +80,8 @@ class SidecarPlane:
         self._metrics = RequestMetrics(registry, "sidecar")
         registry.register(CostCollector(self._metrics))
         self._pipeline = Pipeline(settings.decision_log, http, grpc, log, parity,
-                                  self._metrics, registry, tracing, batching, features)
+                                  self._metrics, registry, tracing, batching, features,
+                                  review)
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
@@ -306,8 +311,20 @@ async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
             batching = TritonBatching(http, settings.batching.max_rows,
                                       settings.batching.max_in_flight, registry)
             stack.push_async_callback(batching.tasks.aclose)
+        review = None
+        if settings.review.enabled:
+            store = await asyncio.to_thread(open_review_store, settings.review.store_url)
+            stack.callback(store.close)
+            announcer = await stack.enter_async_context(
+                Announcer(settings.review.events, registry))
+            review = ReviewDesk(settings.review, store,
+                                load_names(settings.parity.model_repository),
+                                settings.decision_log.log_name, log, announcer, registry)
+            await review.refresh_gates()
+            desk = asyncio.create_task(review.run())
+            stack.callback(desk.cancel)
         plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, batching,
-                             features)
+                             features, review)
         if parity is not None:
             task = asyncio.create_task(plane.golden_loop())
             stack.callback(task.cancel)
