@@ -91,7 +91,10 @@ def encode_answers(answers: Sequence[Answer]) -> bytes:
             parts.append(b",")
         if headers.get("content-type", "").startswith(JSON_TYPE) and \
                 "content-encoding" not in headers and body:
-            parts += [b'{"status":', str(status).encode(), b',"body":', body, b"}"]
+            parts += [b'{"status":', str(status).encode()]
+            if len(headers) > 1:  # e.g. a review's marks: they travel with the answer
+                parts += [b',"headers":', orjson.dumps(dict(headers))]
+            parts += [b',"body":', body, b"}"]
         else:
             parts.append(orjson.dumps({"status": status, "headers": dict(headers),
                                        "base64": base64.b64encode(body).decode()}))
@@ -111,6 +114,7 @@ def decode_answers(reply: bytes, count: int) -> list[Answer]:
             out.append((int(answer["status"]), dict(answer["headers"]),
                         base64.b64decode(answer["base64"])))
         else:
-            out.append((int(answer["status"]), {"content-type": JSON_TYPE},
+            out.append((int(answer["status"]),
+                        {"content-type": JSON_TYPE, **answer.get("headers", {})},
                         orjson.dumps(answer["body"])))
     return out

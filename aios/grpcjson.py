@@ -65,7 +65,7 @@ def response_message(body: bytes) -> bytes:
             id=doc.get("id", ""))
         for name, value in doc.get("parameters", {}).items():
             _set_parameter(response.parameters[name], name, value)
-        for output in doc["outputs"]:
+        for output in doc.get("outputs", ()):  # none: held for review
             datatype = output["datatype"]
             if datatype not in MERGEABLE_DATATYPES or output.get("parameters"):
                 raise ValueError(f"output {output['name']!r} is not plain {datatype} data")

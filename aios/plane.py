@@ -34,6 +34,9 @@ SHADOW_OF_HEADER = "x-aios-shadow-of"
 # A shadow copy: the primary's decisions (`aios.compare.encode_expected`).
 SHADOW_COMPARE_HEADER = "x-aios-shadow-compare"
 REQUEST_ID_HEADER = "x-request-id"
+# A decision a review gate sent to people: "pending", and the review's id.
+REVIEW_HEADER = "x-aios-review"
+REVIEW_ID_HEADER = "x-aios-review-id"
 # A gRPC call the gateway carried to a sidecar as JSON (`aios.grpcjson`): recorded and
 # counted as the gRPC call it is.
 PROTOCOL_HEADER = "x-aios-protocol"

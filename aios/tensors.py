@@ -38,6 +38,15 @@ def plain_body(body: bytes, headers: Mapping[str, str]) -> bytes:
     return body
 
 
+def encoded_body(body: bytes, encoding: str) -> bytes:
+    """``body`` in the content encoding ``plain_body`` undoes."""
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=6, mtime=0)
+    if encoding == "deflate":
+        return zlib.compress(body)
+    return body
+
+
 def rest_response(body: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any], Outputs]:
     """The JSON header and numeric outputs of a KServe v2 REST response (JSON or binary
     extension, compressed or not)."""

@@ -39,7 +39,7 @@ FORWARDED_REQUEST_HEADERS = frozenset({
 })
 FORWARDED_RESPONSE_HEADERS = frozenset({
     "content-type", "content-encoding", "inference-header-content-length",
-    "x-aios-review", "x-aios-review-id",
+    "x-aios-review", "x-aios-review-id",  # aios.plane's REVIEW_HEADER, REVIEW_ID_HEADER
 })
 
 Metadata = Sequence[tuple[str, str | bytes]]

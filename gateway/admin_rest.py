@@ -36,8 +36,11 @@ class AdminAuth:
         return principal.subject
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, optional: bool = False) -> Any:
+    """The request's JSON body (bounded in size); ``optional``: None for an empty one."""
     body = await read_body(request, MAX_ADMIN_BODY)
+    if optional and not body:
+        return None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

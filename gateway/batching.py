@@ -28,7 +28,14 @@ from aios.errors import AiosError, InvalidInput, UpstreamUnavailable, grpc_code_
 from aios.grpcjson import request_json, response_message
 from aios.kserve import error_text, peek_model, validate_infer_request
 from aios.metrics import LoopHistogram
-from aios.plane import PROTOCOL_HEADER, model_path, valid_model_name, valid_version
+from aios.plane import (
+    PROTOCOL_HEADER,
+    REVIEW_HEADER,
+    REVIEW_ID_HEADER,
+    model_path,
+    valid_model_name,
+    valid_version,
+)
 from aios.tasks import Tasks
 from aios.upstream import (
     GrpcReply,
@@ -154,10 +161,12 @@ class BackendBatching:
         headers.append(("content-type", JSON_TYPE))
         reply = await self.forward(path, body, headers, {**extra, PROTOCOL_HEADER: "grpc"},
                                    timeout_s, header.batch)
-        if reply.status != 200:
+        if reply.status not in (200, 202):  # 202: held for review, without outputs
             raise grpc_error(self._name, grpc_code_for(reply.status), error_text(reply.body))
+        marks = tuple((k, v) for k, v in reply.headers.items()
+                      if k in (REVIEW_HEADER, REVIEW_ID_HEADER))
         try:
-            return GrpcReply(response_message(reply.body), ())
+            return GrpcReply(response_message(reply.body), marks)
         except ValueError as exc:
             raise UpstreamUnavailable(
                 f"backend {self._name!r} answered a gRPC call malformed") from exc

@@ -25,7 +25,7 @@ def review_routes(api: ReviewApi | None, auth: AdminAuth) -> list[BaseRoute]:
         return api, who
 
     async def body(request: Request) -> Any:
-        return await read_json(request) if await request.body() else None
+        return await read_json(request, optional=True)
 
     async def listing(request: Request) -> Response:
         reviews, _ = await ready(request, READ)

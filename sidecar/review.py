@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,11 +30,12 @@ from aios.compare import Expected
 from aios.config import ReviewModelConfig, ReviewSettings
 from aios.errors import AiosError, StoreUnavailable
 from aios.ids import new_ulid
-from aios.readable import Names, readable, values
+from aios.plane import REVIEW_HEADER, REVIEW_ID_HEADER
+from aios.readable import Names, array, readable
 from aios.reviewqueue import Item, mark, new_item
 from aios.reviewrules import Facts, Gate, first_fired, named_values
 from aios.reviewstore import ReviewStore
-from aios.tensors import Tensors
+from aios.tensors import Tensors, encoded_body, plain_body
 from aios.upstream import GrpcReply, HttpReply
 from proto.decision_record_pb2 import DecisionRecord, HumanReview
 from sidecar.decisionlog import DecisionLog
@@ -41,8 +43,6 @@ from sidecar.reviewevents import Announcer
 
 logger = logging.getLogger(__name__)
 
-REVIEW_HEADER = "x-aios-review"
-REVIEW_ID_HEADER = "x-aios-review-id"
 # The KServe response parameters a reviewed answer carries.
 REVIEW_PARAMETER = "aios_review"
 REVIEW_ID_PARAMETER = "aios_review_id"
@@ -113,7 +113,10 @@ class ReviewDesk:
             return None
         record.review_id, record.review_gate = new_ulid(), gate.name
         doc = readable(record, dict(self._names))
-        outs = {t.name: v for t in record.outputs if (v := values(t)) is not None}
+        # One list of numbers per output (a [rows, 1] score: a score per row), as an
+        # override gives them.
+        outs = {t.name: a.ravel().tolist() for t in record.outputs
+                if (a := array(t)) is not None}
         if record.shadow and expected is not None:
             # The decision in question is the primary's: what each arm decided.
             outs = {f"primary {expected.output} >= {expected.threshold}":
@@ -228,24 +231,31 @@ def reviewed(outcome: HttpReply | GrpcReply, queued: Queued) -> HttpReply | Grpc
     return HttpReply(outcome.status, headers, _with_parameters(outcome.body, headers, params))
 
 
-def _with_parameters(body: bytes, headers: dict[str, str], params: dict[str, str]) -> bytes:
+def _with_parameters(encoded: bytes, headers: dict[str, str],
+                     params: dict[str, str]) -> bytes:
     """A REST answer's JSON (or binary-extension header) with ``params`` added (and its
-    length header set to match); a compressed body is left as it is (headers still say)."""
-    if headers.get("content-encoding"):
-        return body
+    length header set to match), in the content encoding it came in; a body that cannot
+    be read is left as it is (the headers still say)."""
+    encoding = headers.get("content-encoding", "")
+    if encoding not in ("", "gzip", "deflate"):
+        return encoded
+    try:
+        body = plain_body(encoded, headers)
+    except (OSError, zlib.error):
+        return encoded
     length = headers.get("inference-header-content-length")
     split = int(length) if length is not None and length.isdigit() else len(body)
     try:
         doc = orjson.loads(body[:split])
     except orjson.JSONDecodeError:
-        return body
+        return encoded
     if not isinstance(doc, dict):
-        return body
+        return encoded
     doc["parameters"] = {**(doc.get("parameters") or {}), **params}
     head = orjson.dumps(doc)
     if length is not None:
         headers["inference-header-content-length"] = str(len(head))
-    return head + body[split:]
+    return encoded_body(head + body[split:], encoding)
 
 
 def review_items(queued: Sequence[Queued | None]) -> list[Item]:
