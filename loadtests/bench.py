@@ -237,7 +237,8 @@ def _server(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
-             server: dict[str, Any] | None = None) -> None:
+             server: dict[str, Any] | None = None,
+             review: dict[str, Any] | None = None) -> None:
     # Signed checkpoints on, as a regulated deployment runs the log.
     key = stack.workdir / f"signing-{name}.pem"
     if not key.exists():
@@ -246,8 +247,8 @@ def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
         "server": _server(stack, name, **(server or {})), "triton": triton,
         "decision_log": {"directory": str(stack.workdir / f"decisions-{name}"), "mode": mode,
                          "signing_key_file": str(key)},
-        "parity": {"model_repository": str(REPO / "model_repo")}}},
-        stack.port(f"{name}_http"))
+        "parity": {"model_repository": str(REPO / "model_repo")},
+        **({"review": review} if review else {})}}, stack.port(f"{name}_http"))
 
 
 def _gateway(stack: Stack, name: str, backend: dict[str, str], route: dict[str, Any],
@@ -286,6 +287,50 @@ def build_transports(stack: Stack, redis_server: str,
          by_name[AUTH_QUOTA], _path(stack, "auth quota, redis-py", "gateway_redispy",
                                     ("gateway_redispy",), True)),
     ]
+
+
+# Review gates as a model would have them: a band on the score, a business rule and a
+# flag gate, all evaluated on every call; none fires (the score never reaches 2), or the
+# band fires on every call (each call's item is then written to the SQLite queue).
+REVIEW_GATES = [{"name": "band", "band": {"output": "risk_score", "low": 2.0, "high": 3.0}},
+                {"name": "big", "rule": "claim_amount > 1e12 and claimant_age < 200"},
+                {"name": "flagged", "flags": ["schema:"]}]
+EVERY_CALL = [{"name": "band", "band": {"output": "risk_score", "low": 0.0, "high": 1.0}}]
+
+
+def build_review(stack: Stack) -> list[tuple[str, Path_, Path_]]:
+    """The async sidecar without review gates, against the same with them: (what is
+    added, the path without, the path with)."""
+    triton = _addr(stack, "triton")
+    out = []
+    for name, gates, label in (
+            ("sidecar_review", REVIEW_GATES, "review gates evaluated (3), none fires"),
+            ("sidecar_review_all", EVERY_CALL, "review gate fires on every call (SQLite)")):
+        _sidecar(stack, name, triton, "async", review={
+            "enabled": True, "store_url": str(stack.workdir / f"reviews-{name}.db"),
+            "models": {MODEL: {"gates": gates}}})
+        out.append((label, _path(stack, "sidecar -> triton", "sidecar_async",
+                                 ("sidecar_async",)),
+                    _path(stack, label, name, (name,))))
+    return out
+
+
+def review_markdown(swaps: list[Swap]) -> str:
+    """The A/B table of the review gates (the sidecar's CPU, without and with)."""
+    lines = ["", f"Review gates, the sidecar without and with them ({PAIRED_ROUNDS} paired "
+             "rounds, REST batch 1, straight to the sidecar; CPU is the sidecar's):", "",
+             "| added | req/s without / with | CPU µs/req without / with | CPU added "
+             "(median, range) |", "|---|---|---|---|"]
+    for s in swaps:
+        added = [t / o - 1 if o else 0.0 for o, t in zip(s.ours_cpu_us, s.theirs_cpu_us,
+                                                          strict=True)]
+        mid, low, high = median_and_range(added)
+        lines.append(f"| {s.label} | {median_and_range(s.ours_rps)[0]:.0f} / "
+                     f"{median_and_range(s.theirs_rps)[0]:.0f} | "
+                     f"{median_and_range(s.ours_cpu_us)[0]:.0f} / "
+                     f"{median_and_range(s.theirs_cpu_us)[0]:.0f} | {mid:+.1%} ({low:+.1%} "
+                     f"to {high:+.1%}) |")
+    return "\n".join(lines) + "\n"
 
 
 def _addr(stack: Stack, name: str) -> dict[str, str]:
@@ -764,6 +809,8 @@ def main() -> int:
     parser.add_argument("--transports", action="store_true",
                         help="also run each of our transports against the library it "
                         "replaces (uvicorn, aiohttp, redis-py), paired")
+    parser.add_argument("--review", action="store_true",
+                        help="also run the sidecar without and with review gates, paired")
     parser.add_argument("--tail-seconds", type=float, default=15.0,
                         help="each paired round's fixed-rate window (the headline tails)")
     parser.add_argument("--connections", type=int, default=16)
@@ -796,6 +843,8 @@ def main() -> int:
                                args.rate, args.connections, args.tail_seconds)
             swaps = transports_ab(stack, build_transports(stack, redis_url, every),
                                   args.seconds, args.connections) if args.transports else []
+            reviews = transports_ab(stack, build_review(stack), args.seconds,
+                                    args.connections) if args.review else []
             rss = {name: stack.peak_rss_mib(name) for name, s in stack.services.items()
                    if s.ours}
     finally:
@@ -809,9 +858,11 @@ def main() -> int:
         "peak_rss_mib": rss, "paired": {
             k: v for k, v in asdict(pairs).items() if k not in ("direct_ms", "full_ms")
         } if pairs else None,
-        "targets": goals, "transports": [asdict(s) for s in swaps]}, indent=1))
+        "targets": goals, "transports": [asdict(s) for s in swaps],
+        "review": [asdict(s) for s in reviews]}, indent=1))
     (args.out / "bench.md").write_text(markdown(runs, goals, machine)
-                                       + (swaps_markdown(swaps) if swaps else ""))
+                                       + (swaps_markdown(swaps) if swaps else "")
+                                       + (review_markdown(reviews) if reviews else ""))
     plot(runs, args.out / "bench.png")
     print((args.out / "bench.md").read_text())
     return 0

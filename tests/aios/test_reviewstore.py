@@ -58,7 +58,8 @@ def test_two_deciders_at_once_exactly_one_wins(store: SqlReviewStore) -> None:
         start = threading.Barrier(2)
         outcomes: list[str] = []
 
-        def decider(who: str, rid: str = f"R{n:03d}") -> None:
+        def decider(who: str, rid: str = f"R{n:03d}", start: threading.Barrier = start,
+                    outcomes: list[str] = outcomes) -> None:
             start.wait()
             try:
                 store.change(rid, lambda i: decide(i, who, 20 * S, "approve", ""))
