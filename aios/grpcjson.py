@@ -55,9 +55,10 @@ def request_json(payload: bytes) -> tuple[bytes, InferHeader] | None:
         return None  # past the REST limits (dims, elements): gRPC's answer stands
 
 
-def response_message(body: bytes) -> bytes:
+def response_message(body: bytes, held: bool = False) -> bytes:
     """The serialized ModelInferResponse for a JSON infer response, outputs as raw
-    contents (as Triton's gRPC front end sends them); ValueError if it is not one."""
+    contents (as Triton's gRPC front end sends them); ValueError if it is not one.
+    ``held``: an answer held for review, which has no outputs."""
     try:
         doc = orjson.loads(body)
         response = service_pb2.ModelInferResponse(
@@ -65,7 +66,7 @@ def response_message(body: bytes) -> bytes:
             id=doc.get("id", ""))
         for name, value in doc.get("parameters", {}).items():
             _set_parameter(response.parameters[name], name, value)
-        for output in doc.get("outputs", ()):  # none: held for review
+        for output in doc.get("outputs", ()) if held else doc["outputs"]:
             datatype = output["datatype"]
             if datatype not in MERGEABLE_DATATYPES or output.get("parameters"):
                 raise ValueError(f"output {output['name']!r} is not plain {datatype} data")

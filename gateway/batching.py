@@ -166,7 +166,7 @@ class BackendBatching:
         marks = tuple((k, v) for k, v in reply.headers.items()
                       if k in (REVIEW_HEADER, REVIEW_ID_HEADER))
         try:
-            return GrpcReply(response_message(reply.body), marks)
+            return GrpcReply(response_message(reply.body, held=reply.status == 202), marks)
         except ValueError as exc:
             raise UpstreamUnavailable(
                 f"backend {self._name!r} answered a gRPC call malformed") from exc

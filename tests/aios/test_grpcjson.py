@@ -153,3 +153,10 @@ def test_the_largest_request_json_is_worth_is_converted() -> None:
 def test_a_response_that_is_not_plain_json_data_is_refused(body: bytes, message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
         response_message(body)
+
+
+def test_an_answer_held_for_review_has_no_outputs_but_its_parameters() -> None:
+    body = b'{"model_name":"m","model_version":"2","parameters":{"aios_review":"pending"}}'
+    response = service_pb2.ModelInferResponse.FromString(response_message(body, held=True))
+    assert (response.model_name, len(response.outputs),
+            response.parameters["aios_review"].string_param) == ("m", 0, "pending")
