@@ -105,6 +105,17 @@ async def test_a_tampered_index_never_changes_what_is_found(
     assert ids(hidden) == ["d-10"]
 
 
+async def test_records_written_after_the_last_update_are_not_called_wrong(
+        tmp_path: Path, url: str | None) -> None:
+    await write(tmp_path, 0, 30)
+    with AuditIndex(tmp_path, url=url) as index:
+        index.update()
+    await write(tmp_path, 30, 10)  # a live log: the sidecar goes on writing
+    with AuditIndex(tmp_path, url=url) as index:
+        assert index.check() == 0
+        assert index.update() == 10
+
+
 async def test_a_row_edited_to_hide_a_record_is_found_by_check(
         tmp_path: Path, url: str | None) -> None:
     await write(tmp_path, 0, 70)
