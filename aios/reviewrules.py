@@ -18,9 +18,11 @@ that fires (in the model's order) is the one named.
 from __future__ import annotations
 
 import ast
+import functools
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,11 +48,14 @@ _ARITH: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
 
 @dataclass(frozen=True)
 class Rule:
-    """A parsed rule: its text, the names it reads, and its tree."""
+    """A parsed rule: its text, the names it reads, and its tree compiled twice: over
+    one row's floats (the usual call, where numpy's per-operation cost would dominate)
+    and over columns of rows."""
 
     text: str
     names: frozenset[str]
-    tree: ast.expr
+    scalar: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False)
+    vector: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> Rule:
@@ -71,14 +76,22 @@ class Rule:
                 names.add(node.id)
         if not _is_boolean(tree):
             raise RuleError(f"rule {text!r} is not a condition (compare something)")
-        return cls(text, frozenset(names), tree)
+        return cls(text, frozenset(names), _compile(tree, False), _compile(tree, True))
+
+    def holds(self, values: Mapping[str, Any], rows: int) -> bool:
+        """Whether the rule holds for any row (a name without a value: for none)."""
+        if not self.names <= values.keys():
+            return False
+        if rows == 1:  # one row's values are floats (`Facts`)
+            return bool(self.scalar(values))
+        return bool(self.evaluate(values, rows).any())
 
     def evaluate(self, values: Mapping[str, Column], rows: int) -> NDArray[np.bool_]:
         """Per row, whether the rule holds (a name without a value: no row does)."""
         if not self.names <= values.keys():
             return np.zeros(rows, dtype=bool)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.asarray(_value(self.tree, values), dtype=bool)
+            out = np.asarray(self.vector(values), dtype=bool)
         return np.broadcast_to(out, (rows,)).copy()
 
 
@@ -105,34 +118,71 @@ def _is_boolean(node: ast.expr) -> bool:
     return False
 
 
-def _value(node: ast.expr, values: Mapping[str, Column]) -> Any:
+def _divide(a: float, b: float) -> float:
+    """IEEE division, as numpy does it over columns: x/0 is ±inf, 0/0 is nan."""
+    try:
+        return a / b
+    except ZeroDivisionError:
+        return math.copysign(math.inf, a) if a else math.nan
+
+
+Compiled = Callable[[Mapping[str, Any]], Any]
+
+
+def _compile(node: ast.expr, vector: bool) -> Compiled:
+    """``node`` as a function of the values by name: floats, or (``vector``) columns."""
     if isinstance(node, ast.Constant):
         assert isinstance(node.value, int | float), "Rule.parse allows numbers only"
-        return float(node.value)
+        constant = float(node.value)
+        return lambda _: constant
     if isinstance(node, ast.Name):
-        return values[node.id]
+        name = node.id
+        return lambda values: values[name]
     if isinstance(node, ast.BinOp):
-        return _ARITH[type(node.op)](_value(node.left, values), _value(node.right, values))
+        left, right = _compile(node.left, vector), _compile(node.right, vector)
+        arith = _divide if isinstance(node.op, ast.Div) and not vector \
+            else _ARITH[type(node.op)]
+        return lambda values: arith(left(values), right(values))
     if isinstance(node, ast.UnaryOp):
-        operand = _value(node.operand, values)
+        operand = _compile(node.operand, vector)
         if isinstance(node.op, ast.Not):
-            return np.logical_not(operand)
-        return -operand if isinstance(node.op, ast.USub) else operand
+            negate = np.logical_not if vector else operator.not_
+            return lambda values: negate(operand(values))
+        if isinstance(node.op, ast.USub):
+            return lambda values: -operand(values)
+        return operand
     if isinstance(node, ast.BoolOp):
-        parts = [_value(v, values) for v in node.values]
-        join = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
-        joined = parts[0]
-        for part in parts[1:]:
-            joined = join(joined, part)
-        return joined
+        parts = [_compile(v, vector) for v in node.values]
+        both = isinstance(node.op, ast.And)
+        if vector:
+            join = np.logical_and if both else np.logical_or
+            return lambda values: functools.reduce(join, (p(values) for p in parts))
+        if both:
+            return lambda values: all(p(values) for p in parts)
+        return lambda values: any(p(values) for p in parts)
     assert isinstance(node, ast.Compare)
-    left = _value(node.left, values)
-    out: Any = True
-    for op, right_node in zip(node.ops, node.comparators, strict=True):
-        right = _value(right_node, values)
-        out = np.logical_and(out, _COMPARE[type(op)](left, right))
-        left = right
-    return out
+    first = _compile(node.left, vector)
+    steps = [(_COMPARE[type(op)], _compile(right, vector))
+             for op, right in zip(node.ops, node.comparators, strict=True)]
+    if vector:
+        def columns(values: Mapping[str, Any]) -> Any:
+            left, out = first(values), True
+            for compare, right in steps:
+                value = right(values)
+                out = np.logical_and(out, compare(left, value))
+                left = value
+            return out
+        return columns
+
+    def scalars(values: Mapping[str, Any]) -> bool:
+        left = first(values)
+        for compare, right in steps:
+            value = right(values)
+            if not compare(left, value):
+                return False
+            left = value
+        return True
+    return scalars
 
 
 @dataclass(frozen=True)
@@ -154,19 +204,24 @@ class Gate:
         if self.band is not None:
             output, low, high = self.band
             y = call.values.get(output)
-            return y is not None and bool(np.any((y >= low) & (y <= high)))
+            if y is None:
+                return False
+            if isinstance(y, np.ndarray):
+                return bool(np.any((y >= low) & (y <= high)))
+            return low <= y <= high
         if self.rule is not None:
-            return bool(self.rule.evaluate(call.values, call.rows).any())
+            return self.rule.holds(call.values, call.rows)
         if self.flags:
             return any(flag.startswith(self.flags) for flag in call.flags)
         return False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Facts:
     """What the gates of one call look at."""
 
-    values: Mapping[str, Column]  # per feature name and per output name: a value per row
+    # Per feature name and per output name: a value per row (one row: a float).
+    values: Mapping[str, Column | float]
     rows: int
     flags: Sequence[str] = ()
     shadow: bool = False
@@ -181,24 +236,42 @@ def first_fired(gates: Sequence[Gate], call: Facts) -> Gate | None:
     return None
 
 
+def reads(gates: Sequence[Gate]) -> frozenset[str]:
+    """The features and outputs ``gates`` look at."""
+    names: set[str] = set()
+    for gate in gates:
+        if gate.band is not None:
+            names.add(gate.band[0])
+        if gate.rule is not None:
+            names |= gate.rule.names
+    return frozenset(names)
+
+
 def named_values(inputs: Mapping[str, NDArray[Any]], outputs: Mapping[str, NDArray[Any]],
-                 input_name: str | None, features: Sequence[str]) -> tuple[
-                     dict[str, Column], int]:
+                 input_name: str | None, features: Sequence[str],
+                 needed: frozenset[str] | None = None) -> tuple[
+                     dict[str, Column | float], int]:
     """A call's values by name (feature columns of ``input_name``, and each output with one
-    value per row), and its row count."""
-    values: dict[str, Column] = {}
+    value per row; only those ``needed``, if given), and its row count. One row's values
+    are floats, read without numpy's per-element costs (this runs on every gated call)."""
+    values: dict[str, Column | float] = {}
     rows = 0
     x = inputs.get(input_name) if input_name else None
     if x is not None and x.ndim == 2 and x.shape[1] == len(features):
         rows = x.shape[0]
+        row = x[0].tolist() if rows == 1 else None
         for i, name in enumerate(features):
-            values[name] = np.asarray(x[:, i], dtype=np.float64)
+            if needed is None or name in needed:
+                values[name] = float(row[i]) if row is not None else \
+                    np.asarray(x[:, i], dtype=np.float64)
     for name, y in outputs.items():
-        flat = np.asarray(y)
-        if flat.ndim == 2 and flat.shape[1] == 1:
-            flat = flat[:, 0]
-        if flat.ndim == 1 and np.issubdtype(flat.dtype, np.number):
-            rows = rows or flat.shape[0]
-            if not rows or flat.shape[0] == rows:
-                values[name] = flat.astype(np.float64)
+        if (needed is not None and name not in needed) or y.dtype.kind not in "fiub" or \
+                not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+            continue
+        count = y.shape[0]
+        if rows and count != rows:
+            continue
+        rows = rows or count
+        values[name] = float(y.item()) if count == 1 else \
+            y.reshape(count).astype(np.float64)
     return values, rows

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aios.readable import Names, array
-from aios.reviewrules import Facts, Gate, first_fired, named_values
+from aios.reviewrules import Facts, Gate, first_fired, named_values, reads
 from proto.decision_record_pb2 import DecisionRecord
 
 
@@ -51,12 +51,13 @@ class Simulation:
                 "shadow_would_queue": self.shadow_would_queue, "unreadable": self.unreadable}
 
 
-def record_facts(record: DecisionRecord, names: Names | None) -> Facts:
-    """What the gates look at, decoded from ``record``."""
+def record_facts(record: DecisionRecord, names: Names | None,
+                 needed: frozenset[str] | None = None) -> Facts:
+    """What the gates look at (``needed``: these values only), decoded from ``record``."""
     inputs = {t.name: a for t in record.inputs if (a := array(t)) is not None}
     outputs = {t.name: a for t in record.outputs if (a := array(t)) is not None}
     values, rows = named_values(inputs, outputs, names.input if names else None,
-                                [n for n, _ in names.features] if names else [])
+                                [n for n, _ in names.features] if names else [], needed)
     agreement = record.shadow_agreement if record.HasField("shadow_agreement") else None
     return Facts(values, rows, tuple(record.parity_flags), record.shadow,
                  agreement is not None and agreement.agreed < agreement.rows)
@@ -68,6 +69,7 @@ def simulate(records: Iterable[DecisionRecord], model: str, gates: Sequence[Gate
     """Run ``gates`` over ``model``'s recorded decisions in [since, until)."""
     out = Simulation()
     wanted = {name for gate in gates if gate.rule for name in gate.rule.names}
+    needed = reads(gates)
     for record in records:
         if record.kind or record.model != model or record.outcome != "ok":
             continue
@@ -75,7 +77,7 @@ def simulate(records: Iterable[DecisionRecord], model: str, gates: Sequence[Gate
             continue
         if until_ns is not None and record.time_unix_nanos >= until_ns:
             continue
-        facts = record_facts(record, names.get((record.model, record.version)))
+        facts = record_facts(record, names.get((record.model, record.version)), needed)
         if record.shadow:
             out.shadow_copies += 1
             out.shadow_would_queue += first_fired(gates, facts) is not None

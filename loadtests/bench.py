@@ -292,33 +292,64 @@ def build_transports(stack: Stack, redis_server: str,
 # Review gates as a model would have them: a band on the score, a business rule and a
 # flag gate, all evaluated on every call; none fires (the score never reaches 2), or the
 # band fires on every call (each call's item is then written to the SQLite queue).
-REVIEW_GATES = [{"name": "band", "band": {"output": "risk_score", "low": 2.0, "high": 3.0}},
-                {"name": "big", "rule": "claim_amount > 1e12 and claimant_age < 200"},
-                {"name": "flagged", "flags": ["schema:"]}]
-EVERY_CALL = [{"name": "band", "band": {"output": "risk_score", "low": 0.0, "high": 1.0}}]
+REVIEW_VARIANTS: list[tuple[str, list[dict[str, Any]]]] = [
+    ("review gates evaluated (3), none fires", [
+        {"name": "band", "band": {"output": "risk_score", "low": 2.0, "high": 3.0}},
+        {"name": "big", "rule": "claim_amount > 1e12 and claimant_age < 200"},
+        {"name": "flagged", "flags": ["schema:"]}]),
+    ("review gate fires on every call (SQLite)", [
+        {"name": "band", "band": {"output": "risk_score", "low": 0.0, "high": 1.0}}]),
+]
 
 
-def build_review(stack: Stack) -> list[tuple[str, Path_, Path_]]:
-    """The async sidecar without review gates, against the same with them: (what is
-    added, the path without, the path with)."""
-    triton = _addr(stack, "triton")
+def review_ab(stack: Stack, seconds: float, connections: int) -> list[Swap]:
+    """One sidecar with review on, its gates switched through the review store between
+    paired rounds (the same process measured without and with them: two processes
+    differ by more than the gates cost): none against each set of REVIEW_VARIANTS."""
+    from aios.reviewstore import GateRevision, open_review_store
+
+    db = stack.workdir / "reviews.db"
+    _sidecar(stack, "sidecar_review", _addr(stack, "triton"), "async", review={
+        "enabled": True, "store_url": str(db), "gates_poll_s": 0.2})
+    path = _path(stack, "sidecar, review on", "sidecar_review", ("sidecar_review",))
+    store = open_review_store(str(db))
+    rest, _ = bodies(1)
+    revision = 0
+
+    def gates(config: list[dict[str, Any]]) -> None:
+        nonlocal revision
+        store.set_gates(GateRevision(MODEL, revision + 1, {"gates": config}), revision)
+        revision += 1
+        time.sleep(1.0)  # the sidecar takes them within gates_poll_s
+
     out = []
-    for name, gates, label in (
-            ("sidecar_review", REVIEW_GATES, "review gates evaluated (3), none fires"),
-            ("sidecar_review_all", EVERY_CALL, "review gate fires on every call (SQLite)")):
-        _sidecar(stack, name, triton, "async", review={
-            "enabled": True, "store_url": str(stack.workdir / f"reviews-{name}.db"),
-            "models": {MODEL: {"gates": gates}}})
-        out.append((label, _path(stack, "sidecar -> triton", "sidecar_async",
-                                 ("sidecar_async",)),
-                    _path(stack, label, name, (name,))))
+    try:
+        for label, config in REVIEW_VARIANTS:
+            swap = Swap(label)
+            for i in range(PAIRED_ROUNDS):
+                rounds: list[tuple[list[dict[str, Any]], list[float], list[float]]] = [
+                    ([], swap.ours_rps, swap.ours_cpu_us),
+                    (config, swap.theirs_rps, swap.theirs_cpu_us)]
+                for chosen, rps, cpu in rounds:
+                    gates(chosen)
+                    before = stack.cpu_seconds("sidecar_review")
+                    run = wrk(path, rest, {}, connections, seconds, stack.workdir)
+                    rps.append(run.rps)
+                    cpu.append((stack.cpu_seconds("sidecar_review") - before)
+                               / max(run.requests, 1) * 1e6)
+                print(f"{label[:40]}: round {i + 1}: without {swap.ours_cpu_us[-1]:.0f}, "
+                      f"with {swap.theirs_cpu_us[-1]:.0f} CPU us/req", flush=True)
+            out.append(swap)
+    finally:
+        store.close()
     return out
 
 
 def review_markdown(swaps: list[Swap]) -> str:
     """The A/B table of the review gates (the sidecar's CPU, without and with)."""
-    lines = ["", f"Review gates, the sidecar without and with them ({PAIRED_ROUNDS} paired "
-             "rounds, REST batch 1, straight to the sidecar; CPU is the sidecar's):", "",
+    lines = ["", f"Review gates, one sidecar without and with them ({PAIRED_ROUNDS} paired "
+             "rounds, gates switched live; REST batch 1, straight to the sidecar; CPU is "
+             "the sidecar's):", "",
              "| added | req/s without / with | CPU µs/req without / with | CPU added "
              "(median, range) |", "|---|---|---|---|"]
     for s in swaps:
@@ -843,8 +874,7 @@ def main() -> int:
                                args.rate, args.connections, args.tail_seconds)
             swaps = transports_ab(stack, build_transports(stack, redis_url, every),
                                   args.seconds, args.connections) if args.transports else []
-            reviews = transports_ab(stack, build_review(stack), args.seconds,
-                                    args.connections) if args.review else []
+            reviews = review_ab(stack, args.seconds, args.connections) if args.review else []
             rss = {name: stack.peak_rss_mib(name) for name, s in stack.services.items()
                    if s.ours}
     finally:

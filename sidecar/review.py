@@ -33,7 +33,7 @@ from aios.ids import new_ulid
 from aios.plane import REVIEW_HEADER, REVIEW_ID_HEADER
 from aios.readable import Names, array, readable
 from aios.reviewqueue import Item, mark, new_item
-from aios.reviewrules import Facts, Gate, first_fired, named_values
+from aios.reviewrules import Facts, Gate, first_fired, named_values, reads
 from aios.reviewstore import ReviewStore
 from aios.tensors import Tensors, encoded_body, plain_body
 from aios.upstream import GrpcReply, HttpReply
@@ -56,10 +56,12 @@ class ModelGates:
     mode: str
     gates: tuple[Gate, ...]
     revision: int = 0
+    needed: frozenset[str] = frozenset()  # the features and outputs they read
 
 
 def model_gates(config: ReviewModelConfig, revision: int = 0) -> ModelGates:
-    return ModelGates(config.mode, tuple(g.gate() for g in config.gates), revision)
+    gates = tuple(g.gate() for g in config.gates)
+    return ModelGates(config.mode, gates, revision, reads(gates))
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class ReviewDesk:
         self._log = log
         self._announcer = announcer
         self._gates = {m: model_gates(c) for m, c in settings.models.items() if c.gates}
+        # Per model version: its input tensor and feature names (read once).
+        self._features = {key: (n.input, tuple(name for name, _ in n.features))
+                          for key, n in names.items()}
         self.queued = Counter("aios_review_queued", "Decisions sent to review",
                               ("model", "gate"), registry=registry)
         self.refused = Counter("aios_review_store_failures",
@@ -101,10 +106,9 @@ class ReviewDesk:
         gates = self._gates.get(record.model)
         if gates is None or record.outcome != "ok":
             return None
-        names = self._names.get((record.model, record.version))
-        features = [name for name, _ in names.features] if names else []
-        values_by_name, rows = named_values(inputs, outputs, names.input if names else None,
-                                            features)
+        input_name, features = self._features.get((record.model, record.version), (None, ()))
+        values_by_name, rows = named_values(inputs, outputs, input_name, features,
+                                            gates.needed)
         facts = Facts(values_by_name, rows, record.parity_flags, record.shadow,
                       expected is not None and agreed is not None
                       and agreed < len(expected.decisions))

@@ -10,7 +10,10 @@ from aios.reviewrules import Facts, Gate, Rule, RuleError, first_fired, named_va
 
 
 def facts(**values: list[float]) -> Facts:
+    """A call's facts as the sidecar makes them: columns, or one row's floats."""
     rows = len(next(iter(values.values())))
+    if rows == 1:
+        return Facts({k: float(v[0]) for k, v in values.items()}, 1)
     return Facts({k: np.asarray(v, dtype=np.float64) for k, v in values.items()}, rows)
 
 
@@ -128,3 +131,26 @@ def test_a_configured_gate_is_the_gate_it_says() -> None:
          "priority": 5, "sla_s": 3600}).gate()
     assert (gate.name, gate.band, gate.priority, gate.sla_s) == (
         "unsure", ("risk_score", 0.35, 0.75), 5, 3600)
+
+
+@pytest.mark.parametrize("text", [
+    "claim_amount > 10000", "claim_amount / 2 > 5000 and not risk < 0.5",
+    "1000 < claim_amount <= 9000", "claim_amount == 9000 or -risk < -0.7",
+    "claim_amount / risk > 1e6", "risk / claim_amount >= 0", "-claim_amount / 0 < 0",
+    "not (risk > 0.5 or claim_amount < 1)",
+])
+def test_one_rows_floats_and_columns_of_rows_agree(text: str) -> None:
+    """The one-row path (floats) and the columns path (numpy) are the same rule."""
+    rule = Rule.parse(text)
+    amounts, risks = [0.0, 1.0, 9000.0, 10001.0, 20000.0], [0.0, 0.9, 0.2, 0.6, 0.0]
+    columns = rule.evaluate(facts(claim_amount=amounts, risk=risks).values, 5).tolist()
+    one_by_one = [rule.holds({"claim_amount": a, "risk": r}, 1)
+                  for a, r in zip(amounts, risks, strict=True)]
+    assert one_by_one == columns
+
+
+def test_one_rows_values_are_floats_and_only_those_needed() -> None:
+    x = np.asarray([[1, 2]], dtype=np.float32)
+    values, rows = named_values({"features": x}, {"risk_score": np.asarray([[0.5]])},
+                                "features", ["age", "amount"], frozenset({"amount"}))
+    assert (values, rows) == ({"amount": 2.0}, 1)
