@@ -304,7 +304,7 @@ class ReviewGateConfig(_Frozen):
     name: str = Field(pattern=GATE_NAME)
     band: BandConfig | None = None
     rule: str | None = Field(None, max_length=500)
-    flags: tuple[str, ...] = ()
+    flags: tuple[str, ...] = Field((), max_length=32)
     shadow_disagree: bool = False
     priority: int = Field(0, ge=-1000, le=1000)
     sla_s: float = Field(86400.0, gt=0)
@@ -339,7 +339,7 @@ class ReviewModelConfig(_Frozen):
     # flag: the model's answer, marked x-aios-review: pending; hold: 202 with the review
     # id and no score, for workflows that must not see an unreviewed answer.
     mode: Literal["flag", "hold"] = "flag"
-    gates: tuple[ReviewGateConfig, ...] = ()
+    gates: tuple[ReviewGateConfig, ...] = Field((), max_length=32)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ReviewModelConfig:

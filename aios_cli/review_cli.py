@@ -12,7 +12,7 @@ from typing import Any
 
 from aios.config import ReviewGateConfig, StackConfig
 from aios_cli.audit_cli import Bar, table
-from aios_cli.routes_cli import AdminError, admin_call
+from aios_cli.routes_cli import AdminError, admin_call, admin_client
 from aios_cli.tokens import mint_token
 
 SCOPES = "review:read review:decide"
@@ -240,10 +240,7 @@ def add_review_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                                         "simulation over the decision log")
     review.set_defaults(handler=run_review)
     rsub = review.add_subparsers(dest="review_command", required=True, metavar="COMMAND")
-    client = argparse.ArgumentParser(add_help=False, parents=[common])
-    client.add_argument("--url", help="gateway REST URL (default: from the config)")
-    client.add_argument("--token", help="bearer token with review:read/review:decide "
-                        "(default: $AIOS_TOKEN, else a dev token from the config's secret)")
+    client = admin_client(common, "review:read/review:decide")
     client.add_argument("--as", dest="as_", default="reviewer",
                         help="subject of the dev token (default: reviewer)")
     client.add_argument("--json", action="store_true", help="the API's JSON answer")

@@ -82,16 +82,22 @@ def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
     return 0
 
 
+def admin_client(common: argparse.ArgumentParser, scopes: str) -> argparse.ArgumentParser:
+    """The options of a command that calls the gateway's admin API."""
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument("--url", help="gateway REST URL (default: from the config)")
+    client.add_argument("--token", help=f"bearer token with {scopes} (default: $AIOS_TOKEN, "
+                        "else a dev token from the config's secret)")
+    return client
+
+
 def add_routes_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `aios routes …` to the CLI."""
     routes = sub.add_parser("routes", help="read and change routing tables (admin API)",
                             description="read and change routing tables (admin API)")
     routes.set_defaults(handler=run_routes)
     rsub = routes.add_subparsers(dest="routes_command", required=True, metavar="COMMAND")
-    client = argparse.ArgumentParser(add_help=False, parents=[common])
-    client.add_argument("--url", help="gateway REST URL (default: from the config)")
-    client.add_argument("--token", help="bearer token with routes:read/routes:write "
-                        "(default: $AIOS_TOKEN, else a dev token from the config's secret)")
+    client = admin_client(common, "routes:read/routes:write")
     rsub.add_parser("list", parents=[client], help="every model's routing table")
     get = rsub.add_parser("get", parents=[client], help="one model's routing table")
     get.add_argument("model")

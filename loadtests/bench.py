@@ -302,10 +302,11 @@ REVIEW_VARIANTS: list[tuple[str, list[dict[str, Any]]]] = [
 ]
 
 
-def review_ab(stack: Stack, seconds: float, connections: int) -> list[Swap]:
+def review_ab(stack: Stack, seconds: float, connections: int, rounds_n: int) -> list[Swap]:
     """One sidecar with review on, its gates switched through the review store between
     paired rounds (the same process measured without and with them: two processes
-    differ by more than the gates cost): none against each set of REVIEW_VARIANTS."""
+    differ by more than the gates cost): none against each set of REVIEW_VARIANTS, in
+    ``rounds`` pairs."""
     from aios.reviewstore import GateRevision, open_review_store
 
     db = stack.workdir / "reviews.db"
@@ -326,11 +327,13 @@ def review_ab(stack: Stack, seconds: float, connections: int) -> list[Swap]:
     try:
         for label, config in REVIEW_VARIANTS:
             swap = Swap(label)
-            for i in range(PAIRED_ROUNDS):
+            for i in range(rounds_n):
                 rounds: list[tuple[list[dict[str, Any]], list[float], list[float]]] = [
                     ([], swap.ours_rps, swap.ours_cpu_us),
                     (config, swap.theirs_rps, swap.theirs_cpu_us)]
-                for chosen, rps, cpu in rounds:
+                # Every other round the other way round: a drift of the machine over the
+                # run then weighs on both sides alike.
+                for chosen, rps, cpu in rounds if i % 2 == 0 else rounds[::-1]:
                     gates(chosen)
                     before = stack.cpu_seconds("sidecar_review")
                     run = wrk(path, rest, {}, connections, seconds, stack.workdir)
@@ -347,9 +350,10 @@ def review_ab(stack: Stack, seconds: float, connections: int) -> list[Swap]:
 
 def review_markdown(swaps: list[Swap]) -> str:
     """The A/B table of the review gates (the sidecar's CPU, without and with)."""
-    lines = ["", f"Review gates, one sidecar without and with them ({PAIRED_ROUNDS} paired "
-             "rounds, gates switched live; REST batch 1, straight to the sidecar; CPU is "
-             "the sidecar's):", "",
+    lines = ["", f"Review gates, one sidecar without and with them "
+             f"({len(swaps[0].ours_cpu_us)} paired rounds, gates switched live, order "
+             "alternating; REST batch 1, straight to the sidecar; CPU is the sidecar's):",
+             "",
              "| added | req/s without / with | CPU µs/req without / with | CPU added "
              "(median, range) |", "|---|---|---|---|"]
     for s in swaps:
@@ -840,8 +844,9 @@ def main() -> int:
     parser.add_argument("--transports", action="store_true",
                         help="also run each of our transports against the library it "
                         "replaces (uvicorn, aiohttp, redis-py), paired")
-    parser.add_argument("--review", action="store_true",
-                        help="also run the sidecar without and with review gates, paired")
+    parser.add_argument("--review", type=int, nargs="?", const=PAIRED_ROUNDS, default=0,
+                        metavar="ROUNDS", help="also run one sidecar without and with "
+                        f"review gates, in ROUNDS pairs (default {PAIRED_ROUNDS})")
     parser.add_argument("--tail-seconds", type=float, default=15.0,
                         help="each paired round's fixed-rate window (the headline tails)")
     parser.add_argument("--connections", type=int, default=16)
@@ -874,7 +879,8 @@ def main() -> int:
                                args.rate, args.connections, args.tail_seconds)
             swaps = transports_ab(stack, build_transports(stack, redis_url, every),
                                   args.seconds, args.connections) if args.transports else []
-            reviews = review_ab(stack, args.seconds, args.connections) if args.review else []
+            reviews = review_ab(stack, args.seconds, args.connections, args.review) \
+                if args.review else []
             rss = {name: stack.peak_rss_mib(name) for name, s in stack.services.items()
                    if s.ours}
     finally:

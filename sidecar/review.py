@@ -182,12 +182,10 @@ class ReviewDesk:
         done = 0
         for item in await asyncio.to_thread(self._store.unfinished, self._source,
                                             FINISH_BATCH):
-            if not item.chained:
-                if self._log is not None:
-                    record = reviewer_record(item)
-                    error = (await self._log.append_many([record]))[0]
-                    if error is not None:
-                        raise error
+            if not item.chained and self._log is not None:  # no log: nothing to chain
+                error = (await self._log.append_many([reviewer_record(item)]))[0]
+                if error is not None:
+                    raise error
                 item = await asyncio.to_thread(
                     self._store.change, item.id, lambda i: mark(i, "chained", time.time_ns()))
             await self._announcer.announce(item)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ from tests.helpers import (
 )
 from tests.postgres import PostgresServer
 from tests.redis_server import RedisServer
+from tests.webhook import WebhookReceiver
 
 BAND = (0.35, 0.75)
 GATES = {"claims_risk": {"gates": [
@@ -65,33 +65,10 @@ SECRET = b"webhook-secret-for-the-tests-0123456789"
 STREAM = "aios:reviews:test"
 
 
-class Hook:
-    """A webhook receiver: answers 503 to the first delivery of each event (so every
-    event is retried), 200 after; keeps what arrived."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, bytes, str]] = []  # (event id, body, signature)
-        self.attempts: dict[str, int] = {}
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                event = self.headers["x-aios-event-id"]
-                hook.attempts[event] = hook.attempts.get(event, 0) + 1
-                ok = hook.attempts[event] > 1
-                if ok:
-                    hook.received.append((event, body, self.headers["x-aios-signature"]))
-                self.send_response(200 if ok else 503)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/decided"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+def webhook() -> WebhookReceiver:
+    """A receiver that answers 503 to the first delivery of each event (so every event is
+    retried), 200 after."""
+    return WebhookReceiver(lambda event, attempt: 503 if attempt == 1 else 200)
 
 
 @dataclass
@@ -103,12 +80,12 @@ class Desk:
     store_url: str
     config: Path  # the sidecar's config (for the CLI)
     redis_url: str
-    hook: Hook
+    hook: WebhookReceiver
     triton_http: str
 
 
 def review_sidecar(stack: Stack, tmp: Path, store_url: str, redis_url: str,
-                   hook: Hook, gates: dict[str, Any] | None = None) -> tuple[
+                   hook: WebhookReceiver, gates: dict[str, Any] | None = None) -> tuple[
                        dict[str, Any], int, int]:
     http_port, grpc_port = free_ports(2)
     key = tmp / "signing.pem"
@@ -133,7 +110,7 @@ def desk(stack: Stack, redis_server: RedisServer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
     tmp = tmp_path_factory.mktemp("review")
     store = str(tmp / "reviews.db")
-    hook = Hook()
+    hook = webhook()
     sidecar, s_http, s_grpc = review_sidecar(stack, tmp, store, redis_server.url, hook)
     config_path = tmp / f"sidecar-{s_http}.yaml"
     gateway, g_http, g_grpc = gateway_config(
@@ -144,7 +121,7 @@ def desk(stack: Stack, redis_server: RedisServer,
         yield Desk(f"127.0.0.1:{g_http}", f"127.0.0.1:{g_grpc}", f"127.0.0.1:{s_http}",
                    tmp / "decisions", store, config_path, redis_server.url, hook,
                    stack.triton_http)
-    hook.server.shutdown()
+    hook.close()
 
 
 def reviewer(subject: str, scope: str = "review:read review:decide") -> dict[str, str]:
@@ -366,6 +343,33 @@ def test_who_may_do_what_and_bad_queries(desk: Desk, method: str, path: str, sco
     assert no_token.status_code == 401
 
 
+def test_the_grpc_api_claims_releases_lists_and_counts(desk: Desk) -> None:
+    rid = queued(desk, "CLM-GRPC", 2106)
+    metadata = tuple(reviewer("dana").items())
+    with grpc.insecure_channel(desk.gateway_grpc) as channel:
+        stub = pb_grpc.ReviewApiStub(channel)
+        claimed = json.loads(stub.Claim(pb.ClaimRequest(id=rid, lease_s=30),
+                                        metadata=metadata, timeout=30).json)
+        assert (claimed["state"], claimed["claimed_by"]) == ("claimed", "dana")
+        listed = json.loads(stub.List(pb.ListRequest(state="claimed", limit=1000),
+                                      metadata=metadata, timeout=30).json)
+        assert rid in [r["id"] for r in listed["reviews"]]
+        released = json.loads(stub.Release(pb.ItemRequest(id=rid), metadata=metadata,
+                                           timeout=30).json)
+        assert released["state"] == "pending"
+        shown = json.loads(stub.Get(pb.ItemRequest(id=claimed["decision_id"]),
+                                    metadata=metadata, timeout=30).json)
+        assert shown["id"] == rid and [h["action"] for h in shown["history"]] == [
+            "queued", "claim", "release"]
+        stats = json.loads(stub.Stats(pb.StatsRequest(), metadata=metadata, timeout=30).json)
+        assert stats["open"]["unsure"] >= 1
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SetGates(pb.SetGatesRequest(model="claims_risk", gates_json="{}"),
+                          metadata=metadata, timeout=30)
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED, "token lacks the scope 'review:admin'")
+
+
 def test_two_reviewers_deciding_at_once_exactly_one_wins(desk: Desk) -> None:
     for n in range(5):
         rid = queued(desk, f"CLM-RACE-{n}", 2105 + n)
@@ -406,15 +410,13 @@ def test_a_decision_is_chained_beside_the_models_record_and_announced(desk: Desk
     assert f"review of decision {doc['decision_id']} by ann" in shown.stdout
     assert 'final         {"risk_score": [0.9]}' in shown.stdout
 
-    def announced() -> bool:
-        return any(e == rid for e, _, _ in desk.hook.received)
-
-    wait_until(announced, 10, "webhook delivered")
-    _, body, signature = next(h for h in desk.hook.received if h[0] == rid)
-    expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(signature, expected)
-    assert desk.hook.attempts[rid] == 2, "the 503 was retried once"
-    assert json.loads(body)["final"] == {"risk_score": [0.9]}
+    wait_until(lambda: desk.hook.delivered(rid) is not None, 10, "webhook delivered")
+    delivery = desk.hook.delivered(rid)
+    assert delivery is not None
+    expected = "sha256=" + hmac.new(SECRET, delivery.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(delivery.signature, expected)
+    assert desk.hook.attempts(rid) == 2, "the 503 was retried once"
+    assert json.loads(delivery.body)["final"] == {"risk_score": [0.9]}
     stream = redis.Redis.from_url(desk.redis_url).xrange(STREAM)
     events = [json.loads(fields[b"event"]) for _, fields in stream]
     assert [e["action"] for e in events if e["review_id"] == rid] == ["override"]
@@ -531,7 +533,7 @@ def test_nothing_lost_or_doubled_across_a_sidecar_kill_and_a_postgres_restart(
         stack: Stack, redis_server: RedisServer, tmp_path: Path) -> None:
     database = PostgresServer()
     database.start()
-    hook = Hook()
+    hook = webhook()
     try:
         sidecar, s_http, s_grpc = review_sidecar(stack, tmp_path, database.url,
                                                  redis_server.url, hook)
@@ -569,5 +571,5 @@ def test_nothing_lost_or_doubled_across_a_sidecar_kill_and_a_postgres_restart(
         assert sorted(r.review_id for r in logged if not r.kind) == sorted(ids)
         assert [r.review_id for r in logged if r.kind == "review"] == [ids[0]]
     finally:
-        hook.server.shutdown()
+        hook.close()
         database.remove()

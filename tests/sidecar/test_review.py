@@ -9,9 +9,7 @@ import gzip
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from aios.reviewqueue import Item, decide, new_item
 from aios.upstream import GrpcReply, HttpReply
 from sidecar.review import Queued, reviewed, reviewer_record
 from sidecar.reviewevents import Announcer, signature
+from tests.webhook import WebhookReceiver
 
 ANSWER = {"model_name": "claims_risk", "model_version": "2",
           "outputs": [{"name": "risk_score", "datatype": "FP32", "shape": [1, 1],
@@ -105,30 +104,6 @@ def test_the_reviewers_record_links_the_models_decision() -> None:
     assert json.loads(record.human_review.final_json) == {"risk_score": [0.9]}
 
 
-class Receiver:
-    """Answers each POST with the next status of ``statuses``."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.bodies: list[tuple[bytes, str]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.bodies.append((body, self.headers["x-aios-signature"]))
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def secret(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "secret"
@@ -157,13 +132,13 @@ def announce(url: str, secret: Path, attempts: int = 3) -> CollectorRegistry:
 ])
 def test_the_webhook_is_signed_and_retried_on_5xx_only(
         secret: Path, statuses: list[int], posts: int, retries: int, failures: int) -> None:
-    receiver = Receiver(list(statuses))
+    receiver = WebhookReceiver(lambda event, attempt: statuses[attempt - 1])
     try:
         registry = announce(receiver.url, secret)
     finally:
-        receiver.server.shutdown()
-    assert len(receiver.bodies) == posts
-    body, signed = receiver.bodies[-1]
+        receiver.close()
+    assert len(receiver.deliveries) == posts
+    body, signed = receiver.deliveries[-1].body, receiver.deliveries[-1].signature
     assert hmac.compare_digest(signed, "sha256=" + hmac.new(b"s" * 32, body,
                                                             hashlib.sha256).hexdigest())
     assert signed == signature(b"s" * 32, body)
