@@ -565,6 +565,10 @@ class TenantQuota(_Frozen):
     # "batch": a request costs its batch size (a batch of 64 claims costs 64).
     cost: Literal["request", "batch"] = "request"
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    # The most urgent Triton priority level the tenant may ask for (1 is Triton's most
+    # urgent; a larger number, less urgent): a request asking for a more urgent one is
+    # given this one. 0: the tenant may not ask, every request gets the model's default.
+    top_priority: int = Field(0, ge=0)
 
 
 class QuotaSettings(_Frozen):

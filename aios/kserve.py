@@ -33,9 +33,11 @@ DATATYPE_SIZES: dict[str, int] = {
 }
 MAX_DIMS = 16
 MAX_ELEMENTS = 1 << 40
-# Request parameters that steer Triton's scheduling: set by operators, never by clients.
-RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
-                                 "timeout"})
+# Request parameters clients may not set (sequences are not routed with affinity yet).
+RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
+# Triton's scheduling parameters: a priority level and a queue timeout in microseconds,
+# allowed within the caller's policy (the gateway clamps them, `gateway.scheduling`).
+SCHEDULING_PARAMETERS = ("priority", "timeout")
 
 
 def check_parameters(names: Iterable[str]) -> None:
@@ -43,6 +45,16 @@ def check_parameters(names: Iterable[str]) -> None:
     for name in names:
         if name in RESERVED_PARAMETERS or name.startswith("triton_"):
             raise InvalidInput(f"parameter '{name}' is reserved and cannot be set by clients")
+
+
+def check_scheduling(name: str, value: Any) -> int:
+    """A scheduling parameter's value: a non-negative integer, else InvalidInput."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        what = "a priority level (1 is the most urgent, 0 the model's default)" \
+            if name == "priority" else "a queue timeout in microseconds"
+        raise InvalidInput(f"parameter '{name}' must be a non-negative integer, {what}; "
+                           f"got {value!r}")
+    return value
 
 
 def error_text(body: bytes) -> str:
@@ -285,6 +297,9 @@ def check_infer_doc(doc: Any, header_length: int, binary_length: int = 0) -> Inf
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
     check_parameters(parameters)
+    for asked in SCHEDULING_PARAMETERS:
+        if asked in parameters:
+            check_scheduling(asked, parameters[asked])
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
@@ -329,3 +344,45 @@ def check_infer_doc(doc: Any, header_length: int, binary_length: int = 0) -> Inf
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
     return InferHeader(doc, header_length, batch)
+
+
+def with_json_parameters(body: bytes, header: InferHeader,
+                         values: dict[str, int]) -> tuple[bytes, int]:
+    """A REST infer body with request parameters set to ``values`` (its binary tensor data
+    kept as it is), and its new JSON header length."""
+    doc = {**header.doc, "parameters": {**header.doc.get("parameters", {}), **values}}
+    head = orjson.dumps(doc)
+    return head + body[header.length:], len(head)
+
+
+def grpc_scheduling(message: bytes) -> dict[str, int]:
+    """A ModelInferRequest's scheduling parameters (``SCHEDULING_PARAMETERS``) that are
+    set; the message is parsed only if it has one. InvalidInput for one that is not a
+    non-negative integer."""
+    names = peek_parameters(message)
+    if not any(name in SCHEDULING_PARAMETERS for name in names):
+        return {}
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest.FromString(message)
+    out = {}
+    for name in SCHEDULING_PARAMETERS:
+        if name in request.parameters:
+            parameter = request.parameters[name]
+            kind = parameter.WhichOneof("parameter_choice")
+            out[name] = check_scheduling(name, getattr(parameter, kind) if kind else None)
+    return out
+
+
+def with_grpc_parameters(message: bytes, values: dict[str, int]) -> bytes:
+    """A ModelInferRequest with request parameters set to ``values`` (each kept in the
+    integer kind the client used)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest.FromString(message)
+    for name, value in values.items():
+        parameter = request.parameters[name]
+        kind = parameter.WhichOneof("parameter_choice") or "int64_param"
+        setattr(parameter, kind if kind in ("int64_param", "uint64_param") else "int64_param",
+                value)
+    return bytes(request.SerializeToString())

@@ -23,7 +23,17 @@ from aios.errors import (
     UpstreamUnavailable,
 )
 from aios.ids import new_ulid
-from aios.kserve import check_parameters, peek_batch, peek_model, peek_parameters, with_model
+from aios.kserve import (
+    SCHEDULING_PARAMETERS,
+    check_parameters,
+    grpc_scheduling,
+    peek_batch,
+    peek_model,
+    peek_parameters,
+    with_grpc_parameters,
+    with_json_parameters,
+    with_model,
+)
 from aios.metrics import LoopCounter, RequestMetrics
 from aios.plane import (
     BUSINESS_KEY_HEADER,
@@ -61,6 +71,7 @@ from gateway.review_grpc import ReviewService, register_review
 from gateway.review_rest import review_routes
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
+from gateway.scheduling import Clamped, clamp
 from gateway.shadow import ShadowJob, ShadowRunner
 from gateway.versions import BackendVersions, ServedVersions
 
@@ -95,6 +106,24 @@ class Backend:
     http: HttpUpstream
     grpc: GrpcCalls
     batching: BackendBatching | None = None
+
+
+def scheduling_asked(call: ModelCall) -> dict[str, int]:
+    """A REST infer call's scheduling parameters (validated by the REST adapter)."""
+    if call.infer is None:
+        return {}
+    parameters = call.infer.doc.get("parameters") or {}
+    return {name: parameters[name] for name in SCHEDULING_PARAMETERS if name in parameters}
+
+
+def clamped_body(call: ModelCall, clamped: Clamped) -> tuple[bytes, Iterable[tuple[str, str]]]:
+    """A REST call's body and headers with its clamped parameters (as it came if none)."""
+    if not clamped.values or call.infer is None:
+        return call.body, call.headers
+    body, length = with_json_parameters(call.body, call.infer, clamped.values)
+    headers = [(k, str(length) if k == "inference-header-content-length" else v)
+               for k, v in call.headers]
+    return body, headers
 
 
 def route_headers(route: Route) -> dict[str, str]:
@@ -149,6 +178,8 @@ class GatewayPlane:
         self._tracing = tracing
         self._versions = versions
         self._open_calls = settings.auth.open_model_calls
+        self._quota_settings = settings.quota
+        self._request_timeouts = {n: b.request_timeout_s for n, b in settings.backends.items()}
         self._router = router
         self._backends = dict(backends)
         self._auth = auth
@@ -248,6 +279,13 @@ class GatewayPlane:
         self._routed.labels(model, route.target).inc()
         return result, route
 
+    def _clamp(self, asked: Mapping[str, int], admission: Admission, route: Route) -> Clamped:
+        """The caller's scheduling parameters within its tenant's policy and the route's
+        timeout (the backend's request timeout unless the target sets one)."""
+        tenant = admission.principal.tenant if admission.principal is not None else ""
+        return clamp(asked, self._quota_settings.for_tenant(tenant).top_priority,
+                     route.timeout_s or self._request_timeouts[route.backend])
+
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Admit, route and forward a REST model call."""
         with self._tracing.server(f"gateway {call.kind}", call.headers, model=call.model):
@@ -263,6 +301,8 @@ class GatewayPlane:
             mergeable = call.infer is not None and input_layout(
                 call.infer, content_headers(call.headers)) is not None
             decision = Decision.of(call.headers, key) if call.kind == "infer" else None
+            asked = scheduling_asked(call)
+            clamped: list[Clamped] = []
 
             async def send(route: Route) -> HttpReply:
                 backend = self._backends[route.backend]
@@ -271,10 +311,14 @@ class GatewayPlane:
                          **self._tracing.inject()}
                 if decision is not None:
                     extra.update(decision.for_record(route))
+                body, headers = call.body, call.headers
+                if asked:
+                    clamped.append(self._clamp(asked, admission, route))
+                    body, headers = clamped_body(call, clamped[-1])
                 if mergeable and backend.batching is not None:
                     return await backend.batching.forward(
-                        path, call.body, list(call.headers), extra, route.timeout_s, call.batch)
-                return await backend.http.request(call.method, path, call.body, call.headers,
+                        path, body, list(headers), extra, route.timeout_s, call.batch)
+                return await backend.http.request(call.method, path, body, headers,
                                                   extra, route.timeout_s)
 
             with self._metrics.track(call.model, call.version, "rest") as outcome:
@@ -282,8 +326,9 @@ class GatewayPlane:
                     call.model, call.version, key, send,
                     lambda r: r.status in UPSTREAM_FAILURE_STATUSES)
                 outcome.code = str(reply.status)
+            said = clamped[-1].header() if clamped else {}
             if decision is None:
-                return HttpReply(reply.status, {**reply.headers, **route_headers(route)},
+                return HttpReply(reply.status, {**reply.headers, **route_headers(route), **said},
                                  reply.body)
             if reply.status == 200 and self._shadows.sampled(table.shadow):
                 assert table.shadow is not None
@@ -292,7 +337,7 @@ class GatewayPlane:
                     decision.shadow_identity(admission.identity()), reply,
                     trace=self._tracing.inject()))
             return HttpReply(reply.status, {**reply.headers, **route_headers(route),
-                                            **decision.ids()}, reply.body)
+                                            **decision.ids(), **said}, reply.body)
         finally:
             self._done(admission)
 
@@ -309,16 +354,23 @@ class GatewayPlane:
         if version:
             await self._versions.check(table, version)
         kind = GRPC_CALL_KINDS[method.rsplit("/", 1)[1]]
+        asked: dict[str, int] = {}
         if kind == "infer":
             check_parameters(peek_parameters(payload))
+            asked = grpc_scheduling(payload)
         admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
             key = self._sticky_key(table, admission, metadata)
             decision = Decision.of(metadata, key) if kind == "infer" else None
+            clamped: list[Clamped] = []
 
             async def send(route: Route) -> GrpcReply:
                 body = payload if route.version == version else with_model(
                     payload, version=route.version)
+                if asked:
+                    clamped.append(self._clamp(asked, admission, route))
+                    if clamped[-1].values:
+                        body = with_grpc_parameters(body, clamped[-1].values)
                 extra = {**admission.identity(), **route_headers(route),
                          **self._tracing.inject()}
                 if decision is not None:
@@ -329,7 +381,8 @@ class GatewayPlane:
             with self._metrics.track(model, version, "grpc") as outcome:
                 reply, route = await self._send(model, version, key, send, lambda r: False)
                 outcome.code = "OK"
-            trailing = (*reply.trailing, *route_headers(route).items())
+            trailing = (*reply.trailing, *route_headers(route).items(),
+                        *(clamped[-1].header().items() if clamped else ()))
             if decision is None:
                 return GrpcReply(reply.payload, trailing)
             if self._shadows.sampled(table.shadow):

@@ -145,3 +145,36 @@ def test_header_length_rejects(value: str, length: int, error: str) -> None:
 def test_header_length_defaults_to_body() -> None:
     assert json_header_length(None, 42) == 42
     assert json_header_length("7", 42) == 7
+
+
+def test_scheduling_parameters_are_rewritten_in_place_of_the_asked_ones() -> None:
+    import orjson
+    from tritonclient.grpc import service_pb2
+
+    from aios.kserve import (
+        grpc_scheduling,
+        validate_infer_request,
+        with_grpc_parameters,
+        with_json_parameters,
+    )
+
+    head = orjson.dumps({"parameters": {"priority": 1, "other": "x"}, "inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 1],
+         "parameters": {"binary_data_size": 4}}]})
+    body = head + b"\x00\x00\x80\x3f"
+    header = validate_infer_request(body, len(head))
+    rewritten, length = with_json_parameters(body, header, {"priority": 3})
+    assert orjson.loads(rewritten[:length])["parameters"] == {"priority": 3, "other": "x"}
+    assert rewritten[length:] == b"\x00\x00\x80\x3f"
+
+    request = service_pb2.ModelInferRequest(model_name="m")
+    request.parameters["priority"].uint64_param = 1
+    request.parameters["timeout"].int64_param = 99
+    message = request.SerializeToString()
+    assert grpc_scheduling(message) == {"priority": 1, "timeout": 99}
+    again = service_pb2.ModelInferRequest.FromString(
+        with_grpc_parameters(message, {"priority": 2}))
+    assert (again.parameters["priority"].uint64_param, again.parameters["timeout"].int64_param,
+            again.model_name) == (2, 99, "m")
+    assert grpc_scheduling(service_pb2.ModelInferRequest(model_name="m").SerializeToString()) \
+        == {}

@@ -62,8 +62,12 @@ REST = {
                                "Inference-Header-Content-Length must be a non-negative"),
     "reserved sequence_id": (body(parameters={"sequence_id": 7}), {}, 400,
                              "parameter 'sequence_id' is reserved"),
-    "reserved priority": (body(parameters={"priority": 1}), {}, 400,
-                          "parameter 'priority' is reserved"),
+    "negative priority": (body(parameters={"priority": -1}), {}, 400,
+                          "parameter 'priority' must be a non-negative integer, a priority "
+                          "level (1 is the most urgent, 0 the model's default); got -1"),
+    "timeout as text": (body(parameters={"timeout": "5s"}), {}, 400,
+                        "parameter 'timeout' must be a non-negative integer, a queue timeout "
+                        "in microseconds; got '5s'"),
     "reserved triton_*": (body(parameters={"triton_enable_empty_final_response": True}), {},
                           400, "parameter 'triton_enable_empty_final_response' is reserved"),
 }
@@ -90,6 +94,12 @@ def raw_request(**fields: object) -> bytes:
     return bytes(req.SerializeToString())
 
 
+def priority_request() -> bytes:
+    req = service_pb2.ModelInferRequest.FromString(raw_request())
+    req.parameters["priority"].double_param = 1.5
+    return bytes(req.SerializeToString())
+
+
 GRPC = {
     "truncated protobuf": (grpc_request()[:-3], "malformed protobuf"),
     "wrong wire type": (b"\x0b\x01", "malformed protobuf: unsupported wire type 3"),
@@ -99,6 +109,8 @@ GRPC = {
     "reserved sequence_id": (raw_request(parameters=["sequence_id"]),
                              "parameter 'sequence_id' is reserved"),
     "reserved triton_*": (raw_request(parameters=["triton_x"]), "parameter 'triton_x' is"),
+    "priority as a double": (priority_request(), "parameter 'priority' must be a non-negative "
+                                                 "integer"),
 }
 
 
