@@ -33,17 +33,15 @@ DATATYPE_SIZES: dict[str, int] = {
 }
 MAX_DIMS = 16
 MAX_ELEMENTS = 1 << 40
-# Request parameters clients may not set (sequences are not routed with affinity yet).
-RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
 # Triton's scheduling parameters: a priority level and a queue timeout in microseconds,
 # allowed within the caller's policy (the gateway clamps them, `gateway.scheduling`).
 SCHEDULING_PARAMETERS = ("priority", "timeout")
 
 
 def check_parameters(names: Iterable[str]) -> None:
-    """InvalidInput if a client sets a reserved parameter."""
+    """InvalidInput if a client sets a reserved parameter (Triton's own ``triton_*``)."""
     for name in names:
-        if name in RESERVED_PARAMETERS or name.startswith("triton_"):
+        if name.startswith("triton_"):
             raise InvalidInput(f"parameter '{name}' is reserved and cannot be set by clients")
 
 

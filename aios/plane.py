@@ -34,6 +34,9 @@ SHADOW_OF_HEADER = "x-aios-shadow-of"
 # A shadow copy: the primary's decisions (`aios.compare.encode_expected`).
 SHADOW_COMPARE_HEADER = "x-aios-shadow-compare"
 REQUEST_ID_HEADER = "x-request-id"
+# A call of a sequence: its id, and its place in the sequence (1: its first request).
+SEQUENCE_HEADER = "x-aios-sequence"
+SEQUENCE_POSITION_HEADER = "x-aios-sequence-position"
 # A decision a review gate sent to people: "pending", and the review's id.
 REVIEW_HEADER = "x-aios-review"
 REVIEW_ID_HEADER = "x-aios-review-id"

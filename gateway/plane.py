@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2
 
 from aios.batching import content_headers, input_layout
 from aios.config import GatewaySettings
 from aios.errors import (
+    Conflict,
     InvalidInput,
     NotReady,
     UpstreamConnectFailed,
@@ -42,6 +44,8 @@ from aios.plane import (
     REASON_HEADER,
     REQUEST_ID_HEADER,
     REVISION_HEADER,
+    SEQUENCE_HEADER,
+    SEQUENCE_POSITION_HEADER,
     SHADOW_OF_HEADER,
     SUBJECT_HEADER,
     TARGET_HEADER,
@@ -51,6 +55,7 @@ from aios.plane import (
     header_value,
     model_path,
 )
+from aios.redisconf import RedisEndpoint
 from aios.reviewstore import open_review_store
 from aios.serve import ServiceParts, run_service
 from aios.signedlog import SignedLog
@@ -72,12 +77,24 @@ from gateway.review_rest import review_routes
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
 from gateway.scheduling import Clamped, clamp
+from gateway.sequences import (
+    SEQUENCE_PARAMETERS,
+    IdleTimeouts,
+    LocalSequences,
+    RedisSequences,
+    SequenceCall,
+    SequenceMap,
+    grpc_parameters,
+    sequence_of,
+)
 from gateway.shadow import ShadowJob, ShadowRunner
 from gateway.versions import BackendVersions, ServedVersions
 
 logger = logging.getLogger(__name__)
 
 UPSTREAM_FAILURE_STATUSES = frozenset({502, 503, 504})
+# A sequence's lookup in Redis, at most (it is on the request path).
+SEQUENCE_REDIS_TIMEOUT_S = 0.5
 
 R = TypeVar("R", HttpReply, GrpcReply)
 
@@ -128,7 +145,11 @@ def clamped_body(call: ModelCall, clamped: Clamped) -> tuple[bytes, Iterable[tup
 
 def route_headers(route: Route) -> dict[str, str]:
     """What served a call, for the response and for the sidecar's decision record."""
-    return {TARGET_HEADER: route.target, REVISION_HEADER: str(route.revision)}
+    out = {TARGET_HEADER: route.target, REVISION_HEADER: str(route.revision)}
+    if route.sequence:
+        out[SEQUENCE_HEADER] = route.sequence
+        out[SEQUENCE_POSITION_HEADER] = str(route.position)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +195,12 @@ class GatewayPlane:
                  backends: Mapping[str, Backend], auth: Authenticator | None,
                  quotas: Quotas | None, breaker: Breaker, shadows: ShadowRunner,
                  metrics: RequestMetrics, registry: CollectorRegistry,
-                 tracing: Tracing, versions: ServedVersions) -> None:
+                 tracing: Tracing, versions: ServedVersions,
+                 sequences: SequenceMap | None = None,
+                 idle: IdleTimeouts | None = None) -> None:
         self._tracing = tracing
+        self._sequences = sequences or LocalSequences()
+        self._idle = idle or IdleTimeouts({n: b.http for n, b in backends.items()})
         self._versions = versions
         self._open_calls = settings.auth.open_model_calls
         self._quota_settings = settings.quota
@@ -247,17 +272,19 @@ class GatewayPlane:
 
     async def _send(self, model: str, pinned: str, key: str | None,
                     send: Callable[[Route], Awaitable[R]], failed: Callable[[R], bool],
-                    ) -> tuple[R, Route]:
-        """Route and send; retry once elsewhere if the connection failed (nothing was sent)."""
+                    sequence: SequenceCall | None = None) -> tuple[R, Route]:
+        """Route and send; retry once elsewhere if the connection failed (nothing was sent),
+        unless the call belongs to a sequence, whose state lives where it is held."""
         ejected = self._breaker.ejected(model)
         with self._tracing.span("route"):
-            route = self._router.resolve(model, pinned, key, ejected)
+            route = self._router.resolve(model, pinned, key, ejected) if sequence is None \
+                else await self._sequence_route(model, pinned, key, sequence, ejected)
         try:
             with self._tracing.span("forward", target=route.target):
                 result = await send(route)
         except UpstreamConnectFailed as exc:
             self._breaker.record(model, route.target, False)
-            if pinned:
+            if pinned or sequence is not None:
                 raise
             try:
                 retry = self._router.resolve(model, pinned, key, ejected | {route.target})
@@ -277,7 +304,39 @@ class GatewayPlane:
             raise
         self._breaker.record(model, route.target, not failed(result))
         self._routed.labels(model, route.target).inc()
+        if sequence is not None and sequence.end:
+            await self._sequences.release(model, sequence.id)
         return result, route
+
+    async def _sequence_route(self, model: str, pinned: str, key: str | None,
+                              sequence: SequenceCall, ejected: frozenset[str]) -> Route:
+        """Where a sequence's request goes: where the sequence is held, or (its first
+        request, or one after the sequence idled out) where the weights say, held there."""
+        if not sequence.start:
+            held = await self._sequences.held(model, sequence.id, await self._idle_s(model))
+            if held is not None:
+                route = self._router.route_to(model, held.target)
+                if route is None:
+                    raise Conflict(f"sequence {sequence.id} of model '{model}' is held on "
+                                   f"target '{held.target}', which its routing table no "
+                                   "longer has: start the sequence again")
+                if held.target in ejected:
+                    raise NotReady(f"sequence {sequence.id} of model '{model}' is held on "
+                                   f"target '{held.target}', which is ejected as failing; "
+                                   "its state lives there, so it is not moved: start the "
+                                   "sequence again")
+                return dataclasses.replace(route, sequence=sequence.id,
+                                           position=held.position)
+        route = self._router.resolve(model, pinned, key, ejected)
+        held = await self._sequences.hold(model, sequence.id, route.target,
+                                          await self._idle_s(model, route.backend))
+        return dataclasses.replace(route, sequence=sequence.id, position=held.position)
+
+    async def _idle_s(self, model: str, backend: str | None = None) -> float:
+        """The model's sequence idle timeout (as its first target's backend configures it)."""
+        if backend is None:
+            backend = self._router.table(model).targets[0].backend
+        return await self._idle.idle_s(backend, model)
 
     def _clamp(self, asked: Mapping[str, int], admission: Admission, route: Route) -> Clamped:
         """The caller's scheduling parameters within its tenant's policy and the route's
@@ -303,6 +362,8 @@ class GatewayPlane:
             decision = Decision.of(call.headers, key) if call.kind == "infer" else None
             asked = scheduling_asked(call)
             clamped: list[Clamped] = []
+            sequence = sequence_of(call.infer.doc.get("parameters") or {}) \
+                if call.infer is not None else None
 
             async def send(route: Route) -> HttpReply:
                 backend = self._backends[route.backend]
@@ -324,13 +385,15 @@ class GatewayPlane:
             with self._metrics.track(call.model, call.version, "rest") as outcome:
                 reply, route = await self._send(
                     call.model, call.version, key, send,
-                    lambda r: r.status in UPSTREAM_FAILURE_STATUSES)
+                    lambda r: r.status in UPSTREAM_FAILURE_STATUSES, sequence)
                 outcome.code = str(reply.status)
             said = clamped[-1].header() if clamped else {}
             if decision is None:
                 return HttpReply(reply.status, {**reply.headers, **route_headers(route), **said},
                                  reply.body)
-            if reply.status == 200 and self._shadows.sampled(table.shadow):
+            # A sequence's requests are not mirrored: the shadow would see only some of them.
+            if reply.status == 200 and sequence is None and \
+                    self._shadows.sampled(table.shadow):
                 assert table.shadow is not None
                 self._shadows.offer(ShadowJob(
                     call.model, table.shadow, call.body, tuple(call.headers),
@@ -355,9 +418,14 @@ class GatewayPlane:
             await self._versions.check(table, version)
         kind = GRPC_CALL_KINDS[method.rsplit("/", 1)[1]]
         asked: dict[str, int] = {}
+        sequence = None
         if kind == "infer":
-            check_parameters(peek_parameters(payload))
+            names = peek_parameters(payload)
+            check_parameters(names)
             asked = grpc_scheduling(payload)
+            if any(name in SEQUENCE_PARAMETERS for name in names):
+                sequence = sequence_of(grpc_parameters(
+                    service_pb2.ModelInferRequest.FromString(payload).parameters))
         admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
             key = self._sticky_key(table, admission, metadata)
@@ -379,13 +447,14 @@ class GatewayPlane:
                     method, body, metadata, extra, route.timeout_s)
 
             with self._metrics.track(model, version, "grpc") as outcome:
-                reply, route = await self._send(model, version, key, send, lambda r: False)
+                reply, route = await self._send(model, version, key, send, lambda r: False,
+                                                sequence)
                 outcome.code = "OK"
             trailing = (*reply.trailing, *route_headers(route).items(),
                         *(clamped[-1].header().items() if clamped else ()))
             if decision is None:
                 return GrpcReply(reply.payload, trailing)
-            if self._shadows.sampled(table.shadow):
+            if sequence is None and self._shadows.sampled(table.shadow):
                 assert table.shadow is not None
                 self._shadows.offer(ShadowJob(model, table.shadow, payload, tuple(metadata),
                                               decision.shadow_identity(admission.identity()),
@@ -439,9 +508,15 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
             if settings.change_log.enabled else None
         admin = RoutingAdmin(settings, router, store, versions, breaker, changes)
         admin_auth = AdminAuth(auth)
+        sequences: SequenceMap = LocalSequences()
+        if settings.routing.store == "redis":  # every replica holds a sequence in one place
+            sequence_client = RedisEndpoint.from_url(settings.routing.redis_url).client(
+                SEQUENCE_REDIS_TIMEOUT_S, SEQUENCE_REDIS_TIMEOUT_S)
+            stack.push_async_callback(sequence_client.aclose)
+            sequences = RedisSequences(sequence_client, settings.routing.key_prefix)
         plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,
                              RequestMetrics(registry, "gateway"), registry, tracing,
-                             ServedVersions(versions))
+                             ServedVersions(versions), sequences)
         audit = await AuditReader.open(settings.audit, router)
         reviews = None
         if settings.review.store_url is not None:

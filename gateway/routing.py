@@ -143,8 +143,10 @@ class Route:
     version: str
     revision: int
     timeout_s: float | None
-    reason: str = "weights"  # weights | sticky | pinned | fallback | breaker
+    reason: str = "weights"  # weights | sticky | pinned | fallback | breaker | sequence
     weights: str = ""  # the table's weights in force: "name=weight,..."
+    sequence: str = ""  # the sequence the call belongs to, and its place in it
+    position: int = 0
 
 
 class Router:
@@ -201,6 +203,15 @@ class Router:
             owner, reason = self._fallback(table, slot, ejected), "breaker"
         t = table.target(owner)
         return Route(t.name, t.backend, t.version, table.revision, t.timeout_s, reason, weights)
+
+    def route_to(self, model: str, target: str) -> Route | None:
+        """The route to ``target`` of ``model``'s current table (None: it has none)."""
+        table = self.table(model)
+        for t in table.targets:
+            if t.name == target:
+                return Route(t.name, t.backend, t.version, table.revision, t.timeout_s,
+                             "sequence", self._weights[model])
+        return None
 
     @staticmethod
     def _fallback(table: ModelTable, slot: int, ejected: frozenset[str]) -> str:

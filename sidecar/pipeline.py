@@ -39,6 +39,8 @@ from aios.plane import (
     REASON_HEADER,
     REQUEST_ID_HEADER,
     REVISION_HEADER,
+    SEQUENCE_HEADER,
+    SEQUENCE_POSITION_HEADER,
     SHADOW_COMPARE_HEADER,
     SHADOW_HEADER,
     SHADOW_OF_HEADER,
@@ -68,7 +70,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RECORD_HEADERS = frozenset({REVISION_HEADER, TENANT_HEADER, SUBJECT_HEADER, TARGET_HEADER,
                             SHADOW_HEADER, "traceparent", REQUEST_ID_HEADER, DECISION_HEADER,
                             REASON_HEADER, WEIGHTS_HEADER, BUSINESS_KEY_HEADER,
-                            SHADOW_OF_HEADER, SHADOW_COMPARE_HEADER})
+                            SHADOW_OF_HEADER, SHADOW_COMPARE_HEADER, SEQUENCE_HEADER,
+                            SEQUENCE_POSITION_HEADER})
 
 
 @dataclass(slots=True)
@@ -438,7 +441,11 @@ class Pipeline:
             trace_id=trace_id(seen.get("traceparent")) or (
                 current_trace_id() if self._tracing.enabled else ""),
             parity_flags=flags, outcome=outcome, error=error[:1000],
-            shadow=seen.get(SHADOW_HEADER) == "1" or mirrored(call.headers))
+            shadow=seen.get(SHADOW_HEADER) == "1" or mirrored(call.headers),
+            sequence_id=seen.get(SEQUENCE_HEADER, "")[:128])
+        position = seen.get(SEQUENCE_POSITION_HEADER, "")
+        if position.isascii() and position.isdigit() and int(position) < 2**32:
+            record.sequence_position = int(position)
         input_rules = rules
         if self._features.drops_inputs(call.model, version):
             input_rules = dict.fromkeys(call.inputs, "drop")

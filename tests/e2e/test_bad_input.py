@@ -60,8 +60,9 @@ REST = {
     "negative header length": (infer_json([CLAIM]),
                                {"inference-header-content-length": "-5"}, 400,
                                "Inference-Header-Content-Length must be a non-negative"),
-    "reserved sequence_id": (body(parameters={"sequence_id": 7}), {}, 400,
-                             "parameter 'sequence_id' is reserved"),
+    "sequence_id not a number or string": (body(parameters={"sequence_id": [7]}), {}, 400,
+                                           "parameter 'sequence_id' must be a non-negative "
+                                           "integer or a string"),
     "negative priority": (body(parameters={"priority": -1}), {}, 400,
                           "parameter 'priority' must be a non-negative integer, a priority "
                           "level (1 is the most urgent, 0 the model's default); got -1"),
@@ -106,8 +107,8 @@ GRPC = {
     "raw length mismatch": (raw_request(raw=bytes(31)),
                             "raw_input_contents has 31 bytes; shape [1, 8] of FP32 needs 32"),
     "negative dim": (raw_request(shape=[-1, 8]), "shape [-1, 8] has a negative dim"),
-    "reserved sequence_id": (raw_request(parameters=["sequence_id"]),
-                             "parameter 'sequence_id' is reserved"),
+    "sequence_end without an id": (raw_request(parameters=["sequence_end"]),
+                                   "parameter 'sequence_end' needs a 'sequence_id'"),
     "reserved triton_*": (raw_request(parameters=["triton_x"]), "parameter 'triton_x' is"),
     "priority as a double": (priority_request(), "parameter 'priority' must be a non-negative "
                                                  "integer"),
