@@ -171,7 +171,7 @@ def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dic
         "shadow_agreement": _agreement(record),
         "review": {"id": record.review_id, "gate": record.review_gate}
         if record.review_id else None,
-        "sequence": {"id": record.sequence_id, "position": record.sequence_position}
+        "in_sequence": {"id": record.sequence_id, "position": record.sequence_position}
         if record.sequence_id else None,
         "inputs": [_tensor(t, meaning.features if meaning and t.name == meaning.input
                            else None) for t in record.inputs],
@@ -238,9 +238,9 @@ def text_block(doc: dict[str, Any]) -> str:
     ]
     if doc["shadow"]:
         lines.append(f"  shadow copy   of decision {doc['shadow_of'] or '-'} (no one acted on it)")
-    if doc["sequence"]:
-        lines.append(f"  sequence      {doc['sequence']['id']}, request "
-                     f"{doc['sequence']['position']} of it")
+    if doc["in_sequence"]:
+        lines.append(f"  sequence      {doc['in_sequence']['id']}, request "
+                     f"{doc['in_sequence']['position']} of it")
     if doc["review"]:
         lines.append(f"  review        sent to people by gate {doc['review']['gate']} "
                      f"(review {doc['review']['id']})")
