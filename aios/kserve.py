@@ -331,9 +331,10 @@ def check_infer_doc(doc: Any, header_length: int, binary_length: int = 0) -> Inf
             binary_total += size
         elif "data" not in tensor:
             raise InvalidInput(f"{where}: has neither 'data' nor 'binary_data_size'")
-        elif (found := _count(tensor["data"], datatype, where, tensor["shape"])) != count:
-            raise InvalidInput(f"{where}: shape {tensor['shape']} needs {count} values, "
-                               f"'data' has {found}")
+        elif _count(tensor["data"], datatype, where, tensor["shape"]) != count:
+            # Triton's own words (it answers them with a 500; a client's mistake is 400).
+            raise InvalidInput("Unable to parse 'data': Shape does not match true shape of "
+                               "'data' field")
     if binary_total != binary_length:
         raise InvalidInput(f"binary tensor data is {binary_length} bytes, "
                            f"the inputs declare {binary_total}")

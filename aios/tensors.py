@@ -105,6 +105,13 @@ _TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "i
                    "UINT32": "uint_contents", "UINT64": "uint64_contents"}
 
 
+def byte_size_mismatch(request: Any, name: str, need: int, got: int) -> InvalidInput:
+    """Triton's own words for an input whose bytes do not fill its shape."""
+    return InvalidInput(f"[request id: {request.id or '<id_unknown>'}] input byte size "
+                        f"mismatch for input '{name}' for model '{request.model_name}'. "
+                        f"Expected {need}, got {got}")
+
+
 def grpc_request_inputs(payload: bytes) -> tuple[service_pb2.ModelInferRequest, Tensors]:
     """The parsed ModelInferRequest and its numeric inputs, checked against their shapes.
 
@@ -127,16 +134,19 @@ def grpc_request_inputs(payload: bytes) -> tuple[service_pb2.ModelInferRequest, 
         dtype = NUMPY_DTYPES.get(t.datatype)
         if dtype is None:
             continue
+        need = count * np.dtype(dtype).itemsize
         if raw:
-            need = count * np.dtype(dtype).itemsize
+            if t.HasField("contents"):
+                raise InvalidInput(f"contents field must not be specified when using "
+                                   f"raw_input_contents for '{t.name}' for model "
+                                   f"'{req.model_name}'")
             if len(raw[i]) != need:
-                raise InvalidInput(f"input '{t.name}': raw_input_contents has {len(raw[i])} "
-                                   f"bytes; shape {shape} of {t.datatype} needs {need}")
+                raise byte_size_mismatch(req, t.name, need, len(raw[i]))
             out[t.name] = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
         elif t.datatype in _TYPED_CONTENTS:
             values = getattr(t.contents, _TYPED_CONTENTS[t.datatype])
             if len(values) != count:
-                raise InvalidInput(f"input '{t.name}': contents has {len(values)} values; "
-                                   f"shape {shape} needs {count}")
+                raise byte_size_mismatch(req, t.name, need,
+                                         len(values) * np.dtype(dtype).itemsize)
             out[t.name] = np.asarray(values, dtype=dtype).reshape(shape)
     return req, out

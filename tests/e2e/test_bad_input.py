@@ -50,7 +50,8 @@ REST = {
                          "is too large"),
     "shape and data disagree": (body(inputs=[{"name": "features", "datatype": "FP32",
                                               "shape": [2, 8], "data": CLAIM}]), {}, 400,
-                                "needs 16 values, 'data' has 8"),
+                                "Unable to parse 'data': Shape does not match true shape of "
+                                "'data' field"),
     "wrong datatype": (body(inputs=[{"name": "features", "datatype": "float",
                                      "shape": [1, 8], "data": CLAIM}]), {}, 400,
                        "unknown datatype 'float'"),
@@ -105,7 +106,8 @@ GRPC = {
     "truncated protobuf": (grpc_request()[:-3], "malformed protobuf"),
     "wrong wire type": (b"\x0b\x01", "malformed protobuf: unsupported wire type 3"),
     "raw length mismatch": (raw_request(raw=bytes(31)),
-                            "raw_input_contents has 31 bytes; shape [1, 8] of FP32 needs 32"),
+                            "[request id: <id_unknown>] input byte size mismatch for input "
+                            "'features' for model 'claims_risk'. Expected 32, got 31"),
     "negative dim": (raw_request(shape=[-1, 8]), "shape [-1, 8] has a negative dim"),
     "sequence_end without an id": (raw_request(parameters=["sequence_end"]),
                                    "parameter 'sequence_end' needs a 'sequence_id'"),

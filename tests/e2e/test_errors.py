@@ -68,9 +68,10 @@ CASES = {
         "/v2/models/claims_risk/infer",
         json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8],
                                 "data": CLAIM[:3]}]}).encode(),
-        400, "input 'features': shape [1, 8] needs 8 values, 'data' has 3",
+        400, "Unable to parse 'data': Shape does not match true shape of 'data' field",
         grpc_request(nbytes=12), grpc.StatusCode.INVALID_ARGUMENT,
-        "input 'features': raw_input_contents has 12 bytes; shape [1, 8] of FP32 needs 32"),
+        "[request id: <id_unknown>] input byte size mismatch for input 'features' for model "
+        "'claims_risk'. Expected 32, got 12"),
     "unknown datatype": Case(
         "/v2/models/claims_risk/infer",
         json.dumps({"inputs": [{"name": "features", "datatype": "FLOAT", "shape": [1, 8],

@@ -132,23 +132,31 @@ def test_rest_malformed_bodies_are_4xx(stack: Stack, hop: str, body: bytes, stat
 
 
 def grpc_infer(*, datatype: str = "FP32", shape: tuple[int, ...] = (1, 8),
-               inputs: int = 1, **contents: Any) -> bytes:
+               inputs: int = 1, raw: bytes | None = None, **contents: Any) -> bytes:
     req = service_pb2.ModelInferRequest(model_name="claims_risk")
     for _ in range(inputs):
         t = req.inputs.add(name="features", datatype=datatype)
         t.shape.extend(shape)
         for field, values in contents.items():
             getattr(t.contents, field).extend(values)
+        if raw is not None:
+            req.raw_input_contents.append(raw)
     return bytes(req.SerializeToString())
 
 
 # name: (message, code, the error's text)
 GRPC: dict[str, tuple[bytes, grpc.StatusCode, str]] = {
     "too few values": (grpc_infer(fp32_contents=CLAIM[:7]), grpc.StatusCode.INVALID_ARGUMENT,
-                       "input 'features': contents has 7 values; shape [1, 8] needs 8"),
+                       "[request id: <id_unknown>] input byte size mismatch for input "
+                       "'features' for model 'claims_risk'. Expected 32, got 28"),
     "contents of another type": (grpc_infer(int_contents=[1] * 8),
                                  grpc.StatusCode.INVALID_ARGUMENT,
-                                 "input 'features': contents has 0 values; shape [1, 8] needs 8"),
+                                 "[request id: <id_unknown>] input byte size mismatch for "
+                                 "input 'features' for model 'claims_risk'. Expected 32, got 0"),
+    "contents and raw contents": (grpc_infer(fp32_contents=CLAIM, raw=bytes(32)),
+                                  grpc.StatusCode.INVALID_ARGUMENT,
+                                  "contents field must not be specified when using "
+                                  "raw_input_contents for 'features' for model 'claims_risk'"),
     "no inputs": (grpc_infer(inputs=0), grpc.StatusCode.INVALID_ARGUMENT,
                   "expected 1 inputs but got 0 inputs for model 'claims_risk'"),
     "a datatype the model lacks": (grpc_infer(datatype="INT32", int_contents=[1] * 8),
