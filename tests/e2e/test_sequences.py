@@ -7,6 +7,7 @@ removed fails the sequence with a clear error."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import time
@@ -147,6 +148,32 @@ def test_tritonclient_sequences_over_both_protocols(replicas: list[Replica]) -> 
                                   headers=dict(AUTH))  # tritonclient adds to what it is given
             total += value
             assert result.as_numpy("OUTPUT").ravel().tolist() == [total]
+
+
+def test_tritonclients_aio_sequences_over_both_protocols(replicas: list[Replica]) -> None:
+    import tritonclient.grpc.aio as grpc_aio
+    import tritonclient.http.aio as http_aio
+
+    async def run() -> None:
+        rest = http_aio.InferenceServerClient(replicas[1].rest)
+        grpc_client = grpc_aio.InferenceServerClient(replicas[0].grpc)
+        try:
+            for n, client, module in ((3, rest, httpclient), (4, grpc_client, grpcclient)):
+                sequence = time.time_ns() % 10**9 + n
+                total = 0
+                for i, value in enumerate([7, 8, 9]):
+                    inputs = [module.InferInput("INPUT", [1, 1], "INT32")]
+                    inputs[0].set_data_from_numpy(np.asarray([[value]], dtype=np.int32))
+                    result = await client.infer(MODEL, inputs, sequence_id=sequence,
+                                                sequence_start=i == 0, sequence_end=i == 2,
+                                                headers=dict(AUTH))
+                    total += value
+                    assert result.as_numpy("OUTPUT").ravel().tolist() == [total]
+        finally:
+            await rest.close()
+            await grpc_client.close()
+
+    asyncio.run(run())
 
 
 def test_a_held_target_that_fails_or_leaves_the_table_fails_the_sequence(
