@@ -34,7 +34,7 @@ MAX_COMPARE_AND_SET = 20
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS aios_reviews (
     id TEXT PRIMARY KEY, decision_id TEXT NOT NULL, model TEXT NOT NULL,
-    gate TEXT NOT NULL, state TEXT NOT NULL, priority BIGINT NOT NULL,
+    tenant TEXT NOT NULL, gate TEXT NOT NULL, state TEXT NOT NULL, priority BIGINT NOT NULL,
     queued_ns BIGINT NOT NULL, decided_ns BIGINT NOT NULL, action TEXT NOT NULL,
     source TEXT NOT NULL, chained INTEGER NOT NULL, announced INTEGER NOT NULL,
     revision BIGINT NOT NULL, doc TEXT NOT NULL)""",
@@ -45,7 +45,7 @@ _TABLES = (
     model TEXT NOT NULL, revision BIGINT NOT NULL, doc TEXT NOT NULL, who TEXT NOT NULL,
     reason TEXT NOT NULL, time_ns BIGINT NOT NULL, PRIMARY KEY (model, revision))""",
 )
-_COLUMNS = ("id", "decision_id", "model", "gate", "state", "priority", "queued_ns",
+_COLUMNS = ("id", "decision_id", "model", "tenant", "gate", "state", "priority", "queued_ns",
             "decided_ns", "action", "source", "chained", "announced", "revision", "doc")
 
 
@@ -82,7 +82,7 @@ class ReviewStore(Protocol):
     def get(self, review_id: str) -> Item | None: ...
     def by_decision(self, decision_id: str) -> list[Item]: ...
     def items(self, state: str | None, gate: str | None, model: str | None,
-              limit: int, now_ns: int) -> list[Item]: ...
+              limit: int, now_ns: int, tenant: str | None = None) -> list[Item]: ...
     def change(self, review_id: str, step: Callable[[Item], Item]) -> Item: ...
     def unfinished(self, source: str, limit: int) -> list[Item]: ...
     def stats(self, now_ns: int) -> Stats: ...
@@ -94,9 +94,10 @@ class ReviewStore(Protocol):
 
 def _row(item: Item) -> tuple[Any, ...]:
     doc = item.to_store()
-    return (item.id, item.decision_id, item.model, item.gate, item.state, item.priority,
-            item.queued_ns, item.decided_ns, item.action, item.source, int(item.chained),
-            int(item.announced), item.revision, json.dumps(doc, separators=(",", ":")))
+    return (item.id, item.decision_id, item.model, item.tenant, item.gate, item.state,
+            item.priority, item.queued_ns, item.decided_ns, item.action, item.source,
+            int(item.chained), int(item.announced), item.revision,
+            json.dumps(doc, separators=(",", ":")))
 
 
 def _item(row: Any) -> Item:
@@ -184,11 +185,14 @@ class SqlReviewStore:
         return [_item(r) for r in rows]
 
     def items(self, state: str | None, gate: str | None, model: str | None, limit: int,
-              now_ns: int) -> list[Item]:
+              now_ns: int, tenant: str | None = None) -> list[Item]:
         """Items in review order (most urgent first, then oldest); ``state`` None: the
-        open ones (pending or claimed)."""
+        open ones (pending or claimed); ``tenant``: that tenant's alone."""
         where, args = ["state <> 'decided'" if state in (None, "pending", "claimed")
                        else "state = 'decided'"], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         for column, value in (("gate", gate), ("model", model)):
             if value:
                 where.append(f"{column} = ?")
@@ -213,15 +217,14 @@ class SqlReviewStore:
             if item is None:
                 raise NotFound(f"no review {review_id!r}")
             changed = step(item)
-            row = _row(changed)
             with self._session() as db:
                 cur = db.execute(self._sql(
                     "UPDATE aios_reviews SET state = ?, priority = ?, decided_ns = ?, "
                     "action = ?, chained = ?, announced = ?, doc = ?, revision = ? "
                     "WHERE id = ? AND revision = ?"),
                     (changed.state, changed.priority, changed.decided_ns, changed.action,
-                     row[10], row[11], row[13], item.revision + 1, review_id,
-                     item.revision))
+                     int(changed.chained), int(changed.announced), _row(changed)[-1],
+                     item.revision + 1, review_id, item.revision))
                 if cur.rowcount == 1:
                     return Item.from_store({**changed.to_store(),
                                             "revision": item.revision + 1})

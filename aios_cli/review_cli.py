@@ -15,7 +15,7 @@ from aios_cli.audit_cli import Bar, table
 from aios_cli.routes_cli import AdminError, admin_call, admin_client
 from aios_cli.tokens import mint_token
 
-SCOPES = "review:read review:decide"
+SCOPES = "review:read review:decide review:all-tenants"
 
 
 def _when(ns: int) -> str:

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from aios.errors import Forbidden, InvalidInput
 from aios.rest import read_body
 from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, Principal
 from gateway.routing import ModelTable
 
 MAX_ADMIN_BODY = 1 << 20
@@ -29,11 +29,15 @@ class AdminAuth:
 
     async def subject(self, authorization: str | None, scope: str) -> str:
         """The caller's subject if it holds ``scope``."""
+        return (await self.principal(authorization, scope)).subject
+
+    async def principal(self, authorization: str | None, scope: str) -> Principal:
+        """The caller if it holds ``scope``."""
         if self._auth is None:
             raise Forbidden("the admin API needs auth, which is disabled")
         principal = await self._auth.authenticate(authorization)
         self._auth.check(principal, scope)
-        return principal.subject
+        return principal
 
 
 async def read_json(request: Request, optional: bool = False) -> Any:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,11 @@ from aios.errors import AiosError, InvalidInput, NotFound
 from aios.reviewqueue import Item, claim, decide, release
 from aios.reviewstore import GateRevision, ReviewStore, Stats
 from gateway.admin import parse
+from gateway.auth import Principal
 
 READ, DECIDE, ADMIN = "review:read", "review:decide", "review:admin"
+# Without it a reviewer sees, claims and decides only their own tenant's items.
+ALL_TENANTS = "review:all-tenants"
 STATES = ("pending", "claimed", "decided")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -97,8 +101,29 @@ def stats_json(stats: Stats, now_ns: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Reviewer:
+    """Who is reviewing, and whose items they may see (None: every tenant's)."""
+
+    subject: str
+    tenant: str | None
+
+    @classmethod
+    def of(cls, principal: Principal) -> Reviewer:
+        return cls(principal.subject,
+                   None if principal.allows(ALL_TENANTS) else principal.tenant)
+
+    def sees(self, item: Item) -> bool:
+        return self.tenant is None or item.tenant == self.tenant
+
+
+def _not_found(ident: str) -> NotFound:
+    return NotFound(f"no review {ident!r} (nor one of a decision with that id)")
+
+
 class ReviewApi:
-    """Reads and decides review items, for both admin protocols."""
+    """Reads and decides review items, for both admin protocols. An item of a tenant the
+    reviewer may not see is not found (its existence is not revealed)."""
 
     def __init__(self, settings: ReviewApiSettings, store: ReviewStore,
                  registry: CollectorRegistry) -> None:
@@ -121,38 +146,49 @@ class ReviewApi:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
 
-    async def listing(self, params: Mapping[str, str]) -> dict[str, Any]:
+    async def listing(self, reviewer: Reviewer, params: Mapping[str, str]) -> dict[str, Any]:
         state, gate, model, limit = parse_listing(params)
         now = time.time_ns()
-        items: list[Item] = await self._run(self._store.items, state, gate, model, limit, now)
+        items: list[Item] = await self._run(self._store.items, state, gate, model, limit, now,
+                                            reviewer.tenant)
         return {"reviews": [i.to_json(now) for i in items], "count": len(items)}
 
-    async def item(self, ident: str) -> dict[str, Any]:
+    async def item(self, reviewer: Reviewer, ident: str) -> dict[str, Any]:
         """One item, by review id or by the decision id it is about."""
         now = time.time_ns()
         found: Item | None = await self._run(self._store.get, ident)
         if found is None:
             by_decision: list[Item] = await self._run(self._store.by_decision, ident)
-            if not by_decision:
-                raise NotFound(f"no review {ident!r} (nor one of a decision with that id)")
-            found = by_decision[-1]
+            found = by_decision[-1] if by_decision else None
+        if found is None or not reviewer.sees(found):
+            raise _not_found(ident)
         return found.to_json(now)
 
-    async def claim(self, who: str, ident: str, body: Any) -> dict[str, Any]:
+    async def _change(self, reviewer: Reviewer, ident: str,
+                      step: Callable[[Item], Item]) -> Item:
+        def seen(item: Item) -> Item:
+            if not reviewer.sees(item):
+                raise _not_found(ident)
+            return step(item)
+
+        changed: Item = await self._run(self._store.change, ident, seen)
+        return changed
+
+    async def claim(self, reviewer: Reviewer, ident: str, body: Any) -> dict[str, Any]:
         lease = parse(ClaimBody, body or {}).lease_s or self._settings.lease_s
-        item: Item = await self._run(self._store.change, ident,
-                                     lambda i: claim(i, who, time.time_ns(), lease))
+        item = await self._change(reviewer, ident, lambda i: claim(
+            i, reviewer.subject, time.time_ns(), lease))
         return item.to_json(time.time_ns())
 
-    async def release(self, who: str, ident: str) -> dict[str, Any]:
-        item: Item = await self._run(self._store.change, ident,
-                                     lambda i: release(i, who, time.time_ns()))
+    async def release(self, reviewer: Reviewer, ident: str) -> dict[str, Any]:
+        item = await self._change(reviewer, ident, lambda i: release(
+            i, reviewer.subject, time.time_ns()))
         return item.to_json(time.time_ns())
 
-    async def decide(self, who: str, ident: str, body: Any) -> dict[str, Any]:
+    async def decide(self, reviewer: Reviewer, ident: str, body: Any) -> dict[str, Any]:
         asked = parse(DecideBody, body)
-        item: Item = await self._run(self._store.change, ident, lambda i: decide(
-            i, who, time.time_ns(), asked.action, asked.reason, asked.value))
+        item = await self._change(reviewer, ident, lambda i: decide(
+            i, reviewer.subject, time.time_ns(), asked.action, asked.reason, asked.value))
         self._decisions.labels(asked.action).inc()
         if item.state == "decided":
             self._seconds.observe((item.decided_ns - item.queued_ns) / 1e9)

@@ -13,7 +13,7 @@ import orjson
 from aios.errors import InvalidInput, NotFound
 from aios.plane import header_value
 from gateway.admin_rest import AdminAuth
-from gateway.review import ADMIN, DECIDE, READ, ReviewApi
+from gateway.review import ADMIN, DECIDE, READ, ReviewApi, Reviewer
 from gateway.review_rest import NOT_CONFIGURED
 from proto import review_pb2 as pb
 from proto import review_pb2_grpc as pb_grpc
@@ -38,25 +38,26 @@ class ReviewService(pb_grpc.ReviewApiServicer):
         self._auth = auth
 
     async def _ready(self, context: grpc.aio.ServicerContext,
-                     scope: str) -> tuple[ReviewApi, str]:
+                     scope: str) -> tuple[ReviewApi, Reviewer]:
         metadata = context.invocation_metadata() or ()
-        who = await self._auth.subject(header_value(metadata, "authorization"), scope)
+        principal = await self._auth.principal(header_value(metadata, "authorization"),
+                                               scope)
         if self._api is None:
             raise NotFound(NOT_CONFIGURED)
-        return self._api, who
+        return self._api, Reviewer.of(principal)
 
     async def List(self, request: pb.ListRequest,
                    context: grpc.aio.ServicerContext) -> pb.ReviewDocument:
-        api, _ = await self._ready(context, READ)
+        api, who = await self._ready(context, READ)
         params = {name: str(getattr(request, name)) for name in ("state", "gate", "model",
                                                                  "limit")
                   if getattr(request, name)}
-        return _document(await api.listing(params))
+        return _document(await api.listing(who, params))
 
     async def Get(self, request: pb.ItemRequest,
                   context: grpc.aio.ServicerContext) -> pb.ReviewDocument:
-        api, _ = await self._ready(context, READ)
-        return _document(await api.item(request.id))
+        api, who = await self._ready(context, READ)
+        return _document(await api.item(who, request.id))
 
     async def Claim(self, request: pb.ClaimRequest,
                     context: grpc.aio.ServicerContext) -> pb.ReviewDocument:
@@ -92,7 +93,7 @@ class ReviewService(pb_grpc.ReviewApiServicer):
         api, who = await self._ready(context, ADMIN)
         body = {"base_revision": request.base_revision, "reason": request.reason,
                 "settings": _json(request.gates_json, "gates_json")}
-        return _document(await api.set_gates(who, request.model, body))
+        return _document(await api.set_gates(who.subject, request.model, body))
 
 
 def register_review(service: ReviewService) -> Callable[[grpc.aio.Server], None]:

@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from aios.errors import NotFound
 from gateway.admin_rest import AdminAuth, read_json
-from gateway.review import ADMIN, DECIDE, READ, ReviewApi
+from gateway.review import ADMIN, DECIDE, READ, ReviewApi, Reviewer
 
 NOT_CONFIGURED = "no review store is configured (gateway.review.store_url)"
 
@@ -18,26 +18,26 @@ NOT_CONFIGURED = "no review store is configured (gateway.review.store_url)"
 def review_routes(api: ReviewApi | None, auth: AdminAuth) -> list[BaseRoute]:
     """The /admin/reviews endpoints (404 saying so when no store is configured)."""
 
-    async def ready(request: Request, scope: str) -> tuple[ReviewApi, str]:
-        who = await auth.subject(request.headers.get("authorization"), scope)
+    async def ready(request: Request, scope: str) -> tuple[ReviewApi, Reviewer]:
+        principal = await auth.principal(request.headers.get("authorization"), scope)
         if api is None:
             raise NotFound(NOT_CONFIGURED)
-        return api, who
+        return api, Reviewer.of(principal)
 
     async def body(request: Request) -> Any:
         return await read_json(request, optional=True)
 
     async def listing(request: Request) -> Response:
-        reviews, _ = await ready(request, READ)
-        return JSONResponse(await reviews.listing(request.query_params))
+        reviews, who = await ready(request, READ)
+        return JSONResponse(await reviews.listing(who, request.query_params))
 
     async def stats(request: Request) -> Response:
         reviews, _ = await ready(request, READ)
         return JSONResponse(await reviews.stats())
 
     async def item(request: Request) -> Response:
-        reviews, _ = await ready(request, READ)
-        return JSONResponse(await reviews.item(request.path_params["id"]))
+        reviews, who = await ready(request, READ)
+        return JSONResponse(await reviews.item(who, request.path_params["id"]))
 
     async def gates(request: Request) -> Response:
         reviews, _ = await ready(request, READ)
@@ -45,7 +45,7 @@ def review_routes(api: ReviewApi | None, auth: AdminAuth) -> list[BaseRoute]:
 
     async def set_gates(request: Request) -> Response:
         reviews, who = await ready(request, ADMIN)
-        return JSONResponse(await reviews.set_gates(who, request.path_params["model"],
+        return JSONResponse(await reviews.set_gates(who.subject, request.path_params["model"],
                                                     await body(request)))
 
     async def claim(request: Request) -> Response:

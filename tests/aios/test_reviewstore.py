@@ -39,6 +39,9 @@ def test_items_are_kept_once_and_listed_most_urgent_then_oldest(store: SqlReview
     store.add([item(1)])  # again: kept once
     assert [i.id for i in store.items(None, None, None, 10, 0)] == ["R002", "R001", "R003"]
     assert [i.id for i in store.items(None, "big", None, 10, 0)] == ["R003"]
+    assert [i.id for i in store.items(None, None, None, 10, 0, tenant="acme")] == [
+        "R002", "R001", "R003"]
+    assert store.items(None, None, None, 10, 0, tenant="globex") == []
     assert store.get("R001") == item(1)
     assert [i.id for i in store.by_decision("D002")] == ["R002"]
     assert store.get("nope") is None

@@ -370,6 +370,28 @@ def test_the_grpc_api_claims_releases_lists_and_counts(desk: Desk) -> None:
             grpc.StatusCode.PERMISSION_DENIED, "token lacks the scope 'review:admin'")
 
 
+def test_a_reviewer_sees_only_their_tenants_items_unless_allowed_all(desk: Desk) -> None:
+    rid = queued(desk, "CLM-TENANT", 2107)  # scored by the test tenant
+    base = f"http://{desk.gateway_http}/admin/reviews"
+
+    def as_globex(scope: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {token(scope, tenant='globex', subject='gina')}"}
+
+    own = as_globex("review:read review:decide")
+    listed = httpx.get(f"{base}?limit=1000", headers=own, timeout=30).json()["reviews"]
+    assert rid not in [r["id"] for r in listed]
+    unknown = f"no review {rid!r} (nor one of a decision with that id)"
+    shown = httpx.get(f"{base}/{rid}", headers=own, timeout=30)
+    assert (shown.status_code, shown.json()["error"]) == (404, unknown)
+    decided = httpx.post(f"{base}/{rid}/decision", headers=own, json={"action": "approve"},
+                         timeout=30)
+    assert (decided.status_code, decided.json()["error"]) == (404, unknown)
+    every = as_globex("review:read review:decide review:all-tenants")
+    assert httpx.get(f"{base}/{rid}", headers=every, timeout=30).json()["id"] == rid
+    assert rid in [r["id"] for r in httpx.get(f"{base}?limit=1000", headers=every,
+                                              timeout=30).json()["reviews"]]
+
+
 def test_two_reviewers_deciding_at_once_exactly_one_wins(desk: Desk) -> None:
     for n in range(5):
         rid = queued(desk, f"CLM-RACE-{n}", 2105 + n)
