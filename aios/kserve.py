@@ -354,20 +354,13 @@ def with_json_parameters(body: bytes, header: InferHeader,
     return head + body[header.length:], len(head)
 
 
-def grpc_scheduling(message: bytes) -> dict[str, int]:
-    """A ModelInferRequest's scheduling parameters (``SCHEDULING_PARAMETERS``) that are
-    set; the message is parsed only if it has one. InvalidInput for one that is not a
-    non-negative integer."""
-    names = peek_parameters(message)
-    if not any(name in SCHEDULING_PARAMETERS for name in names):
-        return {}
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest.FromString(message)
+def grpc_scheduling(parameters: Any) -> dict[str, int]:
+    """The scheduling parameters (``SCHEDULING_PARAMETERS``) set in a ModelInferRequest's
+    ``parameters`` map; InvalidInput for one that is not a non-negative integer."""
     out = {}
     for name in SCHEDULING_PARAMETERS:
-        if name in request.parameters:
-            parameter = request.parameters[name]
+        if name in parameters:
+            parameter = parameters[name]
             kind = parameter.WhichOneof("parameter_choice")
             out[name] = check_scheduling(name, getattr(parameter, kind) if kind else None)
     return out

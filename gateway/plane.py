@@ -422,10 +422,11 @@ class GatewayPlane:
         if kind == "infer":
             names = peek_parameters(payload)
             check_parameters(names)
-            asked = grpc_scheduling(payload)
-            if any(name in SEQUENCE_PARAMETERS for name in names):
-                sequence = sequence_of(grpc_parameters(
-                    service_pb2.ModelInferRequest.FromString(payload).parameters))
+            if any(n in SCHEDULING_PARAMETERS or n in SEQUENCE_PARAMETERS for n in names):
+                # Parsed only for these (the usual call has none): once for both.
+                parameters = service_pb2.ModelInferRequest.FromString(payload).parameters
+                asked = grpc_scheduling(parameters)
+                sequence = sequence_of(grpc_parameters(parameters))
         admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
             key = self._sticky_key(table, admission, metadata)

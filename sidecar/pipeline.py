@@ -296,8 +296,8 @@ class Pipeline:
                 with self._tracing.span("review queue"):
                     await self._review.queue(queued)
             except StoreUnavailable as exc:
-                answered = [(exc, store_failure(exc, r), None) if q is not None and r
-                            else (o, r, q) for o, r, q in answered]
+                answered = [(exc, None if r is None else store_failure(exc, r), None)
+                            if q is not None else (o, r, q) for o, r, q in answered]
         records = [record for _, record, _ in answered if record is not None]
         if not records or self._log is None:
             return [_marked(outcome, q) for outcome, _, q in answered]

@@ -171,10 +171,9 @@ def test_scheduling_parameters_are_rewritten_in_place_of_the_asked_ones() -> Non
     request.parameters["priority"].uint64_param = 1
     request.parameters["timeout"].int64_param = 99
     message = request.SerializeToString()
-    assert grpc_scheduling(message) == {"priority": 1, "timeout": 99}
+    assert grpc_scheduling(request.parameters) == {"priority": 1, "timeout": 99}
     again = service_pb2.ModelInferRequest.FromString(
         with_grpc_parameters(message, {"priority": 2}))
     assert (again.parameters["priority"].uint64_param, again.parameters["timeout"].int64_param,
             again.model_name) == (2, 99, "m")
-    assert grpc_scheduling(service_pb2.ModelInferRequest(model_name="m").SerializeToString()) \
-        == {}
+    assert grpc_scheduling(service_pb2.ModelInferRequest(model_name="m").parameters) == {}

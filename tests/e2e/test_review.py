@@ -560,7 +560,8 @@ def test_nothing_lost_or_doubled_across_a_sidecar_kill_and_a_postgres_restart(
         sidecar, s_http, s_grpc = review_sidecar(stack, tmp_path, database.url,
                                                  redis_server.url, hook)
         gateway, g_http, _ = gateway_config(
-            f"127.0.0.1:{s_http}", f"127.0.0.1:{s_grpc}", {"claims_risk": {"backend": "local"}},
+            f"127.0.0.1:{s_http}", f"127.0.0.1:{s_grpc}",
+            {"claims_risk": {"backend": "local", "sticky": "header:x-claim-id"}},
             review={"store_url": database.url, "lease_s": 1})
         desk = Desk(f"127.0.0.1:{g_http}", "", f"127.0.0.1:{s_http}",
                     tmp_path / "decisions", database.url, Path(), redis_server.url, hook,
@@ -580,8 +581,13 @@ def test_nothing_lost_or_doubled_across_a_sidecar_kill_and_a_postgres_restart(
                 "error"]
             database.start()
             with running("sidecar", sidecar, s_http, tmp_path):
+                database.stop()  # a gated decision cannot be queued: 503, as the sync log
+                refused = score_rest(desk, [rows[11]], "CLM-K-down")
+                assert refused.status_code == 503, refused.text
+                assert "review store unavailable" in refused.json()["error"]
+                database.start()
                 ids += [score_rest(desk, [r], f"CLM-K-{i}").headers["x-aios-review-id"]
-                        for i, r in enumerate(rows[6:], 6)]
+                        for i, r in enumerate(rows[6:11], 6)]
                 listing = api(desk, "GET", "?limit=1000").json()["reviews"]
                 assert sorted(r["id"] for r in listing) == sorted(ids)
                 time.sleep(1.1)  # ann's 1 s lease runs out
@@ -591,6 +597,8 @@ def test_nothing_lost_or_doubled_across_a_sidecar_kill_and_a_postgres_restart(
                            "chained after the restarts")
         logged = [r for r in records(tmp_path / "decisions") if r.review_id]
         assert sorted(r.review_id for r in logged if not r.kind) == sorted(ids)
+        down = [r for r in records(tmp_path / "decisions") if r.business_key == "CLM-K-down"]
+        assert [(r.outcome, r.review_id) for r in down] == [("503", "")]
         assert [r.review_id for r in logged if r.kind == "review"] == [ids[0]]
     finally:
         hook.close()
