@@ -6,11 +6,13 @@ import argparse
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 from aios.config import StackConfig
+from aios_cli.audit_cli import table
 from aios_cli.tokens import mint_token
 
 TIMEOUT_S = 10.0
@@ -48,8 +50,66 @@ def parse_weights(pairs: list[str]) -> dict[str, int]:
     return weights
 
 
+def _ago(at: float, now: float) -> str:
+    seconds = max(0, int(now - at))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _shadow(shadow: dict[str, Any] | None) -> str:
+    if not shadow:
+        return "-"
+    return (f"{shadow.get('backend')}/{shadow.get('model') or '-'} v{shadow.get('version') or '-'}"
+            f" {shadow.get('fraction', 0):.0%}")
+
+
+def tables_text(routes: list[dict[str, Any]]) -> str:
+    """Routing tables as one aligned table: a row per target."""
+    rows = [[r["model"], str(r["revision"]), name, t["backend"], t.get("version") or "-",
+             str(t["weight"]), "EJECTED" if t.get("ejected") else "-", r["sticky"],
+             _shadow(r.get("shadow"))]
+            for r in routes for name, t in r["targets"].items()]
+    return table(rows, ["MODEL", "REV", "TARGET", "BACKEND", "VERSION", "WEIGHT", "STATE",
+                        "STICKY", "SHADOW"]) if rows else "no routing tables"
+
+
+def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    """What a change did, briefly: weights moved, targets added or removed, shadow."""
+    if before is None:
+        return "created: " + ", ".join(f"{n}={t['weight']}" for n, t in after["targets"].items())
+    parts = []
+    old, new = before.get("targets", {}), after.get("targets", {})
+    for name in sorted(old.keys() | new.keys()):
+        if name not in new:
+            parts.append(f"-{name}")
+        elif name not in old:
+            parts.append(f"+{name}={new[name]['weight']}")
+        else:
+            for key in ("weight", "version", "backend"):
+                if old[name].get(key) != new[name].get(key):
+                    parts.append(f"{name} {key} {old[name].get(key)}->{new[name].get(key)}")
+    if before.get("shadow") != after.get("shadow"):
+        parts.append(f"shadow {_shadow(before.get('shadow'))}->{_shadow(after.get('shadow'))}")
+    if before.get("sticky") != after.get("sticky"):
+        parts.append(f"sticky {before.get('sticky')}->{after.get('sticky')}")
+    return ", ".join(parts) or "no change"
+
+
+def history_text(changes: list[dict[str, Any]], now: float) -> str:
+    rows = [[_ago(c["at"], now), c["model"], str(c["revision"]), c["who"] or "-", c["action"],
+             diff(c["before"], c["after"]), c["reason"] or "-"] for c in changes]
+    return table(rows, ["WHEN", "MODEL", "REV", "WHO", "ACTION", "CHANGE", "REASON"]) \
+        if rows else "no changes"
+
+
 def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
-    """Run one `aios routes` subcommand; print the gateway's JSON answer."""
+    """Run one `aios routes` subcommand; print the answer as a table (``--json``: the
+    gateway's JSON answer)."""
     server = config.gateway.server
     url = args.url or f"http://{server.host}:{server.http_port}"
     token = args.token or mint_token(config.gateway.auth, "aios-cli", "ops",
@@ -78,7 +138,12 @@ def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.routes_command == "history":
+        print(history_text(result["changes"], time.time()))
+    else:
+        print(tables_text(result["routes"] if args.routes_command == "list" else [result]))
     return 0
 
 
@@ -98,6 +163,7 @@ def add_routes_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     routes.set_defaults(handler=run_routes)
     rsub = routes.add_subparsers(dest="routes_command", required=True, metavar="COMMAND")
     client = admin_client(common, "routes:read/routes:write")
+    client.add_argument("--json", action="store_true", help="the API's JSON answer")
     rsub.add_parser("list", parents=[client], help="every model's routing table")
     get = rsub.add_parser("get", parents=[client], help="one model's routing table")
     get.add_argument("model")

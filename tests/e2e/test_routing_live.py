@@ -246,11 +246,23 @@ def test_cli_sets_weights(canary: Gateway) -> None:
                                canary.url, "--token", OPS["authorization"].split()[1]],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
 
-    out = aios("set", "claims_risk", "stable=70", "canary=30", "--reason", "from the CLI")
+    before = get_route(canary)["targets"]["canary"]["weight"]
+    new = 30 if before != 30 else 31  # so that the history shows a move
+    out = aios("set", "claims_risk", f"stable={100 - new}", f"canary={new}", "--reason",
+               "from the CLI", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["targets"]["canary"]["weight"] == 30
-    history = json.loads(aios("history", "claims_risk", "--limit", "1").stdout)
+    assert json.loads(out.stdout)["targets"]["canary"]["weight"] == new
+    history = json.loads(aios("history", "claims_risk", "--limit", "1", "--json").stdout)
     assert history["changes"][0]["reason"] == "from the CLI"
+    listed = aios("list").stdout.splitlines()  # for people: a table, a row per target
+    assert listed[0].split() == ["MODEL", "REV", "TARGET", "BACKEND", "VERSION", "WEIGHT",
+                                 "STATE", "STICKY", "SHADOW"]
+    assert any(line.split()[:6] == ["claims_risk", str(history["changes"][0]["revision"]),
+                                    "canary", "local", "2", str(new)] for line in listed[1:])
+    change = aios("history", "claims_risk", "--limit", "1").stdout.splitlines()
+    assert change[0].split() == ["WHEN", "MODEL", "REV", "WHO", "ACTION", "CHANGE", "REASON"]
+    assert "ago" in change[1] and "set_weights" in change[1] and "from the CLI" in change[1]
+    assert f"canary weight {before}->{new}" in change[1]
     bad = aios("set", "claims_risk", "canary=-1")
     assert bad.returncode == 1
     assert "400: weights.canary: must be >= 0, got -1" in bad.stderr
