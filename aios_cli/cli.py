@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace) -> StackConfig:
 def cmd_up(args: argparse.Namespace, config: StackConfig) -> int:
     from aios_cli.stack import run_stack
 
-    return run_stack(config, args.config)
+    return run_stack(config, args.config, *([args.log_dir] if args.log_dir else []))
 
 
 def tracing_settings(environ: Mapping[str, str], service: str) -> TracingSettings:
@@ -131,7 +131,9 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    add("up", cmd_up, "start Triton, sidecar and gateway; Ctrl-C stops all of them")
+    up = add("up", cmd_up, "start Triton, sidecar and gateway; Ctrl-C stops all of them")
+    up.add_argument("--log-dir", type=Path,
+                    help="where each service's log goes (default: var/log)")
     add("gateway", cmd_gateway, "run the gateway (KServe v2 REST + gRPC front door)")
     add("sidecar", cmd_sidecar, "run the sidecar in front of one Triton")
     triton = add("triton", cmd_triton,

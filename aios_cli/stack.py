@@ -28,10 +28,26 @@ SERVICE_READY_TIMEOUT_S = 30.0
 EXAMPLE_CLAIM = [5255.708, 46.0, 1.0, 14.0, 19.0, 5.6, 1.0, 0.0]
 
 
-def _spawn(command: str, config_path: Path) -> subprocess.Popen[bytes]:
-    # Each child leads its own process group so that stopping it reaches its children.
-    return subprocess.Popen([sys.executable, "-m", "aios_cli", command, "--config",
-                             str(config_path)], start_new_session=True, preexec_fn=child_preexec)
+DEFAULT_LOG_DIR = Path("var/log")
+LOG_TAIL_LINES = 20
+
+
+def _spawn(command: str, config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    # Each child leads its own process group so that stopping it reaches its children;
+    # its output goes to its own log (Triton's start-up noise included), not the terminal.
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "aios_cli", command, "--config",
+                                 str(config_path)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=child_preexec)
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` of a service's log, to show beside an error."""
+    try:
+        text = log.read_bytes()[-64 * 1024:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def banner(config: StackConfig, auth: AuthSettings) -> str:
@@ -70,17 +86,30 @@ def banner(config: StackConfig, auth: AuthSettings) -> str:
     ])
 
 
-def run_stack(config: StackConfig, config_path: Path) -> int:
-    """Start the stack in dependency order, wait for a signal or a crash, stop in reverse."""
+def run_stack(config: StackConfig, config_path: Path,
+              log_dir: Path = DEFAULT_LOG_DIR) -> int:
+    """Start the stack in dependency order, each service logging to its own file under
+    ``log_dir`` with a line per service on the terminal; wait for a signal or a crash,
+    stop in reverse."""
     # A missing or short secret is an error before anything starts.
     auth = load_auth(config.gateway.auth)
+    log_dir.mkdir(parents=True, exist_ok=True)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     previous = {s: signal.signal(s, raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def start(name: str, address: str, timeout_s: float) -> None:
-        process = _spawn(name, config_path)
+        log = log_dir / f"{name}.log"
+        print(f"starting {name:<8} (log: {log}) ...", end=" ", flush=True)
+        began = time.monotonic()
+        process = _spawn(name, config_path, log)
         children.append((name, process))
-        wait_ready(name, address, timeout_s, process)
+        try:
+            wait_ready(name, address, timeout_s, process)
+        except StartupError:
+            print("failed", flush=True)
+            print(f"the end of {log}:\n{log_tail(log)}", file=sys.stderr, flush=True)
+            raise
+        print(f"ready in {time.monotonic() - began:.1f} s", flush=True)
 
     try:
         triton = config.triton
@@ -95,8 +124,9 @@ def run_stack(config: StackConfig, config_path: Path) -> int:
         while True:
             for name, process in children:
                 if process.poll() is not None:
-                    logger.error("%s exited with code %d; stopping the stack", name,
-                                 process.returncode)
+                    logger.error("%s exited with code %d; stopping the stack; the end of "
+                                 "%s:\n%s", name, process.returncode,
+                                 log_dir / f"{name}.log", log_tail(log_dir / f"{name}.log"))
                     return 1
             time.sleep(0.5)
     except Stop:

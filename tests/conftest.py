@@ -76,7 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config_path = write_config(tmp / "stack.yaml",
                                stack_config(ports, tmp, repo_with_test_models(tmp)))
     log = tmp / "stack.log"
-    process = aios("up", "--config", str(config_path), log=log)
+    process = aios("up", "--config", str(config_path), "--log-dir", str(tmp / "logs"), log=log)
     try:
         wait_until(lambda: http_ready(ports.gateway_http), STARTUP_TIMEOUT_S, "stack ready",
                    process, log)

@@ -25,11 +25,17 @@ def test_printed_curl_scores_a_claim_and_ctrl_c_leaves_nothing(tmp_path: Path) -
     ports = StackPorts.allocate()
     config = write_config(tmp_path / "stack.yaml", stack_config(ports, tmp_path))
     log = tmp_path / "up.log"
-    process = aios("up", "--config", str(config), log=log)
+    process = aios("up", "--config", str(config), "--log-dir", str(tmp_path / "logs"), log=log)
     try:
         wait_until(lambda: "Ctrl-C stops everything." in log.read_text(), STARTUP_TIMEOUT_S,
                    "banner", process, log)
         text = log.read_text()
+        # The first minute: a line per service, each service's own output in its log.
+        for name in ("triton", "sidecar", "gateway"):
+            assert re.search(rf"^starting {name} +\(log: {tmp_path}/logs/{name}\.log\) \.\.\. "
+                             r"ready in [0-9.]+ s$", text, re.M), text[-3000:]
+        assert "NVML" not in text and "CudaDriverHelper" not in text
+        assert "Started HTTPService" in (tmp_path / "logs" / "triton.log").read_text()
         match = re.search(r"^  (curl .*?)\n\n", text, re.S | re.M)
         assert match, text[-3000:]
         command = match.group(1).replace("\\\n", " ")
