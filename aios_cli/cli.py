@@ -13,6 +13,7 @@ from aios.config import DEFAULT_CONFIG_PATH, ConfigError, StackConfig, load_conf
 from aios.tracing import TracingSettings
 from aios_cli.audit_cli import add_audit_parser
 from aios_cli.envoy_cli import add_envoy_parser
+from aios_cli.examples import add_examples
 from aios_cli.review_cli import add_review_parser
 from aios_cli.routes_cli import add_routes_parser
 from aios_cli.runner import run_async
@@ -163,6 +164,7 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     token.add_argument("--scope", default="infer:*",
                        help="space-separated scopes (default: 'infer:*')")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    add_examples(parser)
     return parser
 
 

@@ -113,3 +113,20 @@ def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "cannot run:" in out.stderr and "address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_every_command_has_an_example_that_parses() -> None:
+    """Each command's --help ends with an example, and the example is a valid call of it."""
+    import shlex
+
+    from aios_cli.cli import build_parser
+    from aios_cli.examples import EXAMPLES, commands
+
+    parser = build_parser({})
+    names = [name for name, _ in commands(parser)]
+    assert sorted(names) == sorted(EXAMPLES), "an example per command, no stale ones"
+    for name, command in commands(parser):
+        assert command.format_help().endswith(f"example:\n  {EXAMPLES[name]}\n")
+        words = shlex.split(EXAMPLES[name])
+        assert words[:1 + len(name.split())] == ["aios", *name.split()]
+        parser.parse_args(words[1:])  # exits (SystemExit) if the example is not valid
