@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def _agreement(record: DecisionRecord) -> dict[str, Any] | None:
             "agreed": a.agreed}
 
 
-def readable(record: DecisionRecord, names: dict[tuple[str, str], Names]) -> dict[str, Any]:
+def readable(record: DecisionRecord, names: Mapping[tuple[str, str], Names]) -> dict[str, Any]:
     """``record`` as a JSON-ready dict a person can read."""
     if record.kind == "route_change":
         return route_change(record)

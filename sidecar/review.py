@@ -98,13 +98,14 @@ class ReviewDesk:
                                 "announced", ("action",), registry=registry)
 
     def gated(self, model: str) -> bool:
-        return model in self._gates
+        gates = self._gates.get(model)
+        return gates is not None and bool(gates.gates)
 
     def consider(self, record: DecisionRecord, inputs: Tensors, outputs: Tensors,
                  expected: Expected | None, agreed: int | None) -> Queued | None:
         """The review ``record``'s decision goes to, if a gate fires (it then names it)."""
         gates = self._gates.get(record.model)
-        if gates is None or record.outcome != "ok":
+        if gates is None or not gates.gates or record.outcome != "ok":
             return None
         input_name, features = self._features.get((record.model, record.version), (None, ()))
         values_by_name, rows = named_values(inputs, outputs, input_name, features,
@@ -116,7 +117,7 @@ class ReviewDesk:
         if gate is None:
             return None
         record.review_id, record.review_gate = new_ulid(), gate.name
-        doc = readable(record, dict(self._names))
+        doc = readable(record, self._names)
         # One list of numbers per output (a [rows, 1] score: a score per row), as an
         # override gives them.
         outs = {t.name: a.ravel().tolist() for t in record.outputs
@@ -171,15 +172,12 @@ class ReviewDesk:
                 logger.error("review gates of %s r%d unusable: %s", model, change.revision,
                              exc)
                 continue
-            if gates.gates:
-                self._gates[model] = gates
-            else:
-                self._gates.pop(model, None)
+            # Kept even when empty: its revision is then known, not taken again each poll.
+            self._gates[model] = gates
             logger.info("review gates of %s now at revision %d", model, change.revision)
 
-    async def finish(self) -> int:
+    async def finish(self) -> None:
         """Chain and announce what reviewers decided on this sidecar's decisions."""
-        done = 0
         for item in await asyncio.to_thread(self._store.unfinished, self._source,
                                             FINISH_BATCH):
             if not item.chained and self._log is not None:  # no log: nothing to chain
@@ -192,8 +190,6 @@ class ReviewDesk:
             await asyncio.to_thread(
                 self._store.change, item.id, lambda i: mark(i, "announced", time.time_ns()))
             self.finished.labels(item.action).inc()
-            done += 1
-        return done
 
 
 def reviewer_record(item: Item) -> DecisionRecord:
