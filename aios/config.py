@@ -111,6 +111,13 @@ class ServerSettings(_Frozen):
     body_timeout_s: float = Field(60.0, gt=0)
     # Requests whose body is still arriving, per client address (beyond: 503 and close).
     max_uploads_per_client: int = Field(64, ge=1)
+    # ModelStreamInfer: streams open at once in this process, request messages per stream,
+    # requests of a stream whose responses are still coming (the next waits), and how long
+    # a stream may pass with no message either way before it is ended (DEADLINE_EXCEEDED).
+    max_streams: int = Field(256, ge=1)
+    stream_max_messages: int = Field(1_000_000, ge=1)
+    stream_max_in_flight: int = Field(128, ge=1)
+    stream_idle_s: float = Field(300.0, gt=0)
     # Server metadata names the service (aios-gateway, aios-sidecar); for clients that
     # check for Triton's name, present it as "triton".
     present_as_triton: bool = False

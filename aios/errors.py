@@ -164,6 +164,13 @@ class StoreUnavailable(NotReady):
     """A database the answer depends on (the review queue) cannot be reached."""
 
 
+class StreamExhausted(AiosError):
+    """A stream past its limit on messages, or a service at its limit on streams."""
+
+    http_status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unimplemented(AiosError):
     """An API the gateway does not serve."""
 

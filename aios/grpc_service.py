@@ -8,7 +8,7 @@ gRPC status.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -16,8 +16,9 @@ import grpc.aio
 from tritonclient.grpc import service_pb2
 
 from aios import __version__
-from aios.errors import AiosError
+from aios.errors import AiosError, StreamExhausted
 from aios.plane import KServePlane
+from aios.streaming import STREAM_METHOD, StreamLimits, serve_stream
 from aios.unsupported import EXTENSIONS, UNSUPPORTED, Unsupported
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,11 @@ def method_path(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
-def kserve_grpc_handler(plane: KServePlane, server_name: str) -> grpc.GenericRpcHandler:
+def kserve_grpc_handler(plane: KServePlane, server_name: str, limits: StreamLimits,
+                        max_streams: int) -> grpc.GenericRpcHandler:
     """A generic handler implementing the KServe methods a proxy should answer (server
-    metadata naming it ``server_name``), and refusing those it does not proxy."""
+    metadata naming it ``server_name``; at most ``max_streams`` streams at once, each within
+    ``limits``), and refusing those it does not proxy."""
 
     async def server_live(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
         return bytes(service_pb2.ServerLiveResponse(live=True).SerializeToString())
@@ -66,6 +69,23 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str) -> grpc.GenericRpc
 
         return call
 
+    streams = [0]  # open now; a list, so the handler below can count in this closure
+
+    async def stream_infer(requests: AsyncIterator[bytes],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        if streams[0] >= max_streams:
+            await abort(context, StreamExhausted(
+                f"this server has {max_streams} streams open, its limit: try again later"))
+        streams[0] += 1
+        try:
+            session = plane.open_stream(context.invocation_metadata() or ())
+            async for response in serve_stream(session, requests, limits):
+                yield response
+        except AiosError as exc:
+            await abort(context, exc)
+        finally:
+            streams[0] -= 1
+
     def forward(name: str) -> Unary:
         path = method_path(name)
 
@@ -85,8 +105,9 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str) -> grpc.GenericRpc
         **{name: forward(name) for name in FORWARDED_METHODS},
         **{u.grpc_method: unsupported(u) for u in UNSUPPORTED if u.grpc_method},
     }
-    return grpc.method_handlers_generic_handler(
-        SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
+    handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+    handlers[STREAM_METHOD] = grpc.stream_stream_rpc_method_handler(stream_infer)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -39,9 +39,10 @@ SCHEDULING_PARAMETERS = ("priority", "timeout")
 
 
 def check_parameters(names: Iterable[str]) -> None:
-    """InvalidInput if a client sets a reserved parameter (Triton's own ``triton_*``)."""
+    """InvalidInput if a client sets a reserved parameter (Triton's own ``triton_*``, and
+    ``aios.*``, which one of our hops gives the next on a stream)."""
     for name in names:
-        if name.startswith("triton_"):
+        if name.startswith(("triton_", "aios.")):
             raise InvalidInput(f"parameter '{name}' is reserved and cannot be set by clients")
 
 
@@ -372,9 +373,15 @@ def with_grpc_parameters(message: bytes, values: dict[str, int]) -> bytes:
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelInferRequest.FromString(message)
+    set_grpc_parameters(request, values)
+    return bytes(request.SerializeToString())
+
+
+def set_grpc_parameters(request: Any, values: dict[str, int]) -> None:
+    """Set a parsed ModelInferRequest's parameters to ``values`` (each kept in the integer
+    kind the client used)."""
     for name, value in values.items():
         parameter = request.parameters[name]
         kind = parameter.WhichOneof("parameter_choice") or "int64_param"
         setattr(parameter, kind if kind in ("int64_param", "uint64_param") else "int64_param",
                 value)
-    return bytes(request.SerializeToString())

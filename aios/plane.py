@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aios.kserve import InferHeader
+from aios.streaming import StreamSession
 from aios.upstream import GrpcReply, HttpReply, Metadata
 
 # Headers one hop sets for the next: who is calling and where the call was routed. They
@@ -132,6 +133,10 @@ class KServePlane(Protocol):
     async def repository_index(self, headers: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
         """The models the caller may see, as Triton's repository index lists them (name,
         version, state, reason)."""
+        ...
+
+    def open_stream(self, metadata: Metadata) -> StreamSession:
+        """A ModelStreamInfer stream with ``metadata`` (`aios.streaming`)."""
         ...
 
 

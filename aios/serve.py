@@ -21,6 +21,7 @@ from aios.h1server import H1Server
 from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
 from aios.rest import BatchHandler, ModelCalls, create_rest_app, kserve_routes
+from aios.streaming import StreamLimits
 from aios.tracing import Tracing, TracingSettings, open_tracing
 from aios.transports import UvicornServer
 from aios.upstream import grpc_options
@@ -93,7 +94,10 @@ async def _serve_parts(name: str, open_parts: AbstractAsyncContextManager[Servic
     async with open_parts as parts:
         # Some clients check the server's name: it can be presented as Triton's.
         server_name = "triton" if settings.present_as_triton else parts.plane.server_name
-        handler = kserve_grpc_handler(parts.plane, server_name)
+        handler = kserve_grpc_handler(
+            parts.plane, server_name,
+            StreamLimits(settings.stream_max_messages, settings.stream_idle_s),
+            settings.max_streams)
         app = ModelCalls(create_rest_app([*kserve_routes(parts.plane, registry, server_name),
                                           *parts.routes]),
                          parts.plane, settings.max_body_bytes, parts.batch)

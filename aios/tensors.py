@@ -68,7 +68,11 @@ def rest_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
 
 def grpc_outputs(payload: bytes) -> Outputs:
     """Numeric outputs of a serialized ModelInferResponse (raw contents)."""
-    resp = service_pb2.ModelInferResponse.FromString(payload)
+    return response_outputs(service_pb2.ModelInferResponse.FromString(payload))
+
+
+def response_outputs(resp: service_pb2.ModelInferResponse) -> Outputs:
+    """Numeric outputs of a ModelInferResponse (raw contents)."""
     out: Outputs = {}
     for i, o in enumerate(resp.outputs):
         dtype = NUMPY_DTYPES.get(o.datatype)

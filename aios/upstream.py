@@ -8,8 +8,9 @@ decoding). Errors of the HTTP client and grpc are translated here into `aios.err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -207,3 +208,50 @@ class GrpcUpstream:
             call.cancel()
             raise
         return GrpcReply(response, tuple(trailing or ()))
+
+    def stream(self, method: str, metadata: Metadata,
+               extra: Mapping[str, str] | None = None) -> GrpcStream:
+        """Open a bidirectional stream of serialized messages to ``method`` (no deadline:
+        a stream lasts as long as its client keeps it)."""
+        assert self._channel is not None, "use GrpcUpstream as an async context manager"
+        call = self._channel.stream_stream(method)(metadata=tuple(outgoing(metadata, extra)))
+        return GrpcStream(self.name, self._channel, call)
+
+
+class GrpcStream:
+    """One bidirectional stream to the next hop; its errors translated as a call's are."""
+
+    def __init__(self, name: str, channel: grpc.aio.Channel,
+                 call: grpc.aio.StreamStreamCall) -> None:
+        self._name = name
+        self._channel = channel
+        self._call = call
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> AiosError:
+        connected = self._channel.get_state() is not grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return grpc_error(self._name, exc.code(), exc.details() or "", connected)
+
+    async def write(self, message: bytes) -> None:
+        try:
+            await self._call.write(message)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        except asyncio.InvalidStateError as exc:  # the stream ended under the write
+            raise UpstreamUnavailable(f"backend {self._name!r}: the stream was closed") from exc
+
+    async def done_writing(self) -> None:
+        """No more messages: the next hop ends the stream once it has answered them."""
+        with contextlib.suppress(asyncio.InvalidStateError):  # it has ended already
+            await self._call.done_writing()
+
+    async def responses(self) -> AsyncIterator[bytes]:
+        """The next hop's responses until it ends the stream; its error status raised."""
+        try:
+            while (message := await self._call.read()) is not grpc.aio.EOF:
+                assert isinstance(message, bytes)
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+
+    def cancel(self) -> None:
+        self._call.cancel()

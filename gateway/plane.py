@@ -88,6 +88,7 @@ from gateway.sequences import (
     sequence_of,
 )
 from gateway.shadow import ShadowJob, ShadowRunner
+from gateway.streams import GatewayStream
 from gateway.versions import BackendVersions, ServedVersions
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ class GatewayPlane:
         self._open_calls = settings.auth.open_model_calls
         self._quota_settings = settings.quota
         self._request_timeouts = {n: b.request_timeout_s for n, b in settings.backends.items()}
+        self._stream_in_flight = settings.server.stream_max_in_flight
         self._router = router
         self._backends = dict(backends)
         self._auth = auth
@@ -224,7 +226,7 @@ class GatewayPlane:
     async def precheck(self, kind: str, model: str, headers: Iterable[tuple[str, Any]]) -> None:
         """Who is calling, checked before the body is read (so `Expect: 100-continue`
         with a bad token gets 401 without sending the body). Verified tokens are cached,
-        so `_admit` checking again costs a lookup."""
+        so `admit` checking again costs a lookup."""
         self._router.table(model)
         if self._auth is not None and kind not in self._open_calls:
             principal = await self._auth.authenticate(header_value(headers, "authorization"))
@@ -239,7 +241,7 @@ class GatewayPlane:
             models = [m for m in models if principal.allows(f"infer:{m}")]
         return [{"name": m, "version": "", "state": "READY", "reason": ""} for m in models]
 
-    async def _admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
+    async def admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
                      batch: Callable[[], int]) -> Admission:
         """Authenticate, authorize and take quota; ``batch`` is called only if it counts."""
         if self._auth is None or kind in self._open_calls:
@@ -254,12 +256,12 @@ class GatewayPlane:
             lease = await self._quotas.acquire(principal.tenant, model, cost)
         return Admission(principal, lease)
 
-    def _done(self, admission: Admission) -> None:
+    def release(self, admission: Admission) -> None:
         if admission.lease is not None and self._quotas is not None:
             self._quotas.release(admission.lease)
 
     @staticmethod
-    def _sticky_key(table: ModelTable, admission: Admission,
+    def sticky_key(table: ModelTable, admission: Admission,
                     headers: Iterable[tuple[str, Any]]) -> str | None:
         if table.sticky == "none":
             return None
@@ -278,7 +280,7 @@ class GatewayPlane:
         ejected = self._breaker.ejected(model)
         with self._tracing.span("route"):
             route = self._router.resolve(model, pinned, key, ejected) if sequence is None \
-                else await self._sequence_route(model, pinned, key, sequence, ejected)
+                else await self.sequence_route(model, pinned, key, sequence, ejected)
         try:
             with self._tracing.span("forward", target=route.target):
                 result = await send(route)
@@ -308,7 +310,7 @@ class GatewayPlane:
             await self._sequences.release(model, sequence.id)
         return result, route
 
-    async def _sequence_route(self, model: str, pinned: str, key: str | None,
+    async def sequence_route(self, model: str, pinned: str, key: str | None,
                               sequence: SequenceCall, ejected: frozenset[str]) -> Route:
         """Where a sequence's request goes: where the sequence is held, or (its first
         request, or one after the sequence idled out) where the weights say, held there."""
@@ -338,12 +340,60 @@ class GatewayPlane:
             backend = self._router.table(model).targets[0].backend
         return await self._idle.idle_s(backend, model)
 
-    def _clamp(self, asked: Mapping[str, int], admission: Admission, route: Route) -> Clamped:
+    def clamp(self, asked: Mapping[str, int], admission: Admission, route: Route) -> Clamped:
         """The caller's scheduling parameters within its tenant's policy and the route's
         timeout (the backend's request timeout unless the target sets one)."""
         tenant = admission.principal.tenant if admission.principal is not None else ""
         return clamp(asked, self._quota_settings.for_tenant(tenant).top_priority,
                      route.timeout_s or self._request_timeouts[route.backend])
+
+    # -- what a stream (`gateway.streams`) asks of the plane, per request ---------------
+
+    def open_stream(self, metadata: Metadata) -> GatewayStream:
+        """A ModelStreamInfer stream, carried to the sidecars (`gateway.streams`)."""
+        return GatewayStream(metadata, self, self._stream_in_flight)
+
+    async def checked_table(self, model: str, version: str) -> ModelTable:
+        """The model's routing table, once ``version`` (if any) is known to be served."""
+        table = self._router.table(model)
+        if version:
+            await self._versions.check(table, version)
+        return table
+
+    async def stream_route(self, model: str, pinned: str, key: str | None,
+                           sequence: SequenceCall | None, held: Route | None) -> Route:
+        """Where a streamed request goes: its sequence's target; else the target the stream
+        sent this model's requests to (``held``) while it is not ejected; else a new one."""
+        ejected = self._breaker.ejected(model)
+        if sequence is not None:
+            return await self.sequence_route(model, pinned, key, sequence, ejected)
+        if held is not None and held.target not in ejected:
+            return held
+        return self._router.resolve(model, pinned, key, ejected)
+
+    @staticmethod
+    def hop_values(admission: Admission, route: Route, request_id: str,
+                   key: str | None) -> dict[str, str]:
+        """What the sidecar is told of a streamed request (what a unary call's headers
+        say): who called, where it went and why, and its decision's ids."""
+        decision = Decision(new_ulid(), request_id or new_ulid(), key)
+        return {**admission.identity(), **route_headers(route), **decision.for_record(route)}
+
+    def backend_grpc(self, backend: str) -> GrpcUpstream:
+        return self._backends[backend].grpc.grpc
+
+    async def answered(self, model: str, route: Route, sequence: SequenceCall | None,
+                       ok: bool) -> None:
+        """A streamed request is done: counted for its target and the breaker, and its
+        sequence let go if this was its last request."""
+        self._breaker.record(model, route.target, ok)
+        self._routed.labels(model, route.target).inc()
+        if sequence is not None and sequence.end:
+            await self._sequences.release(model, sequence.id)
+
+    @property
+    def metrics(self) -> RequestMetrics:
+        return self._metrics
 
     async def forward_rest(self, call: ModelCall) -> HttpReply:
         """Admit, route and forward a REST model call."""
@@ -354,9 +404,9 @@ class GatewayPlane:
         table = self._router.table(call.model)
         if call.version:
             await self._versions.check(table, call.version)
-        admission = await self._admit(call.kind, call.model, call.headers, lambda: call.batch)
+        admission = await self.admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
-            key = self._sticky_key(table, admission, call.headers)
+            key = self.sticky_key(table, admission, call.headers)
             mergeable = call.infer is not None and input_layout(
                 call.infer, content_headers(call.headers)) is not None
             decision = Decision.of(call.headers, key) if call.kind == "infer" else None
@@ -374,7 +424,7 @@ class GatewayPlane:
                     extra.update(decision.for_record(route))
                 body, headers = call.body, call.headers
                 if asked:
-                    clamped.append(self._clamp(asked, admission, route))
+                    clamped.append(self.clamp(asked, admission, route))
                     body, headers = clamped_body(call, clamped[-1])
                 if mergeable and backend.batching is not None:
                     return await backend.batching.forward(
@@ -402,7 +452,7 @@ class GatewayPlane:
             return HttpReply(reply.status, {**reply.headers, **route_headers(route),
                                             **decision.ids(), **said}, reply.body)
         finally:
-            self._done(admission)
+            self.release(admission)
 
     async def forward_grpc(self, method: str, payload: bytes, metadata: Metadata) -> GrpcReply:
         """Admit, route and forward a serialized gRPC model call."""
@@ -427,9 +477,9 @@ class GatewayPlane:
                 parameters = service_pb2.ModelInferRequest.FromString(payload).parameters
                 asked = grpc_scheduling(parameters)
                 sequence = sequence_of(grpc_parameters(parameters))
-        admission = await self._admit(kind, model, metadata, lambda: peek_batch(payload))
+        admission = await self.admit(kind, model, metadata, lambda: peek_batch(payload))
         try:
-            key = self._sticky_key(table, admission, metadata)
+            key = self.sticky_key(table, admission, metadata)
             decision = Decision.of(metadata, key) if kind == "infer" else None
             clamped: list[Clamped] = []
 
@@ -437,7 +487,7 @@ class GatewayPlane:
                 body = payload if route.version == version else with_model(
                     payload, version=route.version)
                 if asked:
-                    clamped.append(self._clamp(asked, admission, route))
+                    clamped.append(self.clamp(asked, admission, route))
                     if clamped[-1].values:
                         body = with_grpc_parameters(body, clamped[-1].values)
                 extra = {**admission.identity(), **route_headers(route),
@@ -462,7 +512,7 @@ class GatewayPlane:
                                               reply, method, self._tracing.inject()))
             return GrpcReply(reply.payload, (*trailing, *decision.ids().items()))
         finally:
-            self._done(admission)
+            self.release(admission)
 
 
 @asynccontextmanager

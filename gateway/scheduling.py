@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 CLAMPED_HEADER = "x-aios-clamped"
+# The same, said on each response of a streamed request (a stream has no headers per call).
+CLAMPED_PARAMETER = "aios_clamped"
 
 
 @dataclass(frozen=True)

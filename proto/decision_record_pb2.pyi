@@ -37,7 +37,7 @@ class ColumnRedaction(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., redaction: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of", "kind", "route_change", "audit_read", "shadow_agreement", "review_id", "review_gate", "human_review", "sequence_id", "sequence_position")
+    __slots__ = ("sequence", "time_unix_nanos", "request_id", "tenant", "subject", "model", "version", "route_target", "route_revision", "protocol", "inputs", "outputs", "latency_micros", "trace_id", "parity_flags", "outcome", "error", "shadow", "prev_hash", "hash", "decision_id", "business_key", "route_reason", "route_weights", "shadow_of", "kind", "route_change", "audit_read", "shadow_agreement", "review_id", "review_gate", "human_review", "sequence_id", "sequence_position", "response_index")
     class RouteWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class DecisionRecord(_message.Message):
     HUMAN_REVIEW_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_INDEX_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time_unix_nanos: int
     request_id: str
@@ -113,7 +114,8 @@ class DecisionRecord(_message.Message):
     human_review: HumanReview
     sequence_id: str
     sequence_position: int
-    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., decision_id: _Optional[str] = ..., business_key: _Optional[str] = ..., route_reason: _Optional[str] = ..., route_weights: _Optional[_Mapping[str, int]] = ..., shadow_of: _Optional[str] = ..., kind: _Optional[str] = ..., route_change: _Optional[_Union[RouteChange, _Mapping]] = ..., audit_read: _Optional[_Union[AuditRead, _Mapping]] = ..., shadow_agreement: _Optional[_Union[ShadowAgreement, _Mapping]] = ..., review_id: _Optional[str] = ..., review_gate: _Optional[str] = ..., human_review: _Optional[_Union[HumanReview, _Mapping]] = ..., sequence_id: _Optional[str] = ..., sequence_position: _Optional[int] = ...) -> None: ...
+    response_index: int
+    def __init__(self, sequence: _Optional[int] = ..., time_unix_nanos: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., route_target: _Optional[str] = ..., route_revision: _Optional[int] = ..., protocol: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorRecord, _Mapping]]] = ..., latency_micros: _Optional[int] = ..., trace_id: _Optional[str] = ..., parity_flags: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., shadow: _Optional[bool] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., decision_id: _Optional[str] = ..., business_key: _Optional[str] = ..., route_reason: _Optional[str] = ..., route_weights: _Optional[_Mapping[str, int]] = ..., shadow_of: _Optional[str] = ..., kind: _Optional[str] = ..., route_change: _Optional[_Union[RouteChange, _Mapping]] = ..., audit_read: _Optional[_Union[AuditRead, _Mapping]] = ..., shadow_agreement: _Optional[_Union[ShadowAgreement, _Mapping]] = ..., review_id: _Optional[str] = ..., review_gate: _Optional[str] = ..., human_review: _Optional[_Union[HumanReview, _Mapping]] = ..., sequence_id: _Optional[str] = ..., sequence_position: _Optional[int] = ..., response_index: _Optional[int] = ...) -> None: ...
 
 class HumanReview(_message.Message):
     __slots__ = ("review_id", "gate", "action", "reason", "model_json", "final_json", "queued_unix_nanos")

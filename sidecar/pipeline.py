@@ -89,6 +89,7 @@ class InferCall:
     rest: ModelCall | None = None  # a JSON call (REST, or gRPC carried as JSON)
     grpc: tuple[str, bytes] | None = None  # a gRPC call: (method, serialized request)
     key: BatchKey | None = None  # calls of one key may share a Triton request
+    started: float = 0.0  # a streamed request: when it came (perf_counter)
 
 
 Outcome = HttpReply | GrpcReply | AiosError
@@ -410,6 +411,30 @@ class Pipeline:
             answered.append((HttpReply(200, JSON_HEADERS, orjson.dumps(part)),
                              *self._record(call, served, mine, [], "ok", "", started)))
         return answered
+
+    # -- a stream's requests (sidecar.streams): checked once, each response recorded ------
+
+    def stream_check(self, call: InferCall) -> tuple[VersionProfile | None, list[str]]:
+        """A streamed request's profile and its inputs' flags (enforce mode: refused)."""
+        profile = self._parity.profile(call.model, call.version) \
+            if self._parity is not None else None
+        return profile, self._check(profile, call.inputs)
+
+    async def stream_response(self, call: InferCall, profile: VersionProfile | None,
+                              flags: list[str], version: str, outputs: Tensors, error: str,
+                              index: int) -> tuple[str, LogUnavailable | None]:
+        """One response of a streamed request: drift fed, its decision record written (the
+        record's decision id, "" without a log), and the error of a sync log that could not
+        make the record durable (the response is then not released)."""
+        self._observe(profile, call.inputs, outputs)
+        record, _ = self._record(call, version, outputs, flags, "error" if error else "ok",
+                                 error, call.started)
+        if record is None or self._log is None:
+            return "", None
+        record.response_index = index
+        with self._tracing.span("decision-log write"):
+            (failed,) = await self._log.append_many([record])
+        return record.decision_id, failed
 
     def _record(self, call: InferCall, version: str, outputs: Tensors, flags: list[str],
                 outcome: str, error: str, started: float) -> Recorded:

@@ -58,6 +58,7 @@ from sidecar.redaction import FeatureRedaction, read_key
 from sidecar.redaction import build as build_feature_rules
 from sidecar.review import ReviewDesk
 from sidecar.reviewevents import Announcer
+from sidecar.streams import SidecarStream
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SidecarPlane:
         self._pipeline = Pipeline(settings.decision_log, http, grpc, log, parity,
                                   self._metrics, registry, tracing, batching, features,
                                   review)
+        self._review = review
         self._golden_done = asyncio.Event()
         if parity is None:
             self._golden_done.set()
@@ -168,6 +170,11 @@ class SidecarPlane:
         answered = await self._answer_one(grpc_call(method, payload, metadata))
         assert isinstance(answered, GrpcReply)
         return answered
+
+    def open_stream(self, metadata: Metadata) -> SidecarStream:
+        """A ModelStreamInfer stream, carried to Triton (`sidecar.streams`)."""
+        return SidecarStream(metadata, self._grpc, self._pipeline, self._metrics,
+                             self._review, self._settings.server.stream_max_in_flight)
 
     async def answer_batch(self, envelope: bytes) -> HttpReply:
         """A gateway's envelope of infer calls (`aios.envelope`), each answered as if it
