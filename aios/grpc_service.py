@@ -83,6 +83,9 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str, limits: StreamLimi
                 yield response
         except AiosError as exc:
             await abort(context, exc)
+        except Exception:
+            logger.exception("unhandled error in %s", STREAM_METHOD)
+            await abort(context, AiosError("internal error"))
         finally:
             streams[0] -= 1
 

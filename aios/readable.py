@@ -174,6 +174,8 @@ def readable(record: DecisionRecord, names: Mapping[tuple[str, str], Names]) -> 
         if record.review_id else None,
         "in_sequence": {"id": record.sequence_id, "position": record.sequence_position}
         if record.sequence_id else None,
+        # A streamed request's response (a decoupled model's request has many).
+        "response_index": record.response_index if record.protocol == "grpc_stream" else None,
         "inputs": [_tensor(t, meaning.features if meaning and t.name == meaning.input
                            else None) for t in record.inputs],
         "outputs": [_tensor(t, None) for t in record.outputs],
@@ -242,6 +244,9 @@ def text_block(doc: dict[str, Any]) -> str:
     if doc["in_sequence"]:
         lines.append(f"  sequence      {doc['in_sequence']['id']}, request "
                      f"{doc['in_sequence']['position']} of it")
+    if doc["response_index"] is not None:
+        lines.append(f"  stream        response {doc['response_index'] + 1} of its request "
+                     "(the others share its decision id)")
     if doc["review"]:
         lines.append(f"  review        sent to people by gate {doc['review']['gate']} "
                      f"(review {doc['review']['id']})")

@@ -84,9 +84,13 @@ class GatewayStream:
             return
         wants_final = take_final_wish(request)
         upstream = self._upstream(sent.route.backend)
-        metrics.now += 1
-        request.id = await self._book.open(Pending(client_id, wants_final, model, version,
-                                                   context=sent))
+        try:
+            request.id = await self._book.open(Pending(client_id, wants_final, model, version,
+                                                       context=sent))
+        except asyncio.CancelledError:
+            self._plane.release(sent.admission)
+            raise
+        metrics.now += 1  # counted once booked: a wait for room may be cancelled
         try:
             await upstream.write(bytes(request.SerializeToString()))
         except AiosError:

@@ -22,7 +22,7 @@ from aios.grpc_service import method_path
 from aios.ids import new_ulid
 from aios.kserve import check_parameters
 from aios.metrics import RequestMetrics
-from aios.plane import DECISION_HEADER
+from aios.plane import DECISION_HEADER, REQUEST_ID_HEADER
 from aios.streaming import (
     DECISION_PARAMETER,
     STREAM_METHOD,
@@ -76,7 +76,8 @@ class SidecarStream:
             if DECISION_HEADER not in hop:  # called directly: one decision id per request
                 headers.append((DECISION_HEADER, new_ulid()))
             first = next(iter(inputs.values()), None)
-            call = InferCall(PROTOCOL, model, version, headers, client_id, inputs,
+            call = InferCall(PROTOCOL, model, version, headers,
+                             hop.get(REQUEST_ID_HEADER) or client_id, inputs,
                              len(first) if first is not None and first.ndim else 1,
                              len(message), started=time.perf_counter())
             profile, flags = self._pipeline.stream_check(call)
@@ -85,9 +86,9 @@ class SidecarStream:
             return
         wants_final = take_final_wish(request)
         upstream = self._open()
-        self._metrics.now += 1
         request.id = await self._book.open(Pending(client_id, wants_final, model, version,
                                                    context=(call, profile, flags)))
+        self._metrics.now += 1  # counted once booked: a wait for room may be cancelled
         await upstream.write(bytes(request.SerializeToString()))
 
     def _open(self) -> GrpcStream:
@@ -130,8 +131,10 @@ class SidecarStream:
         answer = response.infer_response
         index = pending.responses
         pending.responses += 1
+        if answer.model_version:  # an error response may not say it: the last one did
+            pending.version = answer.model_version
         decision, failed = await self._pipeline.stream_response(
-            call, profile, flags, answer.model_version or call.version,
+            call, profile, flags, pending.version,
             response_outputs(answer), response.error_message, index)
         if failed is not None:
             return service_pb2.ModelStreamInferResponse(

@@ -16,9 +16,12 @@ from aios.config import ServerSettings
 from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
 from aios.plane import ModelCall
 from aios.rest import ModelCalls, create_rest_app, kserve_routes
+from aios.streaming import Outbox, StreamLimits
 from aios.upstream import GrpcReply, HttpReply, Metadata
 from tests.e2e.test_errors import INFER, grpc_request
 from tests.helpers import free_ports, infer_json
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 class BrokenPlane:
@@ -41,6 +44,25 @@ class BrokenPlane:
     async def repository_index(self, headers: object) -> list[dict[str, str]]:
         raise RuntimeError("secret internal detail")
 
+    def open_stream(self, metadata: object) -> BrokenStream:
+        return BrokenStream()
+
+
+class BrokenStream:
+    """A stream whose every message meets a bug."""
+
+    def __init__(self) -> None:
+        self.outbox = Outbox()
+
+    async def send(self, message: bytes) -> None:
+        raise RuntimeError("secret stream detail")
+
+    async def finish(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
 
 async def test_rest_bug_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> None:
     plane = BrokenPlane()
@@ -55,7 +77,8 @@ async def test_rest_bug_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> No
 
 async def test_grpc_bug_is_a_generic_internal(caplog: pytest.LogCaptureFixture) -> None:
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    server.add_generic_rpc_handlers((kserve_grpc_handler(BrokenPlane(), "broken"),))
+    server.add_generic_rpc_handlers((kserve_grpc_handler(
+        BrokenPlane(), "broken", StreamLimits(10, 5.0), 4),))
     port = free_ports(1)[0]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -63,11 +86,16 @@ async def test_grpc_bug_is_a_generic_internal(caplog: pytest.LogCaptureFixture) 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await channel.unary_unary(INFER)(grpc_request(), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as streamed:
+                call = channel.stream_stream(STREAM)(iter([grpc_request()]), timeout=5)
+                async for _ in call:
+                    pass
     finally:
         await server.stop(0)
-    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INTERNAL,
-                                                         "internal error")
+    for error in (info.value, streamed.value):
+        assert (error.code(), error.details()) == (grpc.StatusCode.INTERNAL, "internal error")
     assert "secret internal detail" in caplog.text
+    assert "secret stream detail" in caplog.text
 
 
 def test_server_settings_defaults_are_the_documented_limits() -> None:

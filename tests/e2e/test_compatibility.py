@@ -111,6 +111,8 @@ def test_the_readme_table_says_what_the_servers_do() -> None:
             assert any("empty registry" in r and "shared memory" in r for r in rows)
         elif kind:
             assert any(kind in r for r in refused), (api, kind)
+    streaming = next(r for r in rows if r.startswith("| `ModelStreamInfer`"))
+    assert "| served" in streaming, "test_streaming.py drives it through both hops"
 
 
 @pytest.mark.parametrize("client", ["http", "grpc"])
