@@ -47,9 +47,7 @@ from aios.plane import (
     SEQUENCE_HEADER,
     SEQUENCE_POSITION_HEADER,
     SHADOW_OF_HEADER,
-    SUBJECT_HEADER,
     TARGET_HEADER,
-    TENANT_HEADER,
     WEIGHTS_HEADER,
     ModelCall,
     header_value,
@@ -64,13 +62,14 @@ from aios.upstream import GrpcReply, GrpcUpstream, HttpReply, HttpUpstream, Meta
 from gateway.admin import RoutingAdmin
 from gateway.admin_grpc import RoutingAdminService, register_admin
 from gateway.admin_rest import AdminAuth, admin_routes
+from gateway.admission import OPEN, Admission
 from gateway.audit import AuditReader
 from gateway.audit_grpc import AuditService, register_audit
 from gateway.audit_rest import audit_routes
-from gateway.auth import Authenticator, Principal, build_authenticator
+from gateway.auth import Authenticator, build_authenticator
 from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
-from gateway.quota import Lease, LocalLimiter, Quotas, RedisLimiter, redis_client
+from gateway.quota import LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.review import ReviewApi
 from gateway.review_grpc import ReviewService, register_review
 from gateway.review_rest import review_routes
@@ -98,23 +97,6 @@ UPSTREAM_FAILURE_STATUSES = frozenset({502, 503, 504})
 SEQUENCE_REDIS_TIMEOUT_S = 0.5
 
 R = TypeVar("R", HttpReply, GrpcReply)
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What a call was let in with: who is calling, and its quota lease."""
-
-    principal: Principal | None
-    lease: Lease | None
-
-    def identity(self) -> dict[str, str]:
-        """Headers that tell the next hop who is calling."""
-        if self.principal is None:
-            return {}
-        return {TENANT_HEADER: self.principal.tenant, SUBJECT_HEADER: self.principal.subject}
-
-
-OPEN = Admission(None, None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from tritonclient.grpc import service_pb2
 
 from aios.errors import AiosError, InvalidInput
 from aios.grpc_service import method_path
 from aios.kserve import check_parameters, grpc_scheduling, peek_batch, set_grpc_parameters
+from aios.metrics import RequestMetrics
 from aios.streaming import (
     STREAM_METHOD,
     Book,
@@ -37,13 +39,44 @@ from aios.streaming import (
     put_hop_values,
     take_final_wish,
 )
-from aios.upstream import GrpcStream, Metadata
-from gateway.routing import Route
-from gateway.scheduling import CLAMPED_PARAMETER
+from aios.upstream import GrpcStream, GrpcUpstream, Metadata
+from gateway.admission import Admission
+from gateway.routing import ModelTable, Route
+from gateway.scheduling import CLAMPED_PARAMETER, Clamped
 from gateway.sequences import SequenceCall, grpc_parameters, sequence_of
 
-if TYPE_CHECKING:
-    from gateway.plane import Admission, GatewayPlane
+
+class StreamPlane(Protocol):
+    """What a stream asks of the gateway's plane (`gateway.plane.GatewayPlane`)."""
+
+    @property
+    def metrics(self) -> RequestMetrics: ...
+
+    async def checked_table(self, model: str, version: str) -> ModelTable: ...
+
+    async def admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
+                    batch: Callable[[], int]) -> Admission: ...
+
+    def release(self, admission: Admission) -> None: ...
+
+    @staticmethod
+    def sticky_key(table: ModelTable, admission: Admission,
+                   headers: Iterable[tuple[str, Any]]) -> str | None: ...
+
+    async def stream_route(self, model: str, pinned: str, key: str | None,
+                           sequence: SequenceCall | None, held: Route | None) -> Route: ...
+
+    def clamp(self, asked: Mapping[str, int], admission: Admission, route: Route) -> Clamped:
+        ...
+
+    @staticmethod
+    def hop_values(admission: Admission, route: Route, request_id: str,
+                   key: str | None) -> dict[str, str]: ...
+
+    def backend_grpc(self, backend: str) -> GrpcUpstream: ...
+
+    async def answered(self, model: str, route: Route, sequence: SequenceCall | None,
+                       ok: bool) -> None: ...
 
 PROTOCOL = "grpc_stream"  # how streamed requests are counted
 
@@ -61,7 +94,7 @@ class Sent:
 class GatewayStream:
     """One client's stream, carried to the sidecars."""
 
-    def __init__(self, metadata: Metadata, plane: GatewayPlane, in_flight: int) -> None:
+    def __init__(self, metadata: Metadata, plane: StreamPlane, in_flight: int) -> None:
         self.outbox = Outbox()
         self._metadata = metadata
         self._plane = plane
