@@ -10,7 +10,7 @@ DEV_SECRET := var/dev-hs256.secret
 # The local stack's decision-log signing key (checkpoints), outside the log folder.
 DEV_SIGNING_KEY := var/audit-signing.pem
 
-.PHONY: setup run test lint models clean help tools proto bench loadtest fuzz
+.PHONY: setup run test lint models clean help tools proto bench loadtest fuzz examples
 
 help:
 	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
@@ -19,6 +19,7 @@ help:
 	@echo "make models  retrain claims_risk v1/v2 into model_repo/"
 	@echo "make bench   measure gateway + sidecar overhead against direct Triton"
 	@echo "             (BENCH_ARGS=--transports: also our transports vs uvicorn/aiohttp/redis-py)"
+	@echo "make examples CLIENT_REPO=path  Triton's client examples, direct and through the gateway"
 	@echo "make loadtest SCENARIO=steady|canary|noisy|shadow  Locust against make run's stack"
 
 setup: $(STAMP)
@@ -75,6 +76,12 @@ bench: $(STAMP) $(MODELS) tools
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
 	@command -v nginx >/dev/null || echo "nginx not found (apt-get install -y nginx-light): the nginx path is skipped"
 	$(BIN)/python -m loadtests.bench --out results $(BENCH_ARGS)
+
+# Triton's own client examples (a checkout, or bare git directory, of
+# triton-inference-server/client), run against Triton directly and through the gateway.
+examples: $(STAMP)
+	@test -n "$(CLIENT_REPO)" || { echo "set CLIENT_REPO to a checkout of triton-inference-server/client"; exit 2; }
+	$(BIN)/python -m loadtests.examples --client-repo $(CLIENT_REPO) --out results
 
 # A short headless Locust run against `make run`'s stack (start it first).
 SCENARIO ?= steady
