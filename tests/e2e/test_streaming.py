@@ -29,14 +29,15 @@ from tritonclient.utils import InferenceServerException
 
 from aios.auditlog import records
 from tests.conftest import Stack
-from tests.helpers import REPO, TEST_TENANT, gateway_config, running, token, wait_until
+from tests.e2e.test_decisions import sidecar_config
+from tests.helpers import REPO, TEST_TENANT, free_ports, gateway_config, running, token, wait_until
 from tests.redis_server import RedisServer
 
 OPS = {"authorization": f"Bearer {token('routes:read routes:write', subject='ops')}"}
 AUTH = {"authorization": f"Bearer {token('infer:repeat infer:accumulator')}"}
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 LIMITS = {"stream_max_messages": 5, "stream_idle_s": 1.5, "max_streams": 2,
-          "stream_max_in_flight": 2}
+          "stream_max_in_flight": 2, "max_body_bytes": 65536}
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,43 @@ def accumulator_route(one: int, two: int) -> dict[str, Any]:
                         "two": {"backend": "local", "version": "2", "weight": two}}}
 
 
+@dataclass(frozen=True)
+class Streaming:
+    gateways: list[Gateway]
+    own_sidecar: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def gateways(streaming: Streaming) -> list[Gateway]:
+    return streaming.gateways
+
+
 @pytest.fixture(scope="module")
-def gateways(stack: Stack, redis_server: RedisServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]:
-    """Two replicas on Redis, and a third with small stream limits (LIMITS)."""
+def streaming(stack: Stack, redis_server: RedisServer,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Streaming]:
+    """Two replicas on Redis, and a third with small stream limits (LIMITS) whose `repeat`
+    goes to a sidecar of its own (on the same Triton), which a test takes down."""
     tmp = tmp_path_factory.mktemp("streaming")
+    f_http, f_grpc = free_ports(2)
     routing = {"store": "redis", "redis_url": redis_server.url,
                "key_prefix": f"aios:test-stream-{time.time_ns()}:"}
     models = {"repeat": {"backend": "local"}, "accumulator": accumulator_route(50, 50)}
     quota = {"tenants": {TEST_TENANT: {"rate_per_s": 1e6, "burst": 100000, "top_priority": 2},
                          "stream-tight": {"rate_per_s": 0.001, "burst": 3}}}
     with contextlib.ExitStack() as services:
+        own_sidecar = services.enter_context(running("sidecar", sidecar_config(
+            stack, f_http, f_grpc, tmp / "own"), f_http, tmp))
+        own = {"own": {"http": f"127.0.0.1:{f_http}", "grpc": f"127.0.0.1:{f_grpc}"}}
         out = []
         for limits in ({}, {}, LIMITS):
             config, http_port, grpc_port = gateway_config(
-                stack.sidecar_http, stack.sidecar_grpc, models, server=limits,
-                routing=routing if not limits else {}, quota=quota)
+                stack.sidecar_http, stack.sidecar_grpc,
+                {**models, "repeat": {"backend": "own"}} if limits else models,
+                server=limits, routing=routing if not limits else {}, quota=quota,
+                backends=own)
             services.enter_context(running("gateway", config, http_port, tmp))
             out.append(Gateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"))
-        yield out
+        yield Streaming(out, own_sidecar)
 
 
 def repeat_input(values: list[int]) -> list[grpcclient.InferInput]:
@@ -430,3 +449,39 @@ def test_tritonclient_raises_triton_text_for_a_refused_stream_request(
         "nope", repeat_input([1]), request_id="n"))
     assert len(got) == 1 and isinstance(got[0][1], InferenceServerException)
     assert got[0][1].message() == "Request for unknown model: 'nope' is not found"
+
+
+def test_a_message_over_the_size_limit_ends_the_stream(gateways: list[Gateway]) -> None:
+    request = service_pb2.ModelInferRequest.FromString(repeat_request("big"))
+    request.raw_input_contents[0] = b"\0" * 100_000
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_stream(gateways[2].grpc, [bytes(request.SerializeToString())],
+                   (("authorization", AUTH["authorization"]),))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max (100" in (caught.value.details() or "")
+
+
+def test_a_backend_that_dies_mid_stream_ends_the_clients_stream(
+        streaming: Streaming) -> None:
+    """Last in this module: it takes the third gateway's `repeat` sidecar down."""
+    gateway = streaming.gateways[2]
+    own = streaming.own_sidecar
+    metadata = (("authorization", AUTH["authorization"]),)
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        held: queue.Queue[bytes] = queue.Queue()
+
+        def requests() -> Iterator[bytes]:
+            yield repeat_request("before")
+            yield held.get()
+
+        call = channel.stream_stream(STREAM)(requests(), metadata=metadata)
+        first = service_pb2.ModelStreamInferResponse.FromString(next(call))
+        assert (first.error_message, first.infer_response.id) == ("", "before")
+        own.kill()
+        own.wait(10)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(call)
+        held.put(repeat_request("after"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (caught.value.details() or "").startswith("backend 'own' unavailable: ")
+    assert metric(gateway.rest, "aios_gateway_in_flight_requests") == 0
