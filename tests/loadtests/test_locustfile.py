@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import Stack
-from tests.helpers import REPO, TEST_TENANT
+from tests.helpers import REPO, TEST_TENANT, gateway_config, running, write_config
 
 
 def test_steady_scenario_runs_headless(stack: Stack, tmp_path: Path) -> None:
@@ -27,3 +27,37 @@ def test_steady_scenario_runs_headless(stack: Stack, tmp_path: Path) -> None:
     for name in ("rest json", "rest binary", "grpc infer"):
         assert int(rows[name]["Request Count"]) > 0, (name, out.stderr[-2000:])
         assert int(rows[name]["Failure Count"]) == 0, (name, out.stderr[-2000:])
+
+
+def test_canary_scenario_stays_within_a_per_row_quota_and_survives_stale_revisions(
+        stack: Stack, tmp_path: Path) -> None:
+    """Operators racing each other on one table (409s, retried), and users of a tenant that
+    pays per batch row at a rate the unpaced load would exceed: no failures, and the run
+    ends with its summary."""
+    models = {"claims_risk": {"targets": {
+        "stable": {"backend": "local", "version": "2", "weight": 90},
+        "canary": {"backend": "local", "version": "1", "weight": 10}}}}
+    config, http_port, grpc_port = gateway_config(
+        stack.sidecar_http, stack.sidecar_grpc, models,
+        quota={"tenants": {"per-row": {"rate_per_s": 300, "burst": 150, "cost": "batch"}}})
+    path = write_config(tmp_path / "gateway.yaml", config)
+    with running("gateway", config, http_port, tmp_path):
+        env = {**os.environ, "AIOS_CONFIG": str(path), "AIOS_GRPC": f"127.0.0.1:{grpc_port}",
+               "AIOS_LOADTEST_TENANTS": "per-row"}
+        out = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless",
+             "--users", "12", "--spawn-rate", "12", "--run-time", "8s", "--tags", "canary",
+             "--host", f"http://127.0.0.1:{http_port}", "--csv", str(tmp_path / "locust"),
+             "--html", str(tmp_path / "report.html"), "--only-summary", "--stop-timeout",
+             "5", "RestUser", "GrpcUser", "Ops"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    with (tmp_path / "locust_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    for name in ("rest json", "rest binary", "grpc infer", "admin weights"):
+        assert int(rows[name]["Request Count"]) > 0, (name, out.stdout[-2000:])
+    assert int(rows["Aggregated"]["Failure Count"]) == 0, out.stdout[-3000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = out.stdout[out.stdout.index("request          "):]
+    assert f"HTML report: {tmp_path / 'report.html'}" in summary
+    assert [line.split()[0] for line in summary.splitlines()[1:5]] == [
+        "admin", "admin", "grpc", "rest"]
