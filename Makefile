@@ -53,6 +53,7 @@ run: $(STAMP) $(MODELS) $(DEV_SECRET) $(DEV_SIGNING_KEY)
 # System programs the tests start themselves (a hermetic redis-server per test run).
 tools:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server"; exit 1; }
+	@command -v chromium >/dev/null || { echo "chromium not found (the console's browser tests): apt-get install -y chromium"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check aios aios_cli gateway sidecar tests loadtests

@@ -613,6 +613,13 @@ class QuotaSettings(_Frozen):
         return self.tenants.get(tenant, self.default)
 
 
+class ConsoleSettings(_Frozen):
+    """The web console under /console (`gateway.console`): static files over the admin API,
+    which checks every call's token."""
+
+    enabled: bool = True
+
+
 class GatewaySettings(_Frozen):
     """The gateway: front door, backends (sidecars) and the model → backend routes."""
 
@@ -634,6 +641,7 @@ class GatewaySettings(_Frozen):
     change_log: SignedLogSettings = SignedLogSettings(directory=Path("var/route-changes"))
     audit: AuditApiSettings = AuditApiSettings()
     review: ReviewApiSettings = ReviewApiSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> GatewaySettings:

@@ -33,11 +33,16 @@ class AdminAuth:
 
     async def principal(self, authorization: str | None, scope: str) -> Principal:
         """The caller if it holds ``scope``."""
-        if self._auth is None:
-            raise Forbidden("the admin API needs auth, which is disabled")
-        principal = await self._auth.authenticate(authorization)
+        principal = await self.identify(authorization)
+        assert self._auth is not None
         self._auth.check(principal, scope)
         return principal
+
+    async def identify(self, authorization: str | None) -> Principal:
+        """The caller, whatever its scopes."""
+        if self._auth is None:
+            raise Forbidden("the admin API needs auth, which is disabled")
+        return await self._auth.authenticate(authorization)
 
 
 async def read_json(request: Request, optional: bool = False) -> Any:
@@ -65,6 +70,13 @@ def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
 
     async def who(request: Request, scope: str) -> str:
         return await auth.subject(request.headers.get("authorization"), scope)
+
+    async def whoami(request: Request) -> Response:
+        """Who the token says the caller is, as the gateway verified it (the console shows
+        the pages its scopes open)."""
+        principal = await auth.identify(request.headers.get("authorization"))
+        return JSONResponse({"subject": principal.subject, "tenant": principal.tenant,
+                             "scopes": sorted(principal.scopes)})
 
     async def list_routes(request: Request) -> Response:
         await who(request, "routes:read")
@@ -95,6 +107,7 @@ def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
         return JSONResponse({"changes": [asdict(c) for c in changes]})
 
     return [
+        Route("/admin/whoami", whoami, methods=["GET"]),
         Route("/admin/routes", list_routes, methods=["GET"]),
         Route("/admin/history", history, methods=["GET"]),
         Route("/admin/routes/{model}", get_route, methods=["GET"]),

@@ -69,6 +69,8 @@ from gateway.audit_rest import audit_routes
 from gateway.auth import Authenticator, build_authenticator
 from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
+from gateway.console import console_routes
+from gateway.health import HealthReader
 from gateway.quota import LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.review import ReviewApi
 from gateway.review_grpc import ReviewService, register_review
@@ -559,7 +561,9 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
             reviews = ReviewApi(settings.review, review_store, registry)
             figures = asyncio.create_task(reviews.metrics_loop())
             stack.callback(figures.cancel)
-        yield ServiceParts(plane, [*admin_routes(admin, admin_auth),
+        console = console_routes(HealthReader(registry, {n: b.http for n, b in backends.items()}),
+                                 admin_auth) if settings.console.enabled else []
+        yield ServiceParts(plane, [*admin_routes(admin, admin_auth), *console,
                                    *audit_routes(audit, admin_auth),
                                    *review_routes(reviews, admin_auth)],
                            [register_admin(RoutingAdminService(admin, admin_auth)),

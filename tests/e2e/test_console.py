@@ -1,0 +1,306 @@
+"""The console in a real browser (Debian's chromium, driven by Playwright) against a real
+gateway in front of the session stack's sidecar and Triton: sign in with a token, change
+a weight with a reason and find it in history and in `aios routes list`, meet a stale
+revision, see no edit controls without `routes:write` (and a 403 if trying anyway), find
+a decision by its claim id and open it; a reason holding `<script>` is shown as text;
+the page's headers refuse framing and foreign scripts; no cookie can act for the token."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from aios.checkpoint import write_key_pair
+from aios_cli.claims import synthesize_claims
+from tests.conftest import Stack
+from tests.helpers import (
+    MODEL_REPO,
+    REPO,
+    free_ports,
+    gateway_config,
+    infer_json,
+    running,
+    token,
+)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OPS = token("routes:read routes:write audit:read review:read review:decide", subject="olga")
+READER = token("routes:read audit:read", subject="rita")
+XSS = "<script>alert('x')</script> ramp after review"
+# Set to a folder (docs/) to keep a screenshot of each page there.
+SHOTS = os.environ.get("AIOS_CONSOLE_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway with a two-target claims_risk, the audit and review APIs, in front of a
+    sidecar of its own (on the stack's Triton) whose review gate sends every decision to
+    people (flag mode: the answer goes out, the item waits)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("the console tests need Debian's chromium: apt-get install chromium")
+    tmp = tmp_path_factory.mktemp("console")
+    key, public = tmp / "signing.pem", tmp / "signing.pub.pem"
+    write_key_pair(key, public)
+    store = str(tmp / "reviews.db")
+    s_http, s_grpc = free_ports(2)
+    sidecar = {"sidecar": {
+        "server": {"http_port": s_http, "grpc_port": s_grpc},
+        "triton": {"http": stack.triton_http, "grpc": stack.triton_grpc},
+        "decision_log": {"directory": str(tmp / "decisions"), "signing_key_file": str(key),
+                         "checkpoint_every_records": 1, "checkpoint_every_s": 0.2},
+        # A small drift window, so the health page's drift table fills within the test.
+        "parity": {"model_repository": str(MODEL_REPO), "drift_window": 50, "drift_every": 10},
+        "review": {"enabled": True, "store_url": store, "gates_poll_s": 0.2,
+                   "finish_every_s": 0.1, "models": {"claims_risk": {"gates": [
+                       {"name": "every", "band": {"output": "risk_score", "low": 0.0,
+                                                  "high": 1.0}}]}}}}}
+    audit = {"logs": {"local": {"directory": str(tmp / "decisions"),
+                                "public_key_file": str(public)}},
+             "model_repository": str(MODEL_REPO),
+             "access_log": {"directory": str(tmp / "audit-reads"),
+                            "signing_key_file": str(key)}}
+    models = {"claims_risk": {"sticky": "header:x-claim-id", "targets": {
+        "stable": {"backend": "local", "version": "2", "weight": 90},
+        "canary": {"backend": "local", "version": "1", "weight": 10}}}}
+    config, http_port, _ = gateway_config(f"127.0.0.1:{s_http}", f"127.0.0.1:{s_grpc}",
+                                          models, audit=audit,
+                                          review={"store_url": store, "lease_s": 60})
+    with running("sidecar", sidecar, s_http, tmp), running("gateway", config, http_port, tmp):
+        yield f"http://127.0.0.1:{http_port}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    dialogs: list[str] = []
+    opened.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    errors: list[str] = []
+    opened.on("pageerror", lambda e: errors.append(str(e)))
+    # A refused API call is logged by the browser too; the tests check those statuses.
+    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" and
+              not m.text.startswith("Failed to load resource") else None)
+    yield opened
+    context.close()
+    assert dialogs == [], "a script from the data ran"
+    assert errors == [], "the page met errors"
+
+
+def sign_in(page: Page, console: str, with_token: str) -> None:
+    page.goto(f"{console}/console/")
+    page.get_by_label("Bearer token").fill(with_token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=True)
+
+
+def table(console: str) -> dict[str, Any]:
+    resp = httpx.get(f"{console}/admin/routes/claims_risk",
+                     headers={"authorization": f"Bearer {OPS}"})
+    doc: dict[str, Any] = resp.json()
+    return doc
+
+
+def test_sign_in_change_a_weight_with_a_reason_and_find_it_everywhere(
+        console: str, page: Page, tmp_path: Path) -> None:
+    sign_in(page, console, OPS)
+    expect(page.get_by_role("navigation")).to_contain_text("Routes")
+    expect(page.get_by_role("navigation")).to_contain_text("Decisions")
+    expect(page.locator("#who")).to_contain_text("olga")
+    page.get_by_role("link", name="Routes").click()
+    card = page.get_by_role("region", name="model claims_risk")
+    expect(card).to_contain_text("stable")
+    card.get_by_label("weight of canary").fill("25")
+    card.get_by_label("weight of stable").fill("75")
+    card.get_by_label("reason").fill(XSS)
+    card.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("status")).to_contain_text("Saved claims_risk: revision")
+    card.get_by_role("button", name="History").click()
+    history = card.get_by_role("table", name="history of claims_risk")
+    expect(history).to_contain_text(XSS)  # as text: the page's own dialog check passes
+    expect(history).to_contain_text("canary 10 → 25; stable 90 → 75")
+    expect(history).to_contain_text("olga")
+    shot(page, "routes")
+    assert {n: t["weight"] for n, t in table(console)["targets"].items()} == {
+        "stable": 75, "canary": 25}
+    listed = subprocess.run(
+        [sys.executable, "-m", "aios_cli", "routes", "list", "--url", console,
+         "--token", OPS], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines() if "claims_risk" in line
+            or line.strip().startswith(("stable", "canary"))]
+    assert any("canary" in r and "25" in r for r in rows), listed.stdout
+    assert any("stable" in r and "75" in r for r in rows), listed.stdout
+
+
+def test_a_stale_revision_is_shown_not_swallowed(console: str, page: Page) -> None:
+    sign_in(page, console, OPS)
+    page.get_by_role("link", name="Routes").click()
+    card = page.get_by_role("region", name="model claims_risk")
+    expect(card).to_contain_text("revision")
+    current = table(console)
+    moved = httpx.put(f"{console}/admin/routes/claims_risk/weights",
+                      headers={"authorization": f"Bearer {OPS}"},
+                      json={"base_revision": current["revision"], "reason": "someone else",
+                            "weights": {"stable": 60, "canary": 40}})
+    assert moved.status_code == 200
+    card.get_by_label("weight of canary").fill("50")
+    card.get_by_label("weight of stable").fill("50")
+    card.get_by_label("reason").fill("mine")
+    card.get_by_role("button", name="Apply").click()
+    alert = card.get_by_role("alert")
+    expect(alert).to_contain_text(f"The table now shows revision {moved.json()['revision']}")
+    expect(alert).to_contain_text("Not saved:")
+    expect(card.get_by_label("weight of canary")).to_have_value("40")
+    assert {n: t["weight"] for n, t in table(console)["targets"].items()} == {
+        "stable": 60, "canary": 40}, "nothing was overwritten"
+
+
+def test_without_routes_write_there_are_no_edit_controls_and_trying_is_403(
+        console: str, page: Page) -> None:
+    sign_in(page, console, READER)
+    page.get_by_role("link", name="Routes").click()
+    card = page.get_by_role("region", name="model claims_risk")
+    expect(card).to_contain_text("stable")
+    expect(card.get_by_role("button", name="Apply")).to_have_count(0)
+    expect(card.get_by_label("weight of canary")).to_have_count(0)
+    expect(page.get_by_role("navigation")).not_to_contain_text("Reviews")
+    status = page.evaluate("""async (revision) => (await fetch(
+        "/admin/routes/claims_risk/weights", {method: "PUT", headers: {
+          authorization: "Bearer " + sessionStorage.getItem("aios-console-token"),
+          "content-type": "application/json"},
+          body: JSON.stringify({base_revision: revision, weights: {stable: 1, canary: 99}})})
+        ).status""", table(console)["revision"])
+    assert status == 403
+
+
+def test_find_a_decision_by_its_claim_id_and_open_it(console: str, page: Page) -> None:
+    claim_id = "C-CONSOLE-<b>7</b>"
+    decision = score(console, claim_id)
+    sign_in(page, console, OPS)
+    page.get_by_role("link", name="Decisions").click()
+    page.get_by_label("claim id").fill(claim_id)
+    page.get_by_role("button", name="Search").click()
+    found = page.get_by_role("table", name="decisions found")
+    expect(found).to_contain_text(decision)
+    expect(found).to_contain_text(claim_id)
+    shot(page, "decisions")
+    found.get_by_role("link", name=decision).click()
+    detail = page.locator("#decision-detail")
+    expect(detail).to_contain_text(f"Decision {decision}")
+    expect(detail).to_contain_text("Chain: ")
+    expect(detail.get_by_role("table", name="features")).to_contain_text("claim_amount")
+    shot(page, "decision")
+
+
+def test_the_page_refuses_framing_and_foreign_scripts_and_cookies_act_for_no_one(
+        console: str) -> None:
+    resp = httpx.get(f"{console}/console/")
+    assert resp.status_code == 200
+    assert resp.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
+    assert "script-src 'self';" in resp.headers["content-security-policy"]
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["referrer-policy"] == "no-referrer"
+    assert httpx.get(f"{console}/console/app.js").headers["content-type"].startswith(
+        "text/javascript")
+    assert httpx.get(f"{console}/console/../admin/routes").status_code in (401, 404)
+    # A cross-site form posts with the browser's cookies, never with the console's token.
+    forged = httpx.put(f"{console}/admin/routes/claims_risk/weights",
+                       headers={"origin": "https://evil.example", "cookie": f"token={OPS}",
+                                "content-type": "application/x-www-form-urlencoded"},
+                       content=b"weights=stable%3D0")
+    assert forged.status_code == 401
+    assert forged.json() == {"error": "missing bearer token"}
+
+
+def score(console: str, claim_id: str) -> str:
+    """A decision through the console's gateway; its decision id."""
+    resp = httpx.post(f"{console}/v2/models/claims_risk/infer",
+                      content=infer_json([[4200.0, 18, 1, 9, 41, 6, 0, 1]]),
+                      headers={"authorization": f"Bearer {token()}", "x-claim-id": claim_id})
+    assert resp.status_code == 200, resp.text
+    return resp.headers["x-aios-decision-id"]
+
+
+def test_decide_a_review_item(console: str, page: Page) -> None:
+    decision = score(console, "C-REVIEW-1")
+    auth = {"authorization": f"Bearer {OPS}"}
+    item = httpx.get(f"{console}/admin/reviews/{decision}", headers=auth).json()
+    sign_in(page, console, OPS)
+    page.get_by_role("link", name="Reviews").click()
+    queue = page.get_by_role("table", name="review queue")
+    expect(queue).to_contain_text("C-REVIEW-1")
+    shot(page, "reviews")
+    queue.get_by_role("link", name=item["id"]).click()
+    detail = page.locator("#review-detail")
+    expect(detail).to_contain_text(f"Review {item['id']}")
+    expect(detail).to_contain_text("risk_score")
+    detail.get_by_role("button", name="Claim").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Review {item['id']}: claim done.")
+    detail.get_by_label("reason").fill("documents checked <img src=x onerror=alert(1)>")
+    detail.get_by_role("button", name="Approve").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Review {item['id']}: decision done.")
+    decided = httpx.get(f"{console}/admin/reviews/{item['id']}", headers=auth).json()
+    assert (decided["state"], decided["decided_by"], decided["reason"]) == (
+        "decided", "olga", "documents checked <img src=x onerror=alert(1)>")
+
+
+def test_live_health_per_model_version(console: str, page: Page) -> None:
+    claims, _ = synthesize_claims(64, seed=7)
+    for version in ("1", "2"):  # a drift window's worth of rows on each version
+        resp = httpx.post(f"{console}/v2/models/claims_risk/versions/{version}/infer",
+                          content=infer_json(claims.tolist()),
+                          headers={"authorization": f"Bearer {token()}"})
+        assert resp.status_code == 200, resp.text
+    sign_in(page, console, OPS)
+    page.get_by_role("link", name="Health").click()
+    requests = page.get_by_role("table", name="requests per model version")
+    expect(requests).to_contain_text("claims_risk (as routed)")
+    expect(page.get_by_role("img", name="requests per second of claims_risk (as routed)")
+           ).to_have_count(1)
+    parity = page.get_by_role("table", name="golden parity on local")
+    expect(parity).to_contain_text("claims_risk v2")
+    expect(parity).to_contain_text("passing")
+    drift = page.get_by_role("table", name="drift on local")
+    expect(drift).to_contain_text("claimant_age")
+    stop = threading.Event()
+
+    def traffic() -> None:  # while the page polls: a rate shows
+        i = 0
+        while not stop.is_set():
+            score(console, f"C-HEALTH-{i}")
+            i += 1
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        routed = requests.locator("tr", has_text="claims_risk (as routed)")
+        expect(routed.locator("td").first).not_to_have_text("0.0", timeout=10000)
+        shot(page, "health")
+    finally:
+        stop.set()
+        sender.join(10)
