@@ -11,11 +11,11 @@ SIDECAR = """
 aios_sidecar_requests_total{model="claims_risk",version="2",protocol="rest",code="200"} 40
 aios_sidecar_requests_total{model="claims_risk",version="2",protocol="grpc",code="UNAVAILABLE"} 2
 # TYPE aios_sidecar_request_duration_seconds histogram
-aios_sidecar_request_duration_seconds_bucket{model="claims_risk",version="2",protocol="rest",le="0.001"} 10
-aios_sidecar_request_duration_seconds_bucket{model="claims_risk",version="2",protocol="rest",le="+Inf"} 40
-aios_sidecar_request_duration_seconds_bucket{model="claims_risk",version="2",protocol="rest",le="0.01"} 35
-aios_sidecar_request_duration_seconds_count{model="claims_risk",version="2",protocol="rest"} 40
-aios_sidecar_request_duration_seconds_sum{model="claims_risk",version="2",protocol="rest"} 0.1
+aios_sidecar_request_duration_seconds_bucket{model="m",version="2",protocol="rest",le="0.001"} 10
+aios_sidecar_request_duration_seconds_bucket{model="m",version="2",protocol="rest",le="+Inf"} 40
+aios_sidecar_request_duration_seconds_bucket{model="m",version="2",protocol="rest",le="0.01"} 35
+aios_sidecar_request_duration_seconds_count{model="m",version="2",protocol="rest"} 40
+aios_sidecar_request_duration_seconds_sum{model="m",version="2",protocol="rest"} 0.1
 # TYPE aios_sidecar_drift_psi gauge
 aios_sidecar_drift_psi{model="claims_risk",version="2",feature="claimant_age"} 0.31
 # TYPE aios_sidecar_drift_flag gauge
@@ -34,7 +34,7 @@ def test_a_sidecars_figures_are_summarized_per_model_version() -> None:
          "count": 40.0},
         {"model": "claims_risk", "version": "2", "protocol": "grpc", "code": "UNAVAILABLE",
          "count": 2.0}]
-    assert doc["latency"] == [{"model": "claims_risk", "version": "2", "count": 40.0,
+    assert doc["latency"] == [{"model": "m", "version": "2", "count": 40.0,
                                "buckets": [[0.001, 10.0], [0.01, 35.0], [None, 40.0]]}]
     assert doc["drift"] == [{"model": "claims_risk", "version": "2",
                              "feature": "claimant_age", "psi": 0.31, "flagged": 1.0}]
