@@ -41,6 +41,10 @@ SEQUENCE_POSITION_HEADER = "x-aios-sequence-position"
 # A decision a review gate sent to people: "pending", and the review's id.
 REVIEW_HEADER = "x-aios-review"
 REVIEW_ID_HEADER = "x-aios-review-id"
+# A replay (`aios replay`): a recorded decision scored again by a candidate version. Its
+# record is kind "replay" and it is counted under protocol "replay": never a decision,
+# never drift, never a review.
+REPLAY_HEADER = "x-aios-replay"
 # A gRPC call the gateway carried to a sidecar as JSON (`aios.grpcjson`): recorded and
 # counted as the gRPC call it is.
 PROTOCOL_HEADER = "x-aios-protocol"

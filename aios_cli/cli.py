@@ -14,6 +14,7 @@ from aios.tracing import TracingSettings
 from aios_cli.audit_cli import add_audit_parser
 from aios_cli.envoy_cli import add_envoy_parser
 from aios_cli.examples import add_examples
+from aios_cli.replay_cli import add_replay_parser
 from aios_cli.review_cli import add_review_parser
 from aios_cli.routes_cli import add_routes_parser
 from aios_cli.runner import run_async
@@ -157,6 +158,7 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
 
     add_audit_parser(sub, common)
     add_review_parser(sub, common)
+    add_replay_parser(sub, common)
 
     token = add("token", cmd_token, "mint a development JWT signed with the HS256 secret")
     token.add_argument("--sub", default="dev", help="subject (default: dev)")

@@ -30,6 +30,8 @@ EXAMPLES = {
                          "--public-key var/audit-signing.pub.pem",
     "audit keygen": "aios audit keygen --private var/audit-signing.pem "
                     "--public var/audit-signing.pub.pem",
+    "replay": "aios replay --model claims_risk --candidate 2 --from 2026-11-01 "
+              "--to 2026-12-01 --out results/replay",
     "review list": "aios review list --state pending --gate unsure",
     "review show": "aios review show 01M8SA1Q1NSF5PJ565MCJWENYS",
     "review claim": "aios review claim 01M8SA1Q1NSF5PJ565MCJWENYS --lease-s 900",

@@ -254,8 +254,9 @@ class Pipeline:
         """The calls of one model version, counted in and out together."""
         started = time.perf_counter()
         first = calls[0]
+        # A replay is checked against no profile: its inputs were served once already.
         profile = self._parity.profile(first.model, first.version) \
-            if self._parity is not None else None
+            if self._parity is not None and first.protocol != "replay" else None
         merged: Tensors = {}
         if len(calls) > 1:
             assert first.key is not None
@@ -467,7 +468,8 @@ class Pipeline:
                 current_trace_id() if self._tracing.enabled else ""),
             parity_flags=flags, outcome=outcome, error=error[:1000],
             shadow=seen.get(SHADOW_HEADER) == "1" or mirrored(call.headers),
-            sequence_id=seen.get(SEQUENCE_HEADER, "")[:128])
+            sequence_id=seen.get(SEQUENCE_HEADER, "")[:128],
+            kind="replay" if call.protocol == "replay" else "")
         position = seen.get(SEQUENCE_POSITION_HEADER, "")
         if position.isascii() and position.isdigit() and int(position) < 2**32:
             record.sequence_position = int(position)
@@ -485,5 +487,6 @@ class Pipeline:
                 output=expected.output, threshold=expected.threshold,
                 rows=len(expected.decisions), agreed=agreed))
         queued = self._review.consider(record, call.inputs, outputs, expected, agreed) \
-            if self._review is not None and self._review.gated(call.model) else None
+            if self._review is not None and call.protocol != "replay" and \
+            self._review.gated(call.model) else None
         return (record if self._log is not None else None), queued

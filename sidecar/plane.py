@@ -26,6 +26,7 @@ from aios.metrics import RequestMetrics
 from aios.plane import (
     GRPC_CALL_KINDS,
     PROTOCOL_HEADER,
+    REPLAY_HEADER,
     SHADOW_MODEL_HEADER,
     SHADOW_VERSION_HEADER,
     VERSION_HEADER,
@@ -208,7 +209,8 @@ class SidecarPlane:
     def _rest_call(self, call: ModelCall) -> InferCall:
         return InferCall(call.protocol, call.model, call.version, list(call.headers),
                          request_id(call), infer_inputs(call), call.batch, len(call.body),
-                         rest=call, key=merge_key(call) if self._batching else None)
+                         rest=call, key=merge_key(call) if self._batching and
+                         call.protocol != "replay" else None)  # a replay goes alone
 
 
 def answer_of(reply: HttpReply | GrpcReply) -> Answer:
@@ -276,6 +278,8 @@ def routed(call: ModelCall) -> ModelCall:
     model, version = call.model, call.version
     if header_value(call.headers, PROTOCOL_HEADER) == "grpc" and call.protocol != "grpc":
         call = dataclasses.replace(call, protocol="grpc")
+    if header_value(call.headers, REPLAY_HEADER) == "1" and call.protocol != "replay":
+        call = dataclasses.replace(call, protocol="replay")
     if mirrored(call.headers):
         model = header_value(call.headers, SHADOW_MODEL_HEADER) or model
         version = header_value(call.headers, SHADOW_VERSION_HEADER) or version
