@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from aios.readable import array
@@ -89,6 +90,26 @@ def collect(records: Iterable[DecisionRecord], model: str, input_name: str,
         if limit and len(out) >= limit:
             break
     return out
+
+
+def infer_body(input_name: str, output_name: str, rows: NDArray[Any]) -> bytes:
+    """A KServe v2 JSON infer request for ``rows`` (FP32 values exactly as recorded)."""
+    return orjson.dumps({"inputs": [{"name": input_name, "datatype": "FP32",
+                                     "shape": list(rows.shape),
+                                     "data": rows.astype(np.float32).ravel().tolist()}],
+                         "outputs": [{"name": output_name}]})
+
+
+def scores_of(body: bytes, output_name: str, rows: int) -> NDArray[Any]:
+    """The first column of ``output_name`` in a JSON infer response; ValueError if the
+    response has no such output for ``rows`` rows."""
+    try:
+        doc = orjson.loads(body)
+        output = next(o for o in doc["outputs"] if o["name"] == output_name)
+        scores = np.asarray(output["data"], np.float64).reshape(rows, -1)[:, 0]
+    except (orjson.JSONDecodeError, KeyError, StopIteration, TypeError, ValueError) as exc:
+        raise ValueError(f"the answer has no {output_name!r} for {rows} rows") from exc
+    return scores
 
 
 def wilson(agreed: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from aios.auditlog import records
 from aios.config import StackConfig
 from aios.plane import REPLAY_HEADER, model_path
 from aios.readable import load_names
-from aios.replay import Recorded, collect, report
+from aios.replay import Recorded, collect, infer_body, report, scores_of
 from aios_cli.audit_cli import table
 
 DEFAULT_RATE = 500.0  # rows per second
@@ -66,17 +66,12 @@ def score(url: str, model: str, version: str, input_name: str, output_name: str,
     with httpx.Client(base_url=url, timeout=30) as client:
         for start in range(0, x.shape[0], batch):
             rows = x[start:start + batch]
-            body = {"inputs": [{"name": input_name, "datatype": "FP32",
-                                "shape": list(rows.shape), "data": rows.ravel().tolist()}],
-                    "outputs": [{"name": output_name}]}
-            resp = client.post(path, json=body, headers={REPLAY_HEADER: "1"})
+            resp = client.post(path, content=infer_body(input_name, output_name, rows),
+                               headers={REPLAY_HEADER: "1", "content-type": "application/json"})
             if resp.status_code != 200:
                 raise RuntimeError(f"the sidecar answered {resp.status_code} for rows "
                                    f"{start}-{start + len(rows) - 1}: {resp.text[:300]}")
-            doc = resp.json()
-            output = next(o for o in doc["outputs"] if o["name"] == output_name)
-            out[start:start + len(rows)] = np.asarray(output["data"], np.float64).reshape(
-                len(rows), -1)[:, 0]
+            out[start:start + len(rows)] = scores_of(resp.content, output_name, len(rows))
             done = start + len(rows)
             progress(done)
             ahead = done / rate - (time.monotonic() - started)
@@ -182,7 +177,7 @@ def cmd_replay(args: argparse.Namespace, config: StackConfig) -> int:
     try:
         candidate = score(url, args.model, args.candidate, meaning.input, meaning.output,
                           recorded.x, args.batch, args.rate, bar)
-    except (httpx.HTTPError, RuntimeError) as exc:
+    except (httpx.HTTPError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

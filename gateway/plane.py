@@ -72,6 +72,8 @@ from gateway.breaker import Breaker
 from gateway.console import console_routes
 from gateway.health import HealthReader
 from gateway.quota import LocalLimiter, Quotas, RedisLimiter, redis_client
+from gateway.replay import Replays
+from gateway.replay_rest import replay_routes
 from gateway.review import ReviewApi
 from gateway.review_grpc import ReviewService, register_review
 from gateway.review_rest import review_routes
@@ -561,10 +563,15 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
             reviews = ReviewApi(settings.review, review_store, registry)
             figures = asyncio.create_task(reviews.metrics_loop())
             stack.callback(figures.cancel)
+        replays = Replays({n: s.directory for n, s in settings.audit.logs.items()},
+                          settings.audit.model_repository, router,
+                          {n: b.http for n, b in backends.items()})
+        stack.push_async_callback(replays.aclose)
         console = console_routes(HealthReader(registry, {n: b.http for n, b in backends.items()}),
                                  admin_auth) if settings.console.enabled else []
         yield ServiceParts(plane, [*admin_routes(admin, admin_auth), *console,
                                    *audit_routes(audit, admin_auth),
+                                   *replay_routes(replays, admin_auth),
                                    *review_routes(reviews, admin_auth)],
                            [register_admin(RoutingAdminService(admin, admin_auth)),
                             register_audit(AuditService(audit, admin_auth)),
