@@ -14,6 +14,7 @@ const statusLine = document.getElementById("status");
 const PAGES = [
   { id: "routes", title: "Routes", scope: "routes:read", render: routesPage },
   { id: "health", title: "Health", scope: "routes:read", render: healthPage },
+  { id: "replays", title: "Replays", scope: "replay:run", render: replaysPage },
   { id: "reviews", title: "Reviews", scope: "review:read", render: reviewsPage },
   { id: "decisions", title: "Decisions", scope: "audit:read", render: decisionsPage },
 ];
@@ -341,6 +342,115 @@ function healthPage() {
   poller = setInterval(poll, POLL_MS);
   poll();
   return [box];
+}
+
+// -- Replays ------------------------------------------------------------------------------
+
+async function replaysPage() {
+  const field = (id, label, attrs = {}) => {
+    const input = h("input", { id: `r-${id}`, type: "text", size: 14, ...attrs });
+    return [input, h("label", { for: input.id }, label, input)];
+  };
+  const [model, modelLabel] = field("model", "model", { required: true, value: "claims_risk" });
+  const [candidate, candidateLabel] = field("candidate", "candidate version", { required: true, size: 4 });
+  const [since, sinceLabel] = field("since", "recorded from (ISO 8601)");
+  const [until, untilLabel] = field("until", "recorded to");
+  const [threshold, thresholdLabel] = field("threshold", "threshold", { value: "0.5", size: 5 });
+  const box = h("div", { id: "replay-detail", tabindex: "-1" });
+  const form = h("form", {
+    "aria-label": "start a replay",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const body = { model: model.value, candidate: candidate.value, threshold: Number(threshold.value) };
+      if (since.value) body.since = since.value;
+      if (until.value) body.until = until.value;
+      try {
+        const job = await api("POST", "/admin/replays", body);
+        say(`Replay ${job.id} started.`, "ok");
+        watchReplay(job.id, box);
+      } catch (err) {
+        say(`Replay not started: ${err.message}`, "error");
+      }
+    },
+  }, h("div", { class: "row" }, modelLabel, candidateLabel, sinceLabel, untilLabel, thresholdLabel,
+       h("button", { type: "submit" }, "Replay")));
+  const { replays } = await api("GET", "/admin/replays");
+  const list = h("table", { "aria-label": "recent replays" }, h("thead", {}, h("tr", {},
+    ["replay", "model", "candidate", "state", "rows", "by"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, replays.map((j) => h("tr", {},
+      h("td", {}, h("a", { href: "#replays", onclick: (e) => { e.preventDefault(); watchReplay(j.id, box); } }, j.id)),
+      h("td", {}, j.asked.model), h("td", {}, j.asked.candidate), h("td", {}, j.state),
+      h("td", {}, `${j.scored}/${j.rows}`), h("td", {}, j.who)))));
+  return [h("h2", {}, "Replay recorded decisions against a candidate"), form, list, box];
+}
+
+async function watchReplay(id, box) {
+  const job = await api("GET", `/admin/replays/${encodeURIComponent(id)}`);
+  if (job.state === "running") {
+    box.replaceChildren(h("p", {}, `Replay ${id}: ${job.scored} of ${job.rows || "?"} rows scored…`),
+      h("progress", { max: job.rows || 1, value: job.scored, "aria-label": "rows scored" }));
+    setTimeout(() => { if (location.hash === "#replays") watchReplay(id, box); }, 1000);
+    return;
+  }
+  if (job.state === "failed") {
+    box.replaceChildren(h("p", { class: "error", role: "alert" }, `Replay ${id} failed: ${job.error}`));
+    return;
+  }
+  const r = job.report;
+  const a = r.agreement;
+  const c = r.confusion;
+  const pct = (x) => `${(100 * x).toFixed(2)}%`;
+  box.replaceChildren(
+    h("h2", {}, `Replay ${id}: ${job.asked.model} version ${job.asked.candidate}`),
+    h("p", {}, `Agreement at ${r.threshold}: ${a.agreed} of ${a.rows} = ${pct(a.rate)} (95% CI ${pct(a.ci95[0])}–${pct(a.ci95[1])})`),
+    h("table", { "aria-label": "confusion matrix" }, h("thead", {}, h("tr", {},
+      h("th", { scope: "col" }, "recorded \\ candidate"), h("th", { scope: "col" }, "below"), h("th", { scope: "col" }, "at or above"))),
+      h("tbody", {},
+        h("tr", {}, h("th", { scope: "row" }, "below"), h("td", {}, String(c.recorded_below_candidate_below)), h("td", {}, String(c.recorded_below_candidate_at_or_above))),
+        h("tr", {}, h("th", { scope: "row" }, "at or above"), h("td", {}, String(c.recorded_at_or_above_candidate_below)), h("td", {}, String(c.recorded_at_or_above_candidate_at_or_above))))),
+    h("p", {}, "Score delta (candidate − recorded): " + Object.entries(r.score_delta.quantiles)
+      .map(([k, v]) => `${k} ${v >= 0 ? "+" : ""}${v.toFixed(4)}`).join(", ")),
+    deltaChart(r),
+    h("table", { "aria-label": "largest disagreements" }, h("thead", {}, h("tr", {},
+      ["decision", "claim id", "recorded", "candidate", "delta"].map((x) => h("th", { scope: "col" }, x)))),
+      h("tbody", {}, r.largest_disagreements.map((d) => h("tr", {}, h("td", {}, d.decision_id),
+        h("td", {}, d.business_key || "-"), h("td", {}, d.recorded.toFixed(4)), h("td", {}, d.candidate.toFixed(4)),
+        h("td", {}, d.delta.toFixed(4)))))),
+    h("table", { "aria-label": "agreement by tenant" }, h("thead", {}, h("tr", {},
+      ["tenant", "rows", "agreement"].map((x) => h("th", { scope: "col" }, x)))),
+      h("tbody", {}, r.by_tenant.map((t) => h("tr", {}, h("td", {}, t.tenant || "-"), h("td", {}, String(t.rows)), h("td", {}, pct(t.rate)))))));
+  box.focus();
+}
+
+// The score deltas' quantiles as bars (a picture of how far the candidate moves scores).
+function deltaChart(r) {
+  const entries = Object.entries(r.score_delta.quantiles).filter(([, v]) => v !== null);
+  const w = 420, hgt = 120, mid = hgt / 2;
+  const top = Math.max(...entries.map(([, v]) => Math.abs(v)), 1e-9);
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt + 16}`);
+  svg.setAttribute("width", w);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "score delta quantiles");
+  const bar = w / entries.length;
+  entries.forEach(([k, v], i) => {
+    const rect = document.createElementNS(ns, "rect");
+    const size = (Math.abs(v) / top) * (mid - 4);
+    rect.setAttribute("x", (i * bar + 6).toFixed(1));
+    rect.setAttribute("width", (bar - 12).toFixed(1));
+    rect.setAttribute("y", (v >= 0 ? mid - size : mid).toFixed(1));
+    rect.setAttribute("height", Math.max(size, 1).toFixed(1));
+    rect.setAttribute("fill", v >= 0 ? "#0b5cad" : "#a1161b");
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", (i * bar + bar / 2).toFixed(1));
+    label.setAttribute("y", hgt + 12);
+    label.setAttribute("text-anchor", "middle");
+    label.setAttribute("font-size", "11");
+    label.textContent = k;
+    svg.append(rect, label);
+  });
+  return svg;
 }
 
 // -- Reviews ------------------------------------------------------------------------------

@@ -304,3 +304,24 @@ def test_live_health_per_model_version(console: str, page: Page) -> None:
     finally:
         stop.set()
         sender.join(10)
+
+
+def test_replay_recorded_decisions_against_a_candidate(console: str, page: Page) -> None:
+    for i in range(3):
+        score(console, f"C-REPLAY-{i}")
+    before = httpx.get(f"{console}/admin/reviews?limit=500",
+                       headers={"authorization": f"Bearer {OPS}"}).json()["count"]
+    sign_in(page, console, token("replay:run audit:read", subject="mara"))
+    page.get_by_role("link", name="Replays").click()
+    page.get_by_label("candidate version").fill("1")
+    page.get_by_role("button", name="Replay").click()
+    detail = page.locator("#replay-detail")
+    expect(detail).to_contain_text("Agreement at 0.5:", timeout=30000)
+    expect(detail.get_by_role("table", name="confusion matrix")).to_contain_text("at or above")
+    expect(detail.get_by_role("img", name="score delta quantiles")).to_have_count(1)
+    expect(detail.get_by_role("table", name="largest disagreements").locator("tbody tr")
+           ).to_have_count(10)
+    shot(page, "replay")
+    after = httpx.get(f"{console}/admin/reviews?limit=500",
+                      headers={"authorization": f"Bearer {OPS}"}).json()["count"]
+    assert after == before, "a replay goes to no review gate"
