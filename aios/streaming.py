@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from aios.errors import AiosError, InvalidInput, RequestTimeout, StreamExhausted
+from aios.upstream import GrpcStream
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +133,20 @@ class Book:
         self._pending[ident] = pending
         return ident
 
-    def get(self, ident: str) -> Pending | None:
-        return self._pending.get(ident)
+    def answered(self, response: service_pb2.ModelStreamInferResponse,
+                 ) -> tuple[Pending, bool] | None:
+        """The request ``response`` answers, with its client's id put back on the response,
+        and whether it is the request's last (it is then out of the book); None if this
+        stream sent no such request."""
+        ident = response.infer_response.id
+        pending = self._pending.get(ident)
+        if pending is None:
+            return None
+        last = last_of_request(response)
+        if last:
+            self.close(ident)
+        response.infer_response.id = pending.client_id
+        return pending, last
 
     def close(self, ident: str) -> Pending | None:
         """The request is done: out of the book (None if it was not in it)."""
@@ -150,6 +163,17 @@ class Book:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+async def relayed(upstream: GrpcStream, outbox: Outbox,
+                  ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+    """The next hop's responses, parsed, until it ends the stream; an error status it ends
+    with ends the client's stream too (through ``outbox``)."""
+    try:
+        async for payload in upstream.responses():
+            yield service_pb2.ModelStreamInferResponse.FromString(payload)
+    except AiosError as exc:
+        outbox.fail(exc)
 
 
 _END = object()

@@ -92,14 +92,22 @@ def _names(args: argparse.Namespace, config: StackConfig) -> Any:
 class Bar:
     """A progress line on stderr for long work (indexing, exports); silent off a tty."""
 
-    def __init__(self, what: str, out: TextIO = sys.stderr) -> None:
+    def __init__(self, what: str, out: TextIO = sys.stderr, total: int = 0,
+                 unit: str = "records") -> None:
         self._what = what
         self._out = out
+        self._total = total  # 0: not known, so a count without a bar
+        self._unit = unit
         self._shown = False
 
     def __call__(self, done: int) -> None:
         if self._out.isatty():
-            self._out.write(f"\r{self._what}: {done:,} records")
+            if self._total:
+                filled = 30 * done // self._total
+                self._out.write(f"\r{self._what} [{'#' * filled}{'.' * (30 - filled)}] "
+                                f"{done:,}/{self._total:,} {self._unit}")
+            else:
+                self._out.write(f"\r{self._what}: {done:,} {self._unit}")
             self._out.flush()
             self._shown = True
 

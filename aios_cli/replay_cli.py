@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,37 +27,15 @@ from aios.config import StackConfig
 from aios.plane import REPLAY_HEADER, model_path
 from aios.readable import load_names
 from aios.replay import Recorded, collect, infer_body, report, scores_of
-from aios_cli.audit_cli import table
+from aios_cli.audit_cli import Bar, table
 
 DEFAULT_RATE = 500.0  # rows per second
 DEFAULT_BATCH = 64
 DEFAULT_THRESHOLD = 0.5
 
 
-class RowsBar:
-    """A progress line on stderr (rows scored of all); silent off a tty."""
-
-    def __init__(self, total: int, out: TextIO = sys.stderr) -> None:
-        self._total = total
-        self._out = out
-        self._shown = False
-
-    def __call__(self, done: int) -> None:
-        if self._out.isatty():
-            width = 30
-            filled = width * done // max(self._total, 1)
-            self._out.write(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] "
-                            f"{done:,}/{self._total:,} rows")
-            self._out.flush()
-            self._shown = True
-
-    def close(self) -> None:
-        if self._shown:
-            self._out.write("\n")
-
-
 def score(url: str, model: str, version: str, input_name: str, output_name: str,
-          x: NDArray[Any], batch: int, rate: float, progress: RowsBar) -> NDArray[Any]:
+          x: NDArray[Any], batch: int, rate: float, progress: Bar) -> NDArray[Any]:
     """The candidate's scores of ``x`` (rows of features), ``batch`` rows per call, at most
     ``rate`` rows per second."""
     path = model_path(model, version, "/infer")
@@ -173,7 +151,7 @@ def cmd_replay(args: argparse.Namespace, config: StackConfig) -> int:
               + (f" ({recorded.skipped})" if recorded.skipped else ""), file=sys.stderr)
         return 1
     url = args.url or f"http://{config.sidecar.server.host}:{config.sidecar.server.http_port}"
-    bar = RowsBar(len(recorded))
+    bar = Bar("replaying", total=len(recorded), unit="rows")
     try:
         candidate = score(url, args.model, args.candidate, meaning.input, meaning.output,
                           recorded.x, args.batch, args.rate, bar)

@@ -34,9 +34,9 @@ from aios.streaming import (
     client_parameters,
     empty_final,
     error_response,
-    last_of_request,
     parse_request,
     put_hop_values,
+    relayed,
     take_final_wish,
 )
 from aios.upstream import GrpcStream, GrpcUpstream, Metadata
@@ -168,24 +168,19 @@ class GatewayStream:
         return upstream
 
     async def _read(self, upstream: GrpcStream) -> None:
-        try:
-            async for payload in upstream.responses():
-                await self._answer(service_pb2.ModelStreamInferResponse.FromString(payload))
-        except AiosError as exc:
-            self.outbox.fail(exc)
+        async for response in relayed(upstream, self.outbox):
+            await self._answer(response)
 
     async def _answer(self, response: service_pb2.ModelStreamInferResponse) -> None:
-        ident = response.infer_response.id
-        pending = self._book.get(ident)
-        if pending is None:
+        answered = self._book.answered(response)
+        if answered is None:
             return  # not a request of this stream's: nothing to give it to
+        pending, last = answered
         sent = pending.context
         assert isinstance(sent, Sent)
-        response.infer_response.id = pending.client_id
         if sent.clamped:
             response.infer_response.parameters[CLAMPED_PARAMETER].string_param = sent.clamped
-        if last_of_request(response):
-            self._book.close(ident)
+        if last:
             await self._finished(pending, sent, "OK")
         if pending.wants_final or not empty_final(response):
             await self.outbox.put(bytes(response.SerializeToString()))

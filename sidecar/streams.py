@@ -32,7 +32,7 @@ from aios.streaming import (
     client_parameters,
     empty_final,
     error_response,
-    last_of_request,
+    relayed,
     take_final_wish,
     take_hop_values,
 )
@@ -98,22 +98,16 @@ class SidecarStream:
         return self._upstream
 
     async def _read(self, upstream: GrpcStream) -> None:
-        try:
-            async for payload in upstream.responses():
-                await self._answer(service_pb2.ModelStreamInferResponse.FromString(payload))
-        except AiosError as exc:
-            self.outbox.fail(exc)
+        async for response in relayed(upstream, self.outbox):
+            await self._answer(response)
 
     async def _answer(self, response: service_pb2.ModelStreamInferResponse) -> None:
-        ident = response.infer_response.id
-        pending = self._book.get(ident)
-        if pending is None:
-            logger.warning("Triton answered request %r, which this stream did not send", ident)
+        answered = self._book.answered(response)
+        if answered is None:
+            logger.warning("Triton answered request %r, which this stream did not send",
+                           response.infer_response.id)
             return
-        last = last_of_request(response)
-        if last:
-            self._book.close(ident)
-        response.infer_response.id = pending.client_id
+        pending, last = answered
         keep = pending.wants_final or not empty_final(response)
         if not empty_final(response):
             response = await self._recorded(response, pending)
