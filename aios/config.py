@@ -487,6 +487,10 @@ class RoutingSettings(_Frozen):
     # Replicas also poll revisions at this interval, to catch a missed notification.
     poll_interval_s: float = Field(0.5, gt=0, le=1.0)
     history_limit: int = Field(10_000, ge=1)
+    # Models whose routing changes need a second subject's approval (routes:approve, a
+    # different sub than the proposer's) before they apply; "*": every model. A
+    # rollback of the last change never waits.
+    four_eyes: list[str] = Field(default_factory=list)
 
 
 class ResilienceSettings(_Frozen):

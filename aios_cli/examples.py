@@ -18,6 +18,10 @@ EXAMPLES = {
     "routes shadow": "aios routes shadow claims_risk --version 1 --fraction 0.1 "
                      "--output risk_score --threshold 0.5",
     "routes history": "aios routes history claims_risk --limit 20",
+    "routes proposals": "aios routes proposals --model claims_risk --state pending",
+    "routes approve": "aios routes approve 01M8SA1Q1NSF5PJ565MCJWENYS --reason 'replay agrees'",
+    "routes reject": "aios routes reject 01M8SA1Q1NSF5PJ565MCJWENYS --reason 'too early'",
+    "routes rollback": "aios routes rollback claims_risk --reason 'canary errors'",
     "envoy export": "aios envoy export --out envoy.yaml --ratelimit-out ratelimit.yaml",
     "envoy serve": "aios envoy serve --xds 127.0.0.1:18000",
     "audit verify": "aios audit verify --dir var/decisions",

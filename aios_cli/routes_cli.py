@@ -101,10 +101,19 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
 
 
 def history_text(changes: list[dict[str, Any]], now: float) -> str:
-    rows = [[_ago(c["at"], now), c["model"], str(c["revision"]), c["who"] or "-", c["action"],
+    rows = [[_ago(c["at"], now), c["model"], str(c["revision"]), (c["who"] or "-") + (
+        f", approved by {c['approved_by']}" if c.get("approved_by") else ""), c["action"],
              diff(c["before"], c["after"]), c["reason"] or "-"] for c in changes]
     return table(rows, ["WHEN", "MODEL", "REV", "WHO", "ACTION", "CHANGE", "REASON"]) \
         if rows else "no changes"
+
+
+def proposals_text(proposals: list[dict[str, Any]], now: float) -> str:
+    rows = [[p["id"], _ago(p["at"], now), p["model"], p["action"], p["proposer"],
+             p["state"] + (f" by {p['resolver']}" if p["resolver"] else ""),
+             p["reason"] or "-", p["resolution"] or p["error"] or "-"] for p in proposals]
+    return table(rows, ["PROPOSAL", "WHEN", "MODEL", "ACTION", "PROPOSER", "STATE", "REASON",
+                        "ANSWER"]) if rows else "no proposals"
 
 
 def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
@@ -113,10 +122,21 @@ def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
     server = config.gateway.server
     url = args.url or f"http://{server.host}:{server.http_port}"
     token = args.token or mint_token(config.gateway.auth, "aios-cli", "ops",
-                                     "routes:read routes:write", 300)
+                                     "routes:read routes:write routes:approve", 300)
     try:
         if args.routes_command == "list":
             result = admin_call(url, token, "GET", "/admin/routes")
+        elif args.routes_command == "proposals":
+            query = "&".join(f"{k}={v}" for k, v in (("model", args.model),
+                                                     ("state", args.state)) if v)
+            result = admin_call(url, token, "GET", f"/admin/proposals?{query}")
+        elif args.routes_command in ("approve", "reject"):
+            result = admin_call(url, token, "POST",
+                                f"/admin/proposals/{args.id}/{args.routes_command}",
+                                {"reason": args.reason})
+        elif args.routes_command == "rollback":
+            result = admin_call(url, token, "POST", f"/admin/routes/{args.model}/rollback",
+                                {"reason": args.reason})
         elif args.routes_command == "get":
             result = admin_call(url, token, "GET", f"/admin/routes/{args.model}")
         elif args.routes_command == "history":
@@ -142,6 +162,14 @@ def run_routes(args: argparse.Namespace, config: StackConfig) -> int:
         print(json.dumps(result, indent=2))
     elif args.routes_command == "history":
         print(history_text(result["changes"], time.time()))
+    elif args.routes_command == "proposals":
+        print(proposals_text(result["proposals"], time.time()))
+    elif "proposal" in result:  # proposed, approved (and applied) or rejected
+        print(proposals_text([result["proposal"]], time.time()))
+        if "note" in result:
+            print(result["note"])
+        if "route" in result:
+            print(tables_text([result["route"]]))
     else:
         print(tables_text(result["routes"] if args.routes_command == "list" else [result]))
     return 0
@@ -181,6 +209,21 @@ def add_routes_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     shadow.add_argument("--threshold", type=float, help="decision threshold")
     shadow.add_argument("--clear", action="store_true", help="remove the shadow")
     shadow.add_argument("--reason", default="")
+    proposals = rsub.add_parser("proposals", parents=[client],
+                                help="four-eyes changes waiting for (or given) an answer")
+    proposals.add_argument("--model")
+    proposals.add_argument("--state", choices=("pending", "approved", "applied", "rejected",
+                                               "failed"))
+    for name, text in (("approve", "approve another subject's change (routes:approve)"),
+                       ("reject", "reject a proposed change (routes:approve)")):
+        resolve = rsub.add_parser(name, parents=[client], help=text)
+        resolve.add_argument("id")
+        resolve.add_argument("--reason", default="", help="why (kept with the change)")
+    rollback = rsub.add_parser("rollback", parents=[client],
+                               help="undo a model's last weights or shadow change at once "
+                                    "(no approval: an emergency)")
+    rollback.add_argument("model")
+    rollback.add_argument("--reason", default="")
     history = rsub.add_parser("history", parents=[client], help="recorded changes, newest first")
     history.add_argument("model", nargs="?")
     history.add_argument("--limit", type=int, default=20)

@@ -12,6 +12,8 @@ import grpc.aio
 from aios.plane import header_value
 from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
 from gateway.admin_rest import AdminAuth
+from gateway.proposals import Proposal
+from gateway.routing import ModelTable
 from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
 
@@ -77,16 +79,15 @@ class RoutingAdminService(pb_grpc.RoutingAdminServicer):
             "base_revision": request.base_revision, "reason": request.reason,
             "targets": targets, "sticky": request.sticky or "none",
             "shadow": shadow_doc(request.shadow) if request.HasField("shadow") else None})
-        return route_message(self._admin.view(await self._admin.replace(request.model, body,
-                                                                        who)))
+        return self._answer(request.model, await self._admin.replace(request.model, body, who))
 
     async def SetWeights(self, request: pb.SetWeightsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelRoute:
         who = await self._who(context, "routes:write")
         body = parse(WeightsBody, {"base_revision": request.base_revision,
                                    "reason": request.reason, "weights": dict(request.weights)})
-        return route_message(self._admin.view(await self._admin.set_weights(request.model,
-                                                                            body, who)))
+        return self._answer(request.model,
+                            await self._admin.set_weights(request.model, body, who))
 
     async def SetShadow(self, request: pb.SetShadowRequest,
                         context: grpc.aio.ServicerContext) -> pb.ModelRoute:
@@ -94,8 +95,17 @@ class RoutingAdminService(pb_grpc.RoutingAdminServicer):
         body = parse(ShadowBody, {
             "base_revision": request.base_revision, "reason": request.reason,
             "shadow": shadow_doc(request.shadow) if request.HasField("shadow") else None})
-        return route_message(self._admin.view(await self._admin.set_shadow(request.model,
-                                                                           body, who)))
+        return self._answer(request.model,
+                            await self._admin.set_shadow(request.model, body, who))
+
+    def _answer(self, model: str, result: ModelTable | Proposal) -> pb.ModelRoute:
+        """The new table; or, for a change kept as a proposal, the table as it is and the
+        proposal's id."""
+        if isinstance(result, Proposal):
+            msg = route_message(self._admin.view(self._admin.get(model)))
+            msg.proposal_id = result.id
+            return msg
+        return route_message(self._admin.view(result))
 
     async def History(self, request: pb.HistoryRequest,
                       context: grpc.aio.ServicerContext) -> pb.HistoryResponse:

@@ -14,8 +14,16 @@ from starlette.routing import BaseRoute, Route
 
 from aios.errors import Forbidden, InvalidInput
 from aios.rest import read_body
-from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
+from gateway.admin import (
+    ReplaceBody,
+    ResolveBody,
+    RoutingAdmin,
+    ShadowBody,
+    WeightsBody,
+    parse,
+)
 from gateway.auth import Authenticator, Principal
+from gateway.proposals import APPROVE_SCOPE, Proposal
 from gateway.routing import ModelTable
 
 MAX_ADMIN_BODY = 1 << 20
@@ -87,19 +95,48 @@ def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
         return JSONResponse(admin.view(admin.get(request.path_params["model"])))
 
     def change(body_type: type[BaseModel], apply: Callable[[str, Any, str],
-                                                           Awaitable[ModelTable]],
+                                                           Awaitable[ModelTable | Proposal]],
                ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             subject = await who(request, "routes:write")
             body = parse(body_type, await read_json(request))
-            return JSONResponse(admin.view(
-                await apply(request.path_params["model"], body, subject)))
+            result = await apply(request.path_params["model"], body, subject)
+            if isinstance(result, Proposal):  # a four-eyes model's: it waits for approval
+                return JSONResponse({"proposal": result.to_json(), "note": (
+                    f"'{result.model}' needs a second subject's approval "
+                    f"({APPROVE_SCOPE}): POST /admin/proposals/{result.id}/approve")},
+                    status_code=202)
+            return JSONResponse(admin.view(result))
 
         return endpoint
 
     replace = change(ReplaceBody, admin.replace)
     weights = change(WeightsBody, admin.set_weights)
     shadow = change(ShadowBody, admin.set_shadow)
+
+    async def proposals(request: Request) -> Response:
+        await who(request, "routes:read")
+        found = await admin.proposals(request.query_params.get("model"),
+                                      request.query_params.get("state"))
+        return JSONResponse({"proposals": [p.to_json() for p in found]})
+
+    async def approve(request: Request) -> Response:
+        subject = await who(request, APPROVE_SCOPE)
+        body = parse(ResolveBody, await read_json(request, optional=True) or {})
+        proposal, table = await admin.approve(request.path_params["id"], subject, body.reason)
+        return JSONResponse({"proposal": proposal.to_json(), "route": admin.view(table)})
+
+    async def reject(request: Request) -> Response:
+        subject = await who(request, APPROVE_SCOPE)
+        body = parse(ResolveBody, await read_json(request, optional=True) or {})
+        proposal = await admin.reject(request.path_params["id"], subject, body.reason)
+        return JSONResponse({"proposal": proposal.to_json()})
+
+    async def rollback(request: Request) -> Response:
+        subject = await who(request, "routes:write")
+        body = parse(ResolveBody, await read_json(request, optional=True) or {})
+        return JSONResponse(admin.view(await admin.rollback(request.path_params["model"],
+                                                            subject, body.reason)))
 
     async def history(request: Request) -> Response:
         await who(request, "routes:read")
@@ -115,4 +152,8 @@ def admin_routes(admin: RoutingAdmin, auth: AdminAuth) -> list[BaseRoute]:
         Route("/admin/routes/{model}/weights", weights, methods=["PUT"]),
         Route("/admin/routes/{model}/shadow", shadow, methods=["PUT"]),
         Route("/admin/routes/{model}/history", history, methods=["GET"]),
+        Route("/admin/routes/{model}/rollback", rollback, methods=["POST"]),
+        Route("/admin/proposals", proposals, methods=["GET"]),
+        Route("/admin/proposals/{id}/approve", approve, methods=["POST"]),
+        Route("/admin/proposals/{id}/reject", reject, methods=["POST"]),
     ]

@@ -26,4 +26,6 @@ def change_record(change: Change) -> DecisionRecord:
             action=change.action, reason=change.reason,
             before_json="" if change.before is None else json.dumps(change.before,
                                                                      sort_keys=True),
-            after_json=json.dumps(change.after, sort_keys=True)))
+            after_json=json.dumps(change.after, sort_keys=True),
+            approved_by=change.approved_by, approval_reason=change.approval_reason,
+            proposal_id=change.proposal_id))

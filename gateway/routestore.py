@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +28,14 @@ from redis.exceptions import RedisError
 from aios.config import GatewaySettings, ModelRoute, RoutingSettings
 from aios.errors import Conflict, NotReady
 from aios.redisconf import RedisEndpoint
+from gateway.proposals import Proposal, State
 from gateway.routing import ModelTable, ShadowSpec, TargetSpec, rebalance
 
 logger = logging.getLogger(__name__)
 
 REDIS_CONNECT_TIMEOUT_S = 2.0
+# Resolved proposals kept (the pending ones are all kept).
+KEPT_PROPOSALS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,11 @@ class Change:
     reason: str
     before: dict[str, Any] | None
     after: dict[str, Any]
+    # A four-eyes model's change: who approved it (``who`` proposed it), why, and the
+    # proposal it came from.
+    approved_by: str = ""
+    approval_reason: str = ""
+    proposal_id: str = ""
 
 
 def route_of(table: ModelTable) -> dict[str, Any]:
@@ -108,6 +116,19 @@ class RouteStore(Protocol):
         """Call ``apply`` with every newer table another replica commits (runs until cancelled)."""
         ...
 
+    async def propose(self, proposal: Proposal) -> None:
+        """Keep a new four-eyes proposal (`gateway.proposals`)."""
+        ...
+
+    async def proposals(self) -> list[Proposal]:
+        """The kept proposals, newest first."""
+        ...
+
+    async def resolve(self, proposal: Proposal, expected: State) -> None:
+        """Store ``proposal`` (same id) if the kept one is still in state ``expected``;
+        else Conflict saying what it is."""
+        ...
+
 
 class FileRouteStore:
     """Tables in a JSON file (written atomically), history in a JSON-lines file beside it,
@@ -121,6 +142,7 @@ class FileRouteStore:
         self._history_limit = history_limit
         self._history_lines: int | None = None  # counted on the first commit
         self._tables: dict[str, ModelTable] = {}
+        self._proposals_path = path.with_name(path.stem + "-proposals.json")
 
     async def load(self, seed: Mapping[str, ModelTable]) -> dict[str, ModelTable]:
         if self._path.exists():
@@ -201,6 +223,36 @@ class FileRouteStore:
         except FileNotFoundError:
             return 0
 
+    def _read_proposals(self) -> dict[str, Proposal]:
+        try:
+            docs = json.loads(self._proposals_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {d["id"]: Proposal(**d) for d in docs}
+
+    def _write_proposals(self, kept: dict[str, Proposal]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._proposals_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([p.to_json() for p in kept.values()], indent=1))
+        os.replace(tmp, self._proposals_path)
+
+    async def propose(self, proposal: Proposal) -> None:
+        kept = self._read_proposals()
+        kept[proposal.id] = proposal
+        self._write_proposals(pruned(kept))
+
+    async def proposals(self) -> list[Proposal]:
+        return newest_first(self._read_proposals().values())
+
+    async def resolve(self, proposal: Proposal, expected: State) -> None:
+        kept = self._read_proposals()
+        current = kept.get(proposal.id)
+        if current is None or current.state != expected:
+            raise Conflict(f"proposal {proposal.id} is "
+                           f"{'gone' if current is None else current.state}, not {expected}")
+        kept[proposal.id] = proposal
+        self._write_proposals(kept)
+
 
 # KEYS: table key, revisions hash, history list. ARGV: model, base revision, table JSON,
 # change JSON, history limit, channel. Checks the revision and commits in one step.
@@ -217,6 +269,18 @@ return -1
 """
 
 
+# KEYS: proposals hash. ARGV: id, expected state, new JSON. 'ok', or the kept state
+# ('' if none): the compare-and-set of a proposal's state.
+_RESOLVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return '' end
+local state = cjson.decode(raw)['state']
+if state ~= ARGV[2] then return state end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 'ok'
+"""
+
+
 class RedisRouteStore:
     """Tables, revisions and history in Redis; changes announced on a channel."""
 
@@ -227,6 +291,8 @@ class RedisRouteStore:
         self._revisions, self._history_key, self._channel = f"{p}revisions", f"{p}history", \
             f"{p}changed"
         self._commit = client.register_script(_COMMIT)
+        self._resolve = client.register_script(_RESOLVE)
+        self._proposals_key = f"{p}proposals"
         self._known: dict[str, int] = {}
 
     def _table_key(self, model: str) -> str:
@@ -270,6 +336,34 @@ class RedisRouteStore:
             raise NotReady(f"routing store unavailable: {exc}") from exc
         changes = [Change(**json.loads(r)) for r in raw]
         return [c for c in changes if model is None or c.model == model][:limit]
+
+    async def propose(self, proposal: Proposal) -> None:
+        try:
+            await self._client.hset(self._proposals_key, proposal.id,
+                                    json.dumps(proposal.to_json()))
+            kept = {p.id: p for p in await self.proposals()}
+            gone = set(kept) - set(pruned(dict(kept)))
+            if gone:
+                await self._client.hdel(self._proposals_key, *gone)
+        except RedisError as exc:
+            raise NotReady(f"routing store unavailable: {exc}") from exc
+
+    async def proposals(self) -> list[Proposal]:
+        try:
+            raw = await self._client.hvals(self._proposals_key)
+        except RedisError as exc:
+            raise NotReady(f"routing store unavailable: {exc}") from exc
+        return newest_first(Proposal(**json.loads(r)) for r in raw)
+
+    async def resolve(self, proposal: Proposal, expected: State) -> None:
+        try:
+            result = await self._resolve(keys=[self._proposals_key], args=[
+                proposal.id, expected, json.dumps(proposal.to_json())])
+        except RedisError as exc:
+            raise NotReady(f"routing store unavailable: {exc}") from exc
+        state = result.decode() if isinstance(result, bytes) else str(result)
+        if state != "ok":
+            raise Conflict(f"proposal {proposal.id} is {state or 'gone'}, not {expected}")
 
     async def _catch_up(self, apply: Callable[[ModelTable], None]) -> None:
         revisions = await self._client.hgetall(self._revisions)
@@ -321,6 +415,18 @@ def new_change(model: str, revision: int, who: str, action: str, reason: str,
         return Change(model, revision, who, time.time(), action, reason, None, route_of(after))
     was, now = route_diff(route_of(before), route_of(after))
     return Change(model, revision, who, time.time(), action, reason, was, now)
+
+
+def pruned(kept: dict[str, Proposal]) -> dict[str, Proposal]:
+    """``kept`` without the oldest resolved proposals beyond KEPT_PROPOSALS."""
+    resolved = [p for p in newest_first(kept.values()) if p.state != "pending"]
+    for old in resolved[KEPT_PROPOSALS:]:
+        del kept[old.id]
+    return kept
+
+
+def newest_first(proposals: Iterable[Proposal]) -> list[Proposal]:
+    return sorted(proposals, key=lambda p: p.at, reverse=True)
 
 
 def usable_tables(stored: Mapping[str, ModelTable], seed: Mapping[str, ModelTable],

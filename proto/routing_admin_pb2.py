@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/routing_admin.proto\x12\raios.admin.v1\"l\n\x06Target\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\x0f\n\x07\x65jected\x18\x06 \x01(\x08\"\x94\x01\n\x06Shadow\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x16\n\tthreshold\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x42\x0c\n\n_threshold\"\x9c\x01\n\nModelRoute\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12&\n\x07targets\x18\x03 \x03(\x0b\x32\x15.aios.admin.v1.Target\x12\x0e\n\x06sticky\x18\x04 \x01(\t\x12*\n\x06shadow\x18\x05 \x01(\x0b\x32\x15.aios.admin.v1.ShadowH\x00\x88\x01\x01\x42\t\n\x07_shadow\"\x13\n\x11ListRoutesRequest\"?\n\x12ListRoutesResponse\x12)\n\x06routes\x18\x01 \x03(\x0b\x32\x19.aios.admin.v1.ModelRoute\" \n\x0fGetRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xba\x01\n\x13ReplaceRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rbase_revision\x18\x02 \x01(\x03\x12&\n\x07targets\x18\x03 \x03(\x0b\x32\x15.aios.admin.v1.Target\x12\x0e\n\x06sticky\x18\x04 \x01(\t\x12*\n\x06shadow\x18\x05 \x01(\x0b\x32\x15.aios.admin.v1.ShadowH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x06 \x01(\tB\t\n\x07_shadow\"\xb9\x01\n\x11SetWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rbase_revision\x18\x02 \x01(\x03\x12>\n\x07weights\x18\x03 \x03(\x0b\x32-.aios.admin.v1.SetWeightsRequest.WeightsEntry\x12\x0e\n\x06reason\x18\x04 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x7f\n\x10SetShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rbase_revision\x18\x02 \x01(\x03\x12*\n\x06shadow\x18\x03 \x01(\x0b\x32\x15.aios.admin.v1.ShadowH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\tB\t\n\x07_shadow\".\n\x0eHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x8b\x01\n\x06\x43hange\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0b\n\x03who\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x13\n\x0b\x62\x65\x66ore_json\x18\x07 \x01(\t\x12\x12\n\nafter_json\x18\x08 \x01(\t\"9\n\x0fHistoryResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.aios.admin.v1.Change2\xd5\x03\n\x0cRoutingAdmin\x12Q\n\nListRoutes\x12 .aios.admin.v1.ListRoutesRequest\x1a!.aios.admin.v1.ListRoutesResponse\x12\x45\n\x08GetRoute\x12\x1e.aios.admin.v1.GetRouteRequest\x1a\x19.aios.admin.v1.ModelRoute\x12M\n\x0cReplaceRoute\x12\".aios.admin.v1.ReplaceRouteRequest\x1a\x19.aios.admin.v1.ModelRoute\x12I\n\nSetWeights\x12 .aios.admin.v1.SetWeightsRequest\x1a\x19.aios.admin.v1.ModelRoute\x12G\n\tSetShadow\x12\x1f.aios.admin.v1.SetShadowRequest\x1a\x19.aios.admin.v1.ModelRoute\x12H\n\x07History\x12\x1d.aios.admin.v1.HistoryRequest\x1a\x1e.aios.admin.v1.HistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/routing_admin.proto\x12\raios.admin.v1\"l\n\x06Target\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\x0f\n\x07\x65jected\x18\x06 \x01(\x08\"\x94\x01\n\x06Shadow\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x16\n\tthreshold\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x42\x0c\n\n_threshold\"\xb1\x01\n\nModelRoute\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12&\n\x07targets\x18\x03 \x03(\x0b\x32\x15.aios.admin.v1.Target\x12\x0e\n\x06sticky\x18\x04 \x01(\t\x12*\n\x06shadow\x18\x05 \x01(\x0b\x32\x15.aios.admin.v1.ShadowH\x00\x88\x01\x01\x12\x13\n\x0bproposal_id\x18\x06 \x01(\tB\t\n\x07_shadow\"\x13\n\x11ListRoutesRequest\"?\n\x12ListRoutesResponse\x12)\n\x06routes\x18\x01 \x03(\x0b\x32\x19.aios.admin.v1.ModelRoute\" \n\x0fGetRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xba\x01\n\x13ReplaceRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rbase_revision\x18\x02 \x01(\x03\x12&\n\x07targets\x18\x03 \x03(\x0b\x32\x15.aios.admin.v1.Target\x12\x0e\n\x06sticky\x18\x04 \x01(\t\x12*\n\x06shadow\x18\x05 \x01(\x0b\x32\x15.aios.admin.v1.ShadowH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x06 \x01(\tB\t\n\x07_shadow\"\xb9\x01\n\x11SetWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rbase_revision\x18\x02 \x01(\x03\x12>\n\x07weights\x18\x03 \x03(\x0b\x32-.aios.admin.v1.SetWeightsRequest.WeightsEntry\x12\x0e\n\x06reason\x18\x04 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x7f\n\x10SetShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rbase_revision\x18\x02 \x01(\x03\x12*\n\x06shadow\x18\x03 \x01(\x0b\x32\x15.aios.admin.v1.ShadowH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\tB\t\n\x07_shadow\".\n\x0eHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x8b\x01\n\x06\x43hange\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0b\n\x03who\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x13\n\x0b\x62\x65\x66ore_json\x18\x07 \x01(\t\x12\x12\n\nafter_json\x18\x08 \x01(\t\"9\n\x0fHistoryResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.aios.admin.v1.Change2\xd5\x03\n\x0cRoutingAdmin\x12Q\n\nListRoutes\x12 .aios.admin.v1.ListRoutesRequest\x1a!.aios.admin.v1.ListRoutesResponse\x12\x45\n\x08GetRoute\x12\x1e.aios.admin.v1.GetRouteRequest\x1a\x19.aios.admin.v1.ModelRoute\x12M\n\x0cReplaceRoute\x12\".aios.admin.v1.ReplaceRouteRequest\x1a\x19.aios.admin.v1.ModelRoute\x12I\n\nSetWeights\x12 .aios.admin.v1.SetWeightsRequest\x1a\x19.aios.admin.v1.ModelRoute\x12G\n\tSetShadow\x12\x1f.aios.admin.v1.SetShadowRequest\x1a\x19.aios.admin.v1.ModelRoute\x12H\n\x07History\x12\x1d.aios.admin.v1.HistoryRequest\x1a\x1e.aios.admin.v1.HistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHADOW']._serialized_start=155
   _globals['_SHADOW']._serialized_end=303
   _globals['_MODELROUTE']._serialized_start=306
-  _globals['_MODELROUTE']._serialized_end=462
-  _globals['_LISTROUTESREQUEST']._serialized_start=464
-  _globals['_LISTROUTESREQUEST']._serialized_end=483
-  _globals['_LISTROUTESRESPONSE']._serialized_start=485
-  _globals['_LISTROUTESRESPONSE']._serialized_end=548
-  _globals['_GETROUTEREQUEST']._serialized_start=550
-  _globals['_GETROUTEREQUEST']._serialized_end=582
-  _globals['_REPLACEROUTEREQUEST']._serialized_start=585
-  _globals['_REPLACEROUTEREQUEST']._serialized_end=771
-  _globals['_SETWEIGHTSREQUEST']._serialized_start=774
-  _globals['_SETWEIGHTSREQUEST']._serialized_end=959
-  _globals['_SETWEIGHTSREQUEST_WEIGHTSENTRY']._serialized_start=913
-  _globals['_SETWEIGHTSREQUEST_WEIGHTSENTRY']._serialized_end=959
-  _globals['_SETSHADOWREQUEST']._serialized_start=961
-  _globals['_SETSHADOWREQUEST']._serialized_end=1088
-  _globals['_HISTORYREQUEST']._serialized_start=1090
-  _globals['_HISTORYREQUEST']._serialized_end=1136
-  _globals['_CHANGE']._serialized_start=1139
-  _globals['_CHANGE']._serialized_end=1278
-  _globals['_HISTORYRESPONSE']._serialized_start=1280
-  _globals['_HISTORYRESPONSE']._serialized_end=1337
-  _globals['_ROUTINGADMIN']._serialized_start=1340
-  _globals['_ROUTINGADMIN']._serialized_end=1809
+  _globals['_MODELROUTE']._serialized_end=483
+  _globals['_LISTROUTESREQUEST']._serialized_start=485
+  _globals['_LISTROUTESREQUEST']._serialized_end=504
+  _globals['_LISTROUTESRESPONSE']._serialized_start=506
+  _globals['_LISTROUTESRESPONSE']._serialized_end=569
+  _globals['_GETROUTEREQUEST']._serialized_start=571
+  _globals['_GETROUTEREQUEST']._serialized_end=603
+  _globals['_REPLACEROUTEREQUEST']._serialized_start=606
+  _globals['_REPLACEROUTEREQUEST']._serialized_end=792
+  _globals['_SETWEIGHTSREQUEST']._serialized_start=795
+  _globals['_SETWEIGHTSREQUEST']._serialized_end=980
+  _globals['_SETWEIGHTSREQUEST_WEIGHTSENTRY']._serialized_start=934
+  _globals['_SETWEIGHTSREQUEST_WEIGHTSENTRY']._serialized_end=980
+  _globals['_SETSHADOWREQUEST']._serialized_start=982
+  _globals['_SETSHADOWREQUEST']._serialized_end=1109
+  _globals['_HISTORYREQUEST']._serialized_start=1111
+  _globals['_HISTORYREQUEST']._serialized_end=1157
+  _globals['_CHANGE']._serialized_start=1160
+  _globals['_CHANGE']._serialized_end=1299
+  _globals['_HISTORYRESPONSE']._serialized_start=1301
+  _globals['_HISTORYRESPONSE']._serialized_end=1358
+  _globals['_ROUTINGADMIN']._serialized_start=1361
+  _globals['_ROUTINGADMIN']._serialized_end=1830
 # @@protoc_insertion_point(module_scope)

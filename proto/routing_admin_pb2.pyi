@@ -41,18 +41,20 @@ class Shadow(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., fraction: _Optional[float] = ..., output: _Optional[str] = ..., threshold: _Optional[float] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
-    __slots__ = ("model", "revision", "targets", "sticky", "shadow")
+    __slots__ = ("model", "revision", "targets", "sticky", "shadow", "proposal_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     STICKY_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: int
     targets: _containers.RepeatedCompositeFieldContainer[Target]
     sticky: str
     shadow: Shadow
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., sticky: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ...) -> None: ...
+    proposal_id: str
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., sticky: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., proposal_id: _Optional[str] = ...) -> None: ...
 
 class ListRoutesRequest(_message.Message):
     __slots__ = ()

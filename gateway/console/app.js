@@ -148,6 +148,7 @@ function routeCard(table) {
     ];
     if (notice) parts.push(notice);
     if (allows("routes:write") && names.length > 1) parts.push(weightsForm(current, names, render));
+    parts.push(pendingBlock(current, render));
     parts.push(historyBlock(current.model));
     card.replaceChildren(...parts);
   };
@@ -170,8 +171,13 @@ function weightsForm(current, names, render) {
       try {
         const saved = await api("PUT", `/admin/routes/${encodeURIComponent(current.model)}/weights`,
                                 { base_revision: current.revision, weights, reason: reason.value });
-        say(`Saved ${current.model}: revision ${saved.revision}.`, "ok");
-        render(saved);
+        if (saved.proposal) {  // a four-eyes model: the change waits for a second subject
+          say(`Proposed for ${current.model}: proposal ${saved.proposal.id} waits for a second subject's approval.`, "ok");
+          render(current);
+        } else {
+          say(`Saved ${current.model}: revision ${saved.revision}.`, "ok");
+          render(saved);
+        }
       } catch (err) {
         if (err.status === 409) {
           // Someone changed the table since it was read: show theirs, keep nothing silently.
@@ -190,6 +196,35 @@ function weightsForm(current, names, render) {
        h("button", { type: "submit" }, "Apply")));
 }
 
+// Four-eyes proposals waiting for a second subject (shown when there are any).
+function pendingBlock(current, render) {
+  const box = h("div", {});
+  api("GET", `/admin/proposals?model=${encodeURIComponent(current.model)}&state=pending`).then(({ proposals }) => {
+    if (!proposals.length) return;
+    const reason = h("input", { type: "text", id: `approve-reason-${current.model}`, maxlength: 1000, size: 30 });
+    const act = (p, verb) => async () => {
+      try {
+        const done = await api("POST", `/admin/proposals/${encodeURIComponent(p.id)}/${verb}`, { reason: reason.value });
+        say(`Proposal ${p.id}: ${done.proposal.state}.`, "ok");
+        render(done.route || await api("GET", `/admin/routes/${encodeURIComponent(current.model)}`));
+      } catch (err) {
+        say(`Proposal ${p.id}: ${err.message}`, "error");
+      }
+    };
+    box.replaceChildren(h("h3", {}, "Waiting for a second subject"),
+      h("table", { "aria-label": `pending changes of ${current.model}` },
+        h("thead", {}, h("tr", {}, ["proposal", "proposed by", "change", "reason", ""].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, proposals.map((p) => h("tr", {}, h("td", {}, p.id), h("td", {}, p.proposer),
+          h("td", {}, p.body.weights ? Object.entries(p.body.weights).map(([n, w]) => `${n} → ${w}`).join("; ") : p.action),
+          h("td", {}, p.reason || "-"),
+          h("td", {}, allows("routes:approve") ? [
+            h("button", { type: "button", onclick: act(p, "approve") }, "Approve"), " ",
+            h("button", { type: "button", class: "secondary", onclick: act(p, "reject") }, "Reject")] : "needs routes:approve"))))),
+      allows("routes:approve") ? h("label", { for: reason.id }, "reason for your answer", reason) : null);
+  }).catch((err) => say(`Proposals: ${err.message}`, "error"));
+  return box;
+}
+
 function historyBlock(model) {
   const box = h("div", {});
   const button = h("button", {
@@ -202,7 +237,8 @@ function historyBlock(model) {
           .map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, changes.map((c) => h("tr", {},
           h("td", {}, String(c.revision)), h("td", { title: new Date(c.at * 1000).toISOString() }, ago(c.at)),
-          h("td", {}, c.who), h("td", {}, c.action), h("td", {}, c.reason || "-"),
+          h("td", {}, c.approved_by ? `${c.who}, approved by ${c.approved_by} (${c.approval_reason || "no reason"})` : c.who),
+          h("td", {}, c.action), h("td", {}, c.reason || "-"),
           h("td", {}, diff(c.before, c.after)))))));
     },
   }, "History");

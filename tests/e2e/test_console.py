@@ -325,3 +325,53 @@ def test_replay_recorded_decisions_against_a_candidate(console: str, page: Page)
     after = httpx.get(f"{console}/admin/reviews?limit=500",
                       headers={"authorization": f"Bearer {OPS}"}).json()["count"]
     assert after == before, "a replay goes to no review gate"
+
+
+@pytest.fixture(scope="module")
+def governed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway whose claims_risk is under the four-eyes policy."""
+    tmp = tmp_path_factory.mktemp("console-four-eyes")
+    models = {"claims_risk": {"targets": {
+        "stable": {"backend": "local", "version": "2", "weight": 90},
+        "canary": {"backend": "local", "version": "1", "weight": 10}}}}
+    config, http_port, _ = gateway_config(stack.sidecar_http, stack.sidecar_grpc, models,
+                                          routing={"four_eyes": ["claims_risk"]})
+    with running("gateway", config, http_port, tmp):
+        yield f"http://127.0.0.1:{http_port}"
+
+
+def test_a_four_eyes_change_is_proposed_by_one_and_approved_by_another(
+        governed: str, browser: Browser) -> None:
+    scopes = "routes:read routes:write routes:approve"
+    pages = []
+    for subject in ("alice", "carol"):
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pages.append(context.new_page())
+        sign_in(pages[-1], governed, token(scopes, subject=subject))
+        pages[-1].get_by_role("link", name="Routes").click()
+    alice, carol = pages
+    card = alice.get_by_role("region", name="model claims_risk")
+    card.get_by_label("weight of canary").fill("30")
+    card.get_by_label("weight of stable").fill("70")
+    card.get_by_label("reason (kept in history)").fill("replay agrees")
+    card.get_by_role("button", name="Apply").click()
+    expect(alice.get_by_role("status")).to_contain_text("waits for a second subject")
+    expect(card.get_by_role("table", name="pending changes of claims_risk")).to_contain_text(
+        "canary → 30")
+    carol.reload()
+    theirs = carol.get_by_role("region", name="model claims_risk")
+    pending = theirs.get_by_role("table", name="pending changes of claims_risk")
+    expect(pending).to_contain_text("alice")
+    theirs.get_by_label("reason for your answer").fill("checked the replay")
+    pending.get_by_role("button", name="Approve").click()
+    expect(carol.get_by_role("status")).to_contain_text(": applied.")
+    theirs.get_by_role("button", name="History").click()
+    expect(theirs.get_by_role("table", name="history of claims_risk")).to_contain_text(
+        "alice, approved by carol (checked the replay)")
+    shot(carol, "four-eyes")
+    resp = httpx.get(f"{governed}/admin/routes/claims_risk",
+                     headers={"authorization": f"Bearer {token(scopes, subject='x')}"})
+    assert {n: t["weight"] for n, t in resp.json()["targets"].items()} == {
+        "stable": 70, "canary": 30}
+    for opened in pages:
+        opened.context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -11,6 +12,9 @@ from typing import Any
 import pytest
 
 from aios.config import GatewaySettings, ModelRoute
+from aios.errors import Conflict
+from gateway import routestore
+from gateway.proposals import Proposal, approved, rejected
 from gateway.routestore import (
     RouteStore,
     new_change,
@@ -78,3 +82,27 @@ async def test_forty_changes_to_a_large_table_keep_a_small_bounded_history(
         history = tmp / "routes-history.jsonl"
         assert len(history.read_text().splitlines()) <= 25 + 2
         assert history.stat().st_size < 25 * 1024, "diffs, not two whole tables per change"
+
+
+async def test_proposals_are_kept_answered_once_and_pruned(
+        store: tuple[str, RouteStore, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, routes, _ = store
+    monkeypatch.setattr(routestore, "KEPT_PROPOSALS", 20)  # the bound, made small
+    first = Proposal("p-1", "m", "set_weights", {"weights": {"a": 1}}, 1, "alice", "", 1.0)
+    await routes.propose(first)
+    await routes.propose(Proposal("p-2", "m", "set_weights", {}, 1, "bob", "", 2.0))
+    assert [p.id for p in await routes.proposals()] == ["p-2", "p-1"]
+    answer = approved(first, "carol", "ok", 3.0)
+    await routes.resolve(answer, "pending")
+    with pytest.raises(Conflict, match=r"^proposal p-1 is approved, not pending$"):
+        await routes.resolve(rejected(first, "dave", "late", 4.0), "pending")
+    with pytest.raises(Conflict, match=r"^proposal p-9 is gone, not pending$"):
+        await routes.resolve(dataclasses.replace(first, id="p-9"), "pending")
+    kept = {p.id: p for p in await routes.proposals()}
+    assert (kept["p-1"].state, kept["p-1"].resolver) == ("approved", "carol")
+    for i in range(25):  # resolved ones beyond the limit are let go
+        await routes.propose(Proposal(f"r-{i}", "m", "set_weights", {}, 1, "x", "", 10.0 + i,
+                                     state="rejected"))
+    kept = {p.id: p for p in await routes.proposals()}
+    assert "p-2" in kept, "a pending proposal is always kept"
+    assert len([p for p in kept.values() if p.state != "pending"]) == 20
