@@ -34,6 +34,7 @@ from aios.upstream import GrpcStream
 logger = logging.getLogger(__name__)
 
 STREAM_METHOD = "ModelStreamInfer"
+PROTOCOL = "grpc_stream"  # how streamed requests are counted and recorded
 FINAL = "triton_final_response"
 EMPTY_FINAL = "triton_enable_empty_final_response"
 HOP_PREFIX = "aios.hop."

@@ -27,6 +27,7 @@ from aios.grpc_service import method_path
 from aios.kserve import check_parameters, grpc_scheduling, peek_batch, set_grpc_parameters
 from aios.metrics import RequestMetrics
 from aios.streaming import (
+    PROTOCOL,
     STREAM_METHOD,
     Book,
     Outbox,
@@ -77,8 +78,6 @@ class StreamPlane(Protocol):
 
     async def answered(self, model: str, route: Route, sequence: SequenceCall | None,
                        ok: bool) -> None: ...
-
-PROTOCOL = "grpc_stream"  # how streamed requests are counted
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from aios.metrics import RequestMetrics
 from aios.plane import DECISION_HEADER, REQUEST_ID_HEADER
 from aios.streaming import (
     DECISION_PARAMETER,
+    PROTOCOL,
     STREAM_METHOD,
     Book,
     Outbox,
@@ -42,8 +43,6 @@ from sidecar.pipeline import RECORD_HEADERS, InferCall, Pipeline
 from sidecar.review import ReviewDesk
 
 logger = logging.getLogger(__name__)
-
-PROTOCOL = "grpc_stream"  # how streamed requests are counted and recorded
 
 
 class SidecarStream:
@@ -72,7 +71,8 @@ class SidecarStream:
             if self._review is not None and self._review.gated(model):
                 raise Unprocessable(f"model '{model}' sends decisions to human review, which "
                                     "a stream cannot wait for: call ModelInfer")
-            headers = [*self._metadata, *((k, v) for k, v in hop.items() if k in RECORD_HEADERS)]
+            # The request's own values first: a record takes the first of each header.
+            headers = [*((k, v) for k, v in hop.items() if k in RECORD_HEADERS), *self._metadata]
             if DECISION_HEADER not in hop:  # called directly: one decision id per request
                 headers.append((DECISION_HEADER, new_ulid()))
             first = next(iter(inputs.values()), None)
