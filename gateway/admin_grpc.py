@@ -12,7 +12,7 @@ import grpc.aio
 from aios.plane import header_value
 from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
 from gateway.admin_rest import AdminAuth
-from gateway.proposals import Proposal
+from gateway.proposals import APPROVE_SCOPE, Proposal
 from gateway.routing import ModelTable
 from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
@@ -45,6 +45,11 @@ def route_message(view: dict[str, Any]) -> pb.ModelRoute:
         if s["threshold"] is not None:
             msg.shadow.threshold = s["threshold"]
     return msg
+
+
+def proposal_message(proposal: Proposal) -> pb.Proposal:
+    doc = proposal.to_json()
+    return pb.Proposal(body_json=json.dumps(doc.pop("body"), sort_keys=True), **doc)
 
 
 class RoutingAdminService(pb_grpc.RoutingAdminServicer):
@@ -114,8 +119,32 @@ class RoutingAdminService(pb_grpc.RoutingAdminServicer):
         return pb.HistoryResponse(changes=[
             pb.Change(model=c.model, revision=c.revision, who=c.who, at=c.at, action=c.action,
                       reason=c.reason, before_json=json.dumps(c.before) if c.before else "",
-                      after_json=json.dumps(c.after))
+                      after_json=json.dumps(c.after), approved_by=c.approved_by,
+                      approval_reason=c.approval_reason, proposal_id=c.proposal_id)
             for c in changes])
+
+    async def ListProposals(self, request: pb.ListProposalsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListProposalsResponse:
+        await self._who(context, "routes:read")
+        found = await self._admin.proposals(request.model or None, request.state or None)
+        return pb.ListProposalsResponse(proposals=[proposal_message(p) for p in found])
+
+    async def Approve(self, request: pb.AnswerRequest,
+                      context: grpc.aio.ServicerContext) -> pb.Proposal:
+        who = await self._who(context, APPROVE_SCOPE)
+        proposal, _ = await self._admin.approve(request.id, who, request.reason)
+        return proposal_message(proposal)
+
+    async def Reject(self, request: pb.AnswerRequest,
+                     context: grpc.aio.ServicerContext) -> pb.Proposal:
+        who = await self._who(context, APPROVE_SCOPE)
+        return proposal_message(await self._admin.reject(request.id, who, request.reason))
+
+    async def Rollback(self, request: pb.RollbackRequest,
+                       context: grpc.aio.ServicerContext) -> pb.ModelRoute:
+        who = await self._who(context, "routes:write")
+        return route_message(self._admin.view(await self._admin.rollback(
+            request.model, who, request.reason)))
 
 
 def register_admin(service: RoutingAdminService) -> Callable[[grpc.aio.Server], None]:

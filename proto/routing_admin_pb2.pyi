@@ -128,7 +128,7 @@ class HistoryRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("model", "revision", "who", "at", "action", "reason", "before_json", "after_json")
+    __slots__ = ("model", "revision", "who", "at", "action", "reason", "before_json", "after_json", "approved_by", "approval_reason", "proposal_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WHO_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,9 @@ class Change(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
     AFTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: int
     who: str
@@ -145,10 +148,75 @@ class Change(_message.Message):
     reason: str
     before_json: str
     after_json: str
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., who: _Optional[str] = ..., at: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ...) -> None: ...
+    approved_by: str
+    approval_reason: str
+    proposal_id: str
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., who: _Optional[str] = ..., at: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., approved_by: _Optional[str] = ..., approval_reason: _Optional[str] = ..., proposal_id: _Optional[str] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
     __slots__ = ("changes",)
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[Change]
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class Proposal(_message.Message):
+    __slots__ = ("id", "model", "action", "body_json", "base_revision", "proposer", "reason", "at", "state", "resolver", "resolution", "resolved_at", "revision", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BODY_JSON_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVER_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    action: str
+    body_json: str
+    base_revision: int
+    proposer: str
+    reason: str
+    at: float
+    state: str
+    resolver: str
+    resolution: str
+    resolved_at: float
+    revision: int
+    error: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., action: _Optional[str] = ..., body_json: _Optional[str] = ..., base_revision: _Optional[int] = ..., proposer: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[float] = ..., state: _Optional[str] = ..., resolver: _Optional[str] = ..., resolution: _Optional[str] = ..., resolved_at: _Optional[float] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListProposalsRequest(_message.Message):
+    __slots__ = ("model", "state")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    state: str
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListProposalsResponse(_message.Message):
+    __slots__ = ("proposals",)
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    proposals: _containers.RepeatedCompositeFieldContainer[Proposal]
+    def __init__(self, proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ...) -> None: ...
+
+class AnswerRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("model", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -64,6 +64,26 @@ class RoutingAdminStub:
                 request_serializer=proto_dot_routing__admin__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=proto_dot_routing__admin__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.ListProposals = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/ListProposals',
+                request_serializer=proto_dot_routing__admin__pb2.ListProposalsRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.ListProposalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/Approve',
+                request_serializer=proto_dot_routing__admin__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.Proposal.FromString,
+                _registered_method=True)
+        self.Reject = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/Reject',
+                request_serializer=proto_dot_routing__admin__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.Proposal.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/Rollback',
+                request_serializer=proto_dot_routing__admin__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.ModelRoute.FromString,
+                _registered_method=True)
 
 
 class RoutingAdminServicer:
@@ -105,6 +125,33 @@ class RoutingAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProposals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """routes:approve, not the proposer
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reject(self, request, context):
+        """routes:approve
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """routes:write, no approval
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +184,26 @@ def add_RoutingAdminServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=proto_dot_routing__admin__pb2.HistoryRequest.FromString,
                     response_serializer=proto_dot_routing__admin__pb2.HistoryResponse.SerializeToString,
+            ),
+            'ListProposals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProposals,
+                    request_deserializer=proto_dot_routing__admin__pb2.ListProposalsRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.ListProposalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=proto_dot_routing__admin__pb2.AnswerRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.Proposal.SerializeToString,
+            ),
+            'Reject': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reject,
+                    request_deserializer=proto_dot_routing__admin__pb2.AnswerRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.Proposal.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=proto_dot_routing__admin__pb2.RollbackRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.ModelRoute.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +368,114 @@ class RoutingAdmin:
             '/aios.admin.v1.RoutingAdmin/History',
             proto_dot_routing__admin__pb2.HistoryRequest.SerializeToString,
             proto_dot_routing__admin__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProposals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/ListProposals',
+            proto_dot_routing__admin__pb2.ListProposalsRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.ListProposalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/Approve',
+            proto_dot_routing__admin__pb2.AnswerRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.Proposal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/Reject',
+            proto_dot_routing__admin__pb2.AnswerRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.Proposal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/Rollback',
+            proto_dot_routing__admin__pb2.RollbackRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.ModelRoute.FromString,
             options,
             channel_credentials,
             insecure,

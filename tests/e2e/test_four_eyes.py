@@ -8,6 +8,7 @@ became; the CLI lists and approves."""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -160,17 +161,39 @@ def test_an_emergency_rollback_needs_no_approval(replicas: list[tuple[str, str]]
         "bob", "rollback", "")
 
 
-def test_grpc_says_which_proposal_a_change_became(replicas: list[tuple[str, str]]) -> None:
-    (a, grpc_a), _ = replicas
+def test_the_whole_four_eyes_flow_over_grpc(replicas: list[tuple[str, str]]) -> None:
+    (a, grpc_a), (_, grpc_b) = replicas
     before = table(a)
-    with grpc.insecure_channel(grpc_a) as channel:
-        reply = pb_grpc.RoutingAdminStub(channel).SetWeights(pb.SetWeightsRequest(
+
+    def as_(headers: dict[str, str]) -> tuple[tuple[str, str]]:
+        return (("authorization", headers["authorization"]),)
+
+    with grpc.insecure_channel(grpc_a) as one, grpc.insecure_channel(grpc_b) as other:
+        a_admin, b_admin = pb_grpc.RoutingAdminStub(one), pb_grpc.RoutingAdminStub(other)
+        reply = a_admin.SetWeights(pb.SetWeightsRequest(
             model=MODEL, base_revision=before["revision"], reason="over gRPC",
-            weights={"stable": 60, "canary": 40}),
-            metadata=(("authorization", ALICE["authorization"]),))
-    assert reply.proposal_id and reply.revision == before["revision"]
-    pending = httpx.get(f"{a}/admin/proposals?state=pending", headers=ALICE).json()
-    assert reply.proposal_id in [p["id"] for p in pending["proposals"]]
+            weights={"stable": 60, "canary": 40}), metadata=as_(ALICE))
+        assert reply.proposal_id and reply.revision == before["revision"]
+        listed = b_admin.ListProposals(pb.ListProposalsRequest(model=MODEL, state="pending"),
+                                       metadata=as_(CAROL))
+        assert reply.proposal_id in [p.id for p in listed.proposals]
+        with pytest.raises(grpc.RpcError) as own:
+            a_admin.Approve(pb.AnswerRequest(id=reply.proposal_id), metadata=as_(ALICE))
+        assert own.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (own.value.details() or "").startswith("four-eyes: 'alice' proposed")
+        done = b_admin.Approve(pb.AnswerRequest(id=reply.proposal_id, reason="ok"),
+                               metadata=as_(CAROL))
+        assert (done.state, done.resolver, done.proposer) == ("applied", "carol", "alice")
+        assert json.loads(done.body_json)["weights"] == {"stable": 60, "canary": 40}
+        settle(a, {"stable": 60, "canary": 40})
+        change = a_admin.History(pb.HistoryRequest(model=MODEL, limit=1),
+                                 metadata=as_(ALICE)).changes[0]
+        assert (change.who, change.approved_by, change.proposal_id) == (
+            "alice", "carol", reply.proposal_id)
+        back = a_admin.Rollback(pb.RollbackRequest(model=MODEL, reason="emergency"),
+                                metadata=as_(BOB))
+        assert {t.name: t.weight for t in back.targets} == {
+            n: t["weight"] for n, t in before["targets"].items()}
 
 
 def test_the_cli_lists_and_approves(replicas: list[tuple[str, str]]) -> None:
