@@ -215,13 +215,16 @@ class AuditIndex:
             db = _Sql(self.url, self.path)
         db.schema()
         version = db.rows("SELECT value FROM aios_index_meta WHERE key = 'schema'")
+        # Several indexers may meet a fresh (or an old) database at once: each step holds
+        # if another did it first.
         if version and version[0][0] != str(SCHEMA_VERSION):
             for table in ("aios_decisions", "aios_index_meta"):
-                db.run(f"DROP TABLE {table}")
+                db.run(f"DROP TABLE IF EXISTS {table}")
             db.commit()
             db.schema()
         if not version or version[0][0] != str(SCHEMA_VERSION):
-            db.run("INSERT INTO aios_index_meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            db.run("INSERT INTO aios_index_meta VALUES ('schema', ?) ON CONFLICT (key) DO "
+                   "NOTHING", (str(SCHEMA_VERSION),))
             db.commit()
         return db
 
