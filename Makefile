@@ -85,12 +85,18 @@ examples: $(STAMP)
 	$(BIN)/python -m loadtests.examples --client-repo $(CLIENT_REPO) --out results
 
 # A short headless Locust run against `make run`'s stack (start it first).
+# Each scenario names its users: Locust fails a user class none of whose tasks has the tag.
 SCENARIO ?= steady
+USERS_steady := RestUser GrpcUser
+USERS_canary := RestUser GrpcUser Ops
+USERS_shadow := RestUser GrpcUser Ops
+USERS_noisy := RestUser GrpcUser NoisyTenant
 loadtest: $(STAMP)
+	@test -n "$(USERS_$(SCENARIO))" || { echo "SCENARIO is steady, canary, noisy or shadow"; exit 2; }
 	@mkdir -p results
 	$(BIN)/locust -f loadtests/locustfile.py --headless --users 20 --spawn-rate 10 \
 		--run-time 30s --tags $(SCENARIO) --host http://127.0.0.1:8080 \
-		--csv results/locust --html results/locust.html
+		--csv results/locust --html results/locust.html $(USERS_$(SCENARIO))
 
 # The fuzz properties of the suite, run long (the suite runs them briefly).
 fuzz: $(STAMP)

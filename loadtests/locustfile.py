@@ -52,8 +52,10 @@ MODEL = "claims_risk"
 CLAIMS, _ = synthesize_claims(20_000, seed=2026)
 # One pacer per tenant for every user of this process (gevent: no locks needed).
 PACERS = {t: Pacer.for_quota(CONFIG.gateway.quota.for_tenant(t)) for t in TENANTS}
-# How many operator changes met a stale revision and were sent again.
+# How many operator changes met a stale revision and were sent again, and how many 429s
+# the noisy tenant met (expected: that scenario is about quotas).
 RETRIED: collections.Counter[str] = collections.Counter()
+EXPECTED_429: collections.Counter[str] = collections.Counter()
 MAX_RETRIES = 5
 
 
@@ -174,6 +176,8 @@ class NoisyTenant(HttpUser):
                               catch_response=True) as resp:
             if resp.status_code in (200, 429):
                 resp.success()
+            if resp.status_code == 429:
+                EXPECTED_429["noisy tenant"] += 1
 
 
 class Ops(HttpUser):
@@ -248,6 +252,9 @@ def summary(environment: Environment) -> str:
             f"{entry.get_response_time_percentile(0.95):>8.0f} "
             f"{entry.get_response_time_percentile(0.99):>8.0f}  "
             f"{'; '.join(errors.get(entry.name, [])) or 'none'}")
+    if EXPECTED_429:
+        lines.append("refused by quota, as the scenario means them to be: " + ", ".join(
+            f"{name} {n} x 429" for name, n in sorted(EXPECTED_429.items())))
     if RETRIED:
         lines.append("stale revisions retried: " + ", ".join(
             f"{what} {n}" for what, n in sorted(RETRIED.items())))

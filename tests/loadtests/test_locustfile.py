@@ -4,7 +4,9 @@ nothing)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +63,24 @@ def test_canary_scenario_stays_within_a_per_row_quota_and_survives_stale_revisio
     assert f"HTML report: {tmp_path / 'report.html'}" in summary
     assert [line.split()[0] for line in summary.splitlines()[1:5]] == [
         "admin", "admin", "grpc", "rest"]
+
+
+def test_each_make_loadtest_scenario_names_users_with_tasks_for_it(stack: Stack) -> None:
+    """Locust fails a user class none of whose tasks has the run's tag: `make loadtest`
+    names, per scenario, only users that have one. (Checked in a process of its own:
+    importing the locustfile patches the standard library for gevent.)"""
+    scenarios = dict(re.findall(r"^USERS_(\w+) := (.+)$", (REPO / "Makefile").read_text(),
+                                re.MULTILINE))
+    assert sorted(scenarios) == ["canary", "noisy", "shadow", "steady"]
+    check = (
+        "import json, sys\n"
+        "import loadtests.locustfile as f\n"
+        "for scenario, users in json.loads(sys.argv[1]).items():\n"
+        "    for name in users.split():\n"
+        "        tags = [getattr(t, 'locust_tag_set', set()) for t in getattr(f, name).tasks]\n"
+        "        assert any(scenario in t for t in tags), (scenario, name)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", check, json.dumps(scenarios)], cwd=REPO,
+                          env={**os.environ, "AIOS_CONFIG": str(stack.config_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
