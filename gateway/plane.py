@@ -228,7 +228,7 @@ class GatewayPlane:
         return [{"name": m, "version": "", "state": "READY", "reason": ""} for m in models]
 
     async def admit(self, kind: str, model: str, headers: Iterable[tuple[str, Any]],
-                     batch: Callable[[], int]) -> Admission:
+                    batch: Callable[[], int]) -> Admission:
         """Authenticate, authorize and take quota; ``batch`` is called only if it counts."""
         if self._auth is None or kind in self._open_calls:
             return OPEN
@@ -248,7 +248,7 @@ class GatewayPlane:
 
     @staticmethod
     def sticky_key(table: ModelTable, admission: Admission,
-                    headers: Iterable[tuple[str, Any]]) -> str | None:
+                   headers: Iterable[tuple[str, Any]]) -> str | None:
         if table.sticky == "none":
             return None
         principal = admission.principal
@@ -297,7 +297,7 @@ class GatewayPlane:
         return result, route
 
     async def sequence_route(self, model: str, pinned: str, key: str | None,
-                              sequence: SequenceCall, ejected: frozenset[str]) -> Route:
+                             sequence: SequenceCall, ejected: frozenset[str]) -> Route:
         """Where a sequence's request goes: where the sequence is held, or (its first
         request, or one after the sequence idled out) where the weights say, held there."""
         if not sequence.start:
@@ -387,9 +387,7 @@ class GatewayPlane:
             return await self._forward_rest(call)
 
     async def _forward_rest(self, call: ModelCall) -> HttpReply:
-        table = self._router.table(call.model)
-        if call.version:
-            await self._versions.check(table, call.version)
+        table = await self.checked_table(call.model, call.version)
         admission = await self.admit(call.kind, call.model, call.headers, lambda: call.batch)
         try:
             key = self.sticky_key(table, admission, call.headers)
@@ -449,9 +447,7 @@ class GatewayPlane:
         model, version = peek_model(payload)
         if not model:
             raise InvalidInput("the request names no model")
-        table = self._router.table(model)
-        if version:
-            await self._versions.check(table, version)
+        table = await self.checked_table(model, version)
         kind = GRPC_CALL_KINDS[method.rsplit("/", 1)[1]]
         asked: dict[str, int] = {}
         sequence = None

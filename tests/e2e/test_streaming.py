@@ -30,10 +30,10 @@ from tritonclient.utils import InferenceServerException
 from aios.auditlog import records
 from tests.conftest import Stack
 from tests.e2e.test_decisions import sidecar_config
+from tests.e2e.test_sequences import set_weights  # the accumulator's targets "one", "two"
 from tests.helpers import REPO, TEST_TENANT, free_ports, gateway_config, running, token, wait_until
 from tests.redis_server import RedisServer
 
-OPS = {"authorization": f"Bearer {token('routes:read routes:write', subject='ops')}"}
 AUTH = {"authorization": f"Bearer {token('infer:repeat infer:accumulator')}"}
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 LIMITS = {"stream_max_messages": 5, "stream_idle_s": 1.5, "max_streams": 2,
@@ -287,14 +287,6 @@ def sequence_step(client: grpcclient.InferenceServerClient, sequence: int, value
     inp.set_data_from_numpy(np.asarray([[value]], dtype=np.int32))
     client.async_stream_infer("accumulator", [inp], request_id=f"{sequence}-{value}",
                               sequence_id=sequence, sequence_start=start, sequence_end=end)
-
-
-def set_weights(gateway: Gateway, one: int, two: int) -> None:
-    current = httpx.get(f"http://{gateway.rest}/admin/routes/accumulator", headers=OPS).json()
-    resp = httpx.put(f"http://{gateway.rest}/admin/routes/accumulator/weights", headers=OPS,
-                     json={"base_revision": current["revision"],
-                           "weights": {"one": one, "two": two}})
-    assert resp.status_code == 200, resp.text
 
 
 def test_streamed_sequences_stay_on_their_target_across_a_weight_change_and_replicas(
