@@ -517,8 +517,9 @@ async function openReview(id, box) {
     event.preventDefault();
     try {
       await api("POST", `/admin/reviews/${encodeURIComponent(id)}/${path}`, body());
-      say(`Review ${id}: ${path} done.`, "ok");
+      // Shown fresh before it says so: what one types next goes into the new form.
       await openReview(id, box);
+      say(`Review ${id}: ${path} done.`, "ok");
     } catch (err) {
       say(`Review ${id}: ${err.message}`, "error");
     }
