@@ -491,6 +491,19 @@ class RoutingSettings(_Frozen):
     # different sub than the proposer's) before they apply; "*": every model. A
     # rollback of the last change never waits.
     four_eyes: list[str] = Field(default_factory=list)
+    # Rollouts (`gateway.rollouts`): their gates are evaluated this often, and with Redis
+    # one replica drives each, holding a lease it renews each interval; if it stops,
+    # another takes over once the lease lapses.
+    rollout_interval_s: float = Field(2.0, gt=0, le=60)
+    rollout_lease_s: float = Field(6.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _lease_outlives_interval(self) -> RoutingSettings:
+        if self.rollout_lease_s <= self.rollout_interval_s:
+            raise ValueError("rollout_lease_s: must exceed rollout_interval_s "
+                             f"({self.rollout_interval_s:g}), or the lease lapses between "
+                             "renewals")
+        return self
 
 
 class ResilienceSettings(_Frozen):

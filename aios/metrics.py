@@ -84,6 +84,10 @@ class _LoopMetric(Collector, Generic[S]):
             series = self._series[values] = self._new()
         return series
 
+    def series(self) -> list[tuple[tuple[str, ...], S]]:
+        """Every labelled series, with its label values."""
+        return list(self._series.items())
+
 
 class LoopCounter(_LoopMetric[_Count]):
     """A counter (exposed as ``<name>_total``)."""

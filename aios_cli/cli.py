@@ -16,6 +16,7 @@ from aios_cli.envoy_cli import add_envoy_parser
 from aios_cli.examples import add_examples
 from aios_cli.replay_cli import add_replay_parser
 from aios_cli.review_cli import add_review_parser
+from aios_cli.rollout_cli import add_rollout_parser
 from aios_cli.routes_cli import add_routes_parser
 from aios_cli.runner import run_async
 
@@ -154,6 +155,7 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     build.add_argument("--model-repo", type=Path, help="model repository (default: config)")
 
     add_routes_parser(sub, common)
+    add_rollout_parser(sub, common)
     add_envoy_parser(sub, common)
 
     add_audit_parser(sub, common)

@@ -22,6 +22,16 @@ EXAMPLES = {
     "routes approve": "aios routes approve 01M8SA1Q1NSF5PJ565MCJWENYS --reason 'replay agrees'",
     "routes reject": "aios routes reject 01M8SA1Q1NSF5PJ565MCJWENYS --reason 'too early'",
     "routes rollback": "aios routes rollback claims_risk --reason 'canary errors'",
+    "rollout start": "aios rollout start claims_risk --candidate 2 --steps 0,5,25,50,100 "
+                     "--dwell 600 --min-requests 500 --threshold 0.35 --output risk_score "
+                     "--reason 'v2: replay agrees 97%'",
+    "rollout status": "aios rollout status claims_risk",
+    "rollout pause": "aios rollout pause claims_risk --reason 'claims backlog review'",
+    "rollout resume": "aios rollout resume claims_risk --reason 'backlog cleared'",
+    "rollout abort": "aios rollout abort claims_risk --reason 'complaints from adjusters'",
+    "rollout promote": "aios rollout promote claims_risk --reason 'committee signed off'",
+    "rollout approve": "aios rollout approve claims_risk --reason 'replay report read'",
+    "rollout reject": "aios rollout reject claims_risk --reason 'wait for month end'",
     "envoy export": "aios envoy export --out envoy.yaml --ratelimit-out ratelimit.yaml",
     "envoy serve": "aios envoy serve --xds 127.0.0.1:18000",
     "audit verify": "aios audit verify --dir var/decisions",

@@ -65,7 +65,8 @@ class ResolveBody(BaseModel):
 BODIES: dict[str, type[_Body]] = {"replace": ReplaceBody, "set_weights": WeightsBody,
                                   "set_shadow": ShadowBody, "clear_shadow": ShadowBody}
 # What a rollback can undo: a change of weights or shadow (and a rollback itself).
-ROLLBACK_ACTIONS = frozenset({"set_weights", "set_shadow", "clear_shadow", "rollback"})
+ROLLBACK_ACTIONS = frozenset({"set_weights", "set_shadow", "clear_shadow", "rollback",
+                              "rollout_step", "rollout_end"})
 # Pending proposals per model, at most.
 MAX_PENDING = 20
 
@@ -237,6 +238,28 @@ class RoutingAdmin:
         return await self._commit(model, parse(ModelRoute, doc), current.revision, who,
                                   "rollback", reason)
 
+    async def apply_rollout(self, model: str, weights: dict[str, int],
+                            shadow: dict[str, Any] | None, base: int, who: str, action: str,
+                            reason: str, evidence: dict[str, Any]) -> ModelTable:
+        """A rollout's change of weights and shadow (its start, or its promote, was
+        approved already), committed on ``base`` and recorded with the gates' figures."""
+        doc = route_of(self._router.table(model))
+        for name, weight in weights.items():
+            doc["targets"][name]["weight"] = weight
+        doc["shadow"] = shadow
+        return await self._commit(model, parse(ModelRoute, doc), base, who, action, reason,
+                                  evidence=evidence)
+
+    def would_hold(self, table: ModelTable, weights: dict[str, int],
+                   shadow: dict[str, Any] | None) -> bool:
+        """Whether ``table`` already holds these weights and this shadow."""
+        doc = route_of(table)
+        for name, weight in weights.items():
+            doc["targets"][name]["weight"] = weight
+        doc["shadow"] = shadow
+        wanted = table_from_route(table.model, parse(ModelRoute, doc), table.revision, table)
+        return route_of(wanted) == route_of(table)
+
     async def _validate(self, model: str, route: ModelRoute) -> None:
         try:
             route.check_backends(self._backends, "route")
@@ -254,7 +277,8 @@ class RoutingAdmin:
 
     async def _commit(self, model: str, route: ModelRoute, base: int, who: str, action: str,
                       reason: str, create: bool = False,
-                      approval: tuple[str, str, str] = ("", "", "")) -> ModelTable:
+                      approval: tuple[str, str, str] = ("", "", ""),
+                      evidence: dict[str, Any] | None = None) -> ModelTable:
         await self._validate(model, route)
         async with self._lock:
             try:
@@ -267,7 +291,8 @@ class RoutingAdmin:
             table = table_from_route(model, route, base + 1, previous)
             change = new_change(model, table.revision, who, action, reason, previous, table)
             change = dataclasses.replace(change, approved_by=approval[0],
-                                         approval_reason=approval[1], proposal_id=approval[2])
+                                         approval_reason=approval[1], proposal_id=approval[2],
+                                         evidence=evidence)
             await self._store.commit(table, base, change)
             self._router.install(table)
             if self._changes is not None:

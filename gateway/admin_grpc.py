@@ -9,10 +9,21 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from aios.errors import InvalidInput
 from aios.plane import header_value
-from gateway.admin import ReplaceBody, RoutingAdmin, ShadowBody, WeightsBody, parse
+from gateway.admin import (
+    ReplaceBody,
+    ResolveBody,
+    RoutingAdmin,
+    ShadowBody,
+    WeightsBody,
+    parse,
+)
 from gateway.admin_rest import AdminAuth
 from gateway.proposals import APPROVE_SCOPE, Proposal
+from gateway.rollout import Rollout
+from gateway.rollout_rest import ACTION_SCOPES
+from gateway.rollouts import Rollouts, parse_plan, view
 from gateway.routing import ModelTable
 from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
@@ -52,11 +63,20 @@ def proposal_message(proposal: Proposal) -> pb.Proposal:
     return pb.Proposal(body_json=json.dumps(doc.pop("body"), sort_keys=True), **doc)
 
 
-class RoutingAdminService(pb_grpc.RoutingAdminServicer):
-    """The same operations as REST /admin/routes; errors mapped by ErrorInterceptor."""
+def rollout_message(rollout: Rollout) -> pb.Rollout:
+    return pb.Rollout(id=rollout.id, model=rollout.model, state=rollout.state,
+                      step=rollout.step, percent=rollout.target_percent, stable=rollout.stable,
+                      candidate=rollout.candidate,
+                      document_json=json.dumps(view(rollout), sort_keys=True))
 
-    def __init__(self, admin: RoutingAdmin, auth: AdminAuth) -> None:
+
+class RoutingAdminService(pb_grpc.RoutingAdminServicer):
+    """The same operations as REST /admin/routes and /admin/rollouts; errors mapped by
+    ErrorInterceptor."""
+
+    def __init__(self, admin: RoutingAdmin, rollouts: Rollouts, auth: AdminAuth) -> None:
         self._admin = admin
+        self._rollouts = rollouts
         self._auth = auth
 
     async def _who(self, context: grpc.aio.ServicerContext, scope: str) -> str:
@@ -120,7 +140,8 @@ class RoutingAdminService(pb_grpc.RoutingAdminServicer):
             pb.Change(model=c.model, revision=c.revision, who=c.who, at=c.at, action=c.action,
                       reason=c.reason, before_json=json.dumps(c.before) if c.before else "",
                       after_json=json.dumps(c.after), approved_by=c.approved_by,
-                      approval_reason=c.approval_reason, proposal_id=c.proposal_id)
+                      approval_reason=c.approval_reason, proposal_id=c.proposal_id,
+                      evidence_json=json.dumps(c.evidence) if c.evidence else "")
             for c in changes])
 
     async def ListProposals(self, request: pb.ListProposalsRequest,
@@ -145,6 +166,36 @@ class RoutingAdminService(pb_grpc.RoutingAdminServicer):
         who = await self._who(context, "routes:write")
         return route_message(self._admin.view(await self._admin.rollback(
             request.model, who, request.reason)))
+
+    async def StartRollout(self, request: pb.StartRolloutRequest,
+                           context: grpc.aio.ServicerContext) -> pb.Rollout:
+        who = await self._who(context, "routes:write")
+        try:
+            plan = parse_plan(json.loads(request.plan_json or "{}"))
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"plan_json: not valid JSON: {exc}") from exc
+        return rollout_message(await self._rollouts.start(request.model, plan, who))
+
+    async def GetRollout(self, request: pb.GetRolloutRequest,
+                         context: grpc.aio.ServicerContext) -> pb.Rollout:
+        await self._who(context, "routes:read")
+        return rollout_message(await self._rollouts.current(request.model))
+
+    async def ListRollouts(self, request: pb.ListRolloutsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListRolloutsResponse:
+        await self._who(context, "routes:read")
+        return pb.ListRolloutsResponse(rollouts=[
+            rollout_message(r) for r in await self._rollouts.list(request.model or None)])
+
+    async def RolloutAction(self, request: pb.RolloutActionRequest,
+                            context: grpc.aio.ServicerContext) -> pb.Rollout:
+        if request.action not in ACTION_SCOPES:
+            raise InvalidInput(f"action: one of {', '.join(ACTION_SCOPES)}, got "
+                               f"{request.action!r}")
+        who = await self._who(context, ACTION_SCOPES[request.action])
+        body = parse(ResolveBody, {"reason": request.reason})
+        return rollout_message(await self._rollouts.act(request.model, request.action, who,
+                                                        body.reason))
 
 
 def register_admin(service: RoutingAdminService) -> Callable[[grpc.aio.Server], None]:

@@ -28,4 +28,6 @@ def change_record(change: Change) -> DecisionRecord:
                                                                      sort_keys=True),
             after_json=json.dumps(change.after, sort_keys=True),
             approved_by=change.approved_by, approval_reason=change.approval_reason,
-            proposal_id=change.proposal_id))
+            proposal_id=change.proposal_id,
+            evidence_json="" if change.evidence is None else json.dumps(change.evidence,
+                                                                        sort_keys=True)))

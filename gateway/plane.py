@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from aios.kserve import (
     with_json_parameters,
     with_model,
 )
-from aios.metrics import LoopCounter, RequestMetrics
+from aios.metrics import RequestMetrics
 from aios.plane import (
     BUSINESS_KEY_HEADER,
     DECISION_HEADER,
@@ -77,6 +78,9 @@ from gateway.replay_rest import replay_routes
 from gateway.review import ReviewApi
 from gateway.review_grpc import ReviewService, register_review
 from gateway.review_rest import review_routes
+from gateway.rollout_rest import rollout_routes
+from gateway.rollouts import Rollouts
+from gateway.rolloutstore import open_rollout_store
 from gateway.routestore import load_tables, open_route_store
 from gateway.routing import ModelTable, Route, Router
 from gateway.scheduling import Clamped, clamp
@@ -92,6 +96,7 @@ from gateway.sequences import (
 )
 from gateway.shadow import ShadowJob, ShadowRunner
 from gateway.streams import GatewayStream
+from gateway.targets import TargetMetrics, shadow_counters
 from gateway.versions import BackendVersions, ServedVersions
 
 logger = logging.getLogger(__name__)
@@ -200,9 +205,7 @@ class GatewayPlane:
         self._breaker = breaker
         self._shadows = shadows
         self._metrics = metrics
-        self._routed = LoopCounter("aios_gateway_routed_requests",
-                                   "Model calls by the routing target that served them",
-                                   ("model", "target"), registry)
+        self.targets = TargetMetrics(registry)
 
     async def ready(self) -> bool:
         """Ready when every backend is."""
@@ -267,11 +270,12 @@ class GatewayPlane:
         with self._tracing.span("route"):
             route = self._router.resolve(model, pinned, key, ejected) if sequence is None \
                 else await self.sequence_route(model, pinned, key, sequence, ejected)
+        start = time.perf_counter()
         try:
             with self._tracing.span("forward", target=route.target):
                 result = await send(route)
         except UpstreamConnectFailed as exc:
-            self._breaker.record(model, route.target, False)
+            self._served(model, route.target, False, start)
             if pinned or sequence is not None:
                 raise
             try:
@@ -281,20 +285,25 @@ class GatewayPlane:
             if retry.target == route.target:
                 raise
             route = dataclasses.replace(retry, reason="fallback")
+            start = time.perf_counter()
             try:
                 with self._tracing.span("forward", target=route.target, retry=1):
                     result = await send(route)
             except (UpstreamUnavailable, UpstreamTimeout):
-                self._breaker.record(model, route.target, False)
+                self._served(model, route.target, False, start)
                 raise
         except (UpstreamUnavailable, UpstreamTimeout):
-            self._breaker.record(model, route.target, False)
+            self._served(model, route.target, False, start)
             raise
-        self._breaker.record(model, route.target, not failed(result))
-        self._routed.labels(model, route.target).inc()
+        self._served(model, route.target, not failed(result), start)
         if sequence is not None and sequence.end:
             await self._sequences.release(model, sequence.id)
         return result, route
+
+    def _served(self, model: str, target: str, ok: bool, start: float) -> None:
+        """A target's answer (or its failure to give one), for the breaker and the gates."""
+        self._breaker.record(model, target, ok)
+        self.targets.observe(model, target, ok, time.perf_counter() - start)
 
     async def sequence_route(self, model: str, pinned: str, key: str | None,
                              sequence: SequenceCall, ejected: frozenset[str]) -> Route:
@@ -369,11 +378,10 @@ class GatewayPlane:
         return self._backends[backend].grpc.grpc
 
     async def answered(self, model: str, route: Route, sequence: SequenceCall | None,
-                       ok: bool) -> None:
+                       ok: bool, start: float) -> None:
         """A streamed request is done: counted for its target and the breaker, and its
         sequence let go if this was its last request."""
-        self._breaker.record(model, route.target, ok)
-        self._routed.labels(model, route.target).inc()
+        self._served(model, route.target, ok, start)
         if sequence is not None and sequence.end:
             await self._sequences.release(model, sequence.id)
 
@@ -550,6 +558,13 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
         plane = GatewayPlane(settings, router, backends, auth, quotas, breaker, shadows,
                              RequestMetrics(registry, "gateway"), registry, tracing,
                              ServedVersions(versions), sequences)
+        health = HealthReader(registry, {n: b.http for n, b in backends.items()})
+        rollouts = Rollouts(settings.routing, admin, open_rollout_store(settings, stack),
+                            lambda m: {**plane.targets.counters(m),
+                                       **shadow_counters(shadows.metrics.decisions, m)},
+                            health, registry)
+        driver = asyncio.create_task(rollouts.run())
+        stack.callback(driver.cancel)
         audit = await AuditReader.open(settings.audit, router)
         reviews = None
         if settings.review.store_url is not None:
@@ -563,13 +578,13 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
                           settings.audit.model_repository, router,
                           {n: b.http for n, b in backends.items()})
         stack.push_async_callback(replays.aclose)
-        console = console_routes(HealthReader(registry, {n: b.http for n, b in backends.items()}),
-                                 admin_auth) if settings.console.enabled else []
+        console = console_routes(health, admin_auth) if settings.console.enabled else []
         yield ServiceParts(plane, [*admin_routes(admin, admin_auth), *console,
                                    *audit_routes(audit, admin_auth),
                                    *replay_routes(replays, admin_auth),
+                                   *rollout_routes(rollouts, admin_auth),
                                    *review_routes(reviews, admin_auth)],
-                           [register_admin(RoutingAdminService(admin, admin_auth)),
+                           [register_admin(RoutingAdminService(admin, rollouts, admin_auth)),
                             register_audit(AuditService(audit, admin_auth)),
                             register_review(ReviewService(reviews, admin_auth))])
 

@@ -55,6 +55,8 @@ class Change:
     approved_by: str = ""
     approval_reason: str = ""
     proposal_id: str = ""
+    # A rollout's change: the rollout, its step, and the gate figures it went by.
+    evidence: dict[str, Any] | None = None
 
 
 def route_of(table: ModelTable) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class StreamPlane(Protocol):
     def backend_grpc(self, backend: str) -> GrpcUpstream: ...
 
     async def answered(self, model: str, route: Route, sequence: SequenceCall | None,
-                       ok: bool) -> None: ...
+                       ok: bool, start: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ class GatewayStream:
         try:
             await upstream.write(bytes(request.SerializeToString()))
         except AiosError:
-            await self._plane.answered(model, sent.route, None, False)
+            await self._plane.answered(model, sent.route, None, False, time.perf_counter())
             raise
 
     async def _admitted(self, request: service_pb2.ModelInferRequest, message: bytes) -> Sent:
@@ -192,7 +192,8 @@ class GatewayStream:
         metrics.done(metrics.labels(pending.model, pending.version, PROTOCOL), code,
                      time.perf_counter() - pending.started)
         if code == "OK":
-            await plane.answered(pending.model, sent.route, sent.sequence, True)
+            await plane.answered(pending.model, sent.route, sent.sequence, True,
+                                 pending.started)
 
     async def finish(self) -> None:
         for upstream in self._upstreams.values():

@@ -148,7 +148,7 @@ class ShadowAgreement(_message.Message):
     def __init__(self, output: _Optional[str] = ..., threshold: _Optional[float] = ..., rows: _Optional[int] = ..., agreed: _Optional[int] = ...) -> None: ...
 
 class RouteChange(_message.Message):
-    __slots__ = ("action", "reason", "before_json", "after_json", "approved_by", "approval_reason", "proposal_id")
+    __slots__ = ("action", "reason", "before_json", "after_json", "approved_by", "approval_reason", "proposal_id", "evidence_json")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class RouteChange(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REASON_FIELD_NUMBER: _ClassVar[int]
     PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
     action: str
     reason: str
     before_json: str
@@ -163,7 +164,8 @@ class RouteChange(_message.Message):
     approved_by: str
     approval_reason: str
     proposal_id: str
-    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., approved_by: _Optional[str] = ..., approval_reason: _Optional[str] = ..., proposal_id: _Optional[str] = ...) -> None: ...
+    evidence_json: str
+    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., approved_by: _Optional[str] = ..., approval_reason: _Optional[str] = ..., proposal_id: _Optional[str] = ..., evidence_json: _Optional[str] = ...) -> None: ...
 
 class AuditRead(_message.Message):
     __slots__ = ("action", "query_json", "decision_ids", "results")

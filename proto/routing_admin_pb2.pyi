@@ -128,7 +128,7 @@ class HistoryRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("model", "revision", "who", "at", "action", "reason", "before_json", "after_json", "approved_by", "approval_reason", "proposal_id")
+    __slots__ = ("model", "revision", "who", "at", "action", "reason", "before_json", "after_json", "approved_by", "approval_reason", "proposal_id", "evidence_json")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WHO_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class Change(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REASON_FIELD_NUMBER: _ClassVar[int]
     PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: int
     who: str
@@ -151,7 +152,8 @@ class Change(_message.Message):
     approved_by: str
     approval_reason: str
     proposal_id: str
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., who: _Optional[str] = ..., at: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., approved_by: _Optional[str] = ..., approval_reason: _Optional[str] = ..., proposal_id: _Optional[str] = ...) -> None: ...
+    evidence_json: str
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., who: _Optional[str] = ..., at: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., approved_by: _Optional[str] = ..., approval_reason: _Optional[str] = ..., proposal_id: _Optional[str] = ..., evidence_json: _Optional[str] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
     __slots__ = ("changes",)
@@ -220,3 +222,59 @@ class RollbackRequest(_message.Message):
     model: str
     reason: str
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("id", "model", "state", "step", "percent", "stable", "candidate", "document_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    state: str
+    step: int
+    percent: int
+    stable: str
+    candidate: str
+    document_json: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., percent: _Optional[int] = ..., stable: _Optional[str] = ..., candidate: _Optional[str] = ..., document_json: _Optional[str] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "plan_json")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    plan_json: str
+    def __init__(self, model: _Optional[str] = ..., plan_json: _Optional[str] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class RolloutActionRequest(_message.Message):
+    __slots__ = ("model", "action", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,26 @@ class RoutingAdminStub:
                 request_serializer=proto_dot_routing__admin__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=proto_dot_routing__admin__pb2.ModelRoute.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/StartRollout',
+                request_serializer=proto_dot_routing__admin__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/GetRollout',
+                request_serializer=proto_dot_routing__admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/ListRollouts',
+                request_serializer=proto_dot_routing__admin__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.RolloutAction = channel.unary_unary(
+                '/aios.admin.v1.RoutingAdmin/RolloutAction',
+                request_serializer=proto_dot_routing__admin__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=proto_dot_routing__admin__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class RoutingAdminServicer:
@@ -152,6 +172,33 @@ class RoutingAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """routes:write
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """routes:read
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """routes:read
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutAction(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +251,26 @@ def add_RoutingAdminServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=proto_dot_routing__admin__pb2.RollbackRequest.FromString,
                     response_serializer=proto_dot_routing__admin__pb2.ModelRoute.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=proto_dot_routing__admin__pb2.StartRolloutRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.Rollout.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=proto_dot_routing__admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.Rollout.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=proto_dot_routing__admin__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'RolloutAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutAction,
+                    request_deserializer=proto_dot_routing__admin__pb2.RolloutActionRequest.FromString,
+                    response_serializer=proto_dot_routing__admin__pb2.Rollout.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +543,114 @@ class RoutingAdmin:
             '/aios.admin.v1.RoutingAdmin/Rollback',
             proto_dot_routing__admin__pb2.RollbackRequest.SerializeToString,
             proto_dot_routing__admin__pb2.ModelRoute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/StartRollout',
+            proto_dot_routing__admin__pb2.StartRolloutRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/GetRollout',
+            proto_dot_routing__admin__pb2.GetRolloutRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/ListRollouts',
+            proto_dot_routing__admin__pb2.ListRolloutsRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aios.admin.v1.RoutingAdmin/RolloutAction',
+            proto_dot_routing__admin__pb2.RolloutActionRequest.SerializeToString,
+            proto_dot_routing__admin__pb2.Rollout.FromString,
             options,
             channel_credentials,
             insecure,
