@@ -312,6 +312,8 @@ class Rollouts:
             last = rollout.events[-1]
             evidence = {"rollout": rollout.id, "step": rollout.step,
                         "percent": rollout.target_percent, "state": rollout.state,
+                        "started_by": rollout.started_by, "approved_by": rollout.approved_by,
+                        "event": {"what": last.what, "who": last.who, "reason": last.note},
                         "gates": list(last.gates)}
             table = await self._admin.apply_rollout(
                 rollout.model, weights, shadow, rollout.revision, f"rollout:{rollout.id}",

@@ -386,8 +386,12 @@ def test_a_four_eyes_rollout_waits_for_a_second_subject(governed: Replica) -> No
     assert promoted["state"] == "completed"
     assert weights(url) == {"one": 0, "two": 100}
     history = httpx.get(f"{url}/admin/routes/{MODEL}/history", headers=ALICE).json()
-    assert history["changes"][0]["action"] == "rollout_end"
-    assert history["changes"][0]["evidence"]["percent"] == 100
+    end = history["changes"][0]
+    assert (end["action"], end["evidence"]["percent"]) == ("rollout_end", 100)
+    # The history names who asked, who approved, and why.
+    assert (end["evidence"]["started_by"], end["evidence"]["approved_by"]) == ("alice", "carol")
+    assert end["evidence"]["event"] == {"what": "approved promote", "who": "carol",
+                                        "reason": "approve it"}
 
 
 def test_an_abort_needs_no_approval_and_grpc_sees_the_same(governed: Replica) -> None:
