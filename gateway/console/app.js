@@ -14,6 +14,7 @@ const statusLine = document.getElementById("status");
 const PAGES = [
   { id: "routes", title: "Routes", scope: "routes:read", render: routesPage },
   { id: "health", title: "Health", scope: "routes:read", render: healthPage },
+  { id: "rollouts", title: "Rollouts", scope: "routes:read", render: rolloutsPage },
   { id: "replays", title: "Replays", scope: "replay:run", render: replaysPage },
   { id: "reviews", title: "Reviews", scope: "review:read", render: reviewsPage },
   { id: "decisions", title: "Decisions", scope: "audit:read", render: decisionsPage },
@@ -378,6 +379,190 @@ function healthPage() {
   poller = setInterval(poll, POLL_MS);
   poll();
   return [box];
+}
+
+// -- Rollouts -----------------------------------------------------------------------------
+
+const ACTIVE_ROLLOUT = ["awaiting_approval", "running", "paused"];
+// Which buttons a rollout in each state offers, and the scope each needs.
+const ROLLOUT_ACTIONS = [
+  ["pause", "Pause", ["running"], "routes:write"],
+  ["resume", "Resume", ["paused"], "routes:write"],
+  ["promote", "Promote", ["running", "paused"], "routes:write"],
+  ["abort", "Abort", ACTIVE_ROLLOUT, "routes:write"],
+  ["approve", "Approve", ["awaiting_approval"], "routes:approve"],
+  ["reject", "Reject", ["awaiting_approval"], "routes:approve"],
+];
+
+async function rolloutsPage() {
+  const { routes } = await api("GET", "/admin/routes");
+  const detail = h("div", { id: "rollout-detail", tabindex: "-1" });
+  const listBox = h("div", {});
+  // The list is drawn again whenever the rollout shown changes state.
+  const drawList = async () => {
+    const { rollouts } = await api("GET", "/admin/rollouts");
+    listBox.replaceChildren(rollouts.length ? h("table", { "aria-label": "rollouts" }, h("thead", {}, h("tr", {},
+      ["rollout", "model", "candidate", "state", "step", "started by", "updated"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rollouts.map((r) => h("tr", {},
+        h("td", {}, h("a", { href: "#rollouts", onclick: (e) => { e.preventDefault(); watchRollout(r.model, detail, drawList); } }, r.id)),
+        h("td", {}, r.model), h("td", {}, `${r.candidate} (v${r.candidate_version || "-"})`),
+        h("td", { class: stateClass(r.state) }, r.state.replace("_", " ")),
+        h("td", {}, `${r.step + 1} of ${r.plan.steps.length} · ${r.target_percent}%`),
+        h("td", {}, r.started_by), h("td", { title: new Date((r.updated_at || r.at) * 1000).toISOString() },
+          ago(r.updated_at || r.at)))))) : h("p", { class: "muted" }, "No rollout yet."));
+    return rollouts;
+  };
+  const rollouts = await drawList();
+  const live = rollouts.find((r) => ACTIVE_ROLLOUT.includes(r.state));
+  if (live) watchRollout(live.model, detail, drawList);
+  return [h("h2", {}, "Rollouts"), listBox, detail,
+          allows("routes:write") ? startForm(routes, detail, drawList) : null].filter(Boolean);
+}
+
+function stateClass(state) {
+  return state === "running" || state === "completed" ? "ok"
+    : state === "rolled_back" || state === "aborted" || state === "rejected" ? "error" : "warn";
+}
+
+function startForm(routes, detail, drawList) {
+  const field = (id, label, attrs = {}) => {
+    const input = h("input", { id: `ro-${id}`, type: "text", size: 8, ...attrs });
+    return [input, h("label", { for: input.id }, label, input)];
+  };
+  const model = h("select", { id: "ro-model", required: true },
+    routes.map((t) => h("option", { value: t.model }, t.model)));
+  const [candidate, candidateLabel] = field("candidate", "candidate (target or version)", { required: true, size: 12 });
+  const [stable, stableLabel] = field("stable", "stable target (if not the only live one)", { size: 12 });
+  const [steps, stepsLabel] = field("steps", "steps (% on the candidate)", { value: "0,5,25,50,100", size: 14, required: true });
+  const [dwell, dwellLabel] = field("dwell", "dwell per step (s)", { type: "number", min: 0, step: "any", value: 60 });
+  const [minRequests, minLabel] = field("min", "min requests per step", { type: "number", min: 1, value: 100 });
+  const [output, outputLabel] = field("output", "decision output", { value: "risk_score", size: 12 });
+  const [threshold, thresholdLabel] = field("threshold", "decision threshold", { type: "number", step: "any", value: 0.5 });
+  const [errors, errorsLabel] = field("max-error-rate", "max error rate", { type: "number", min: 0, max: 1, step: "any", value: 0.02 });
+  const [agreement, agreementLabel] = field("min-agreement", "min shadow agreement", { type: "number", min: 0, max: 1, step: "any", value: 0.9 });
+  const [p99, p99Label] = field("max-p99", "max p99 (ms)", { type: "number", min: 1, step: "any", value: 1000 });
+  const drift = h("input", { id: "ro-drift", type: "checkbox", checked: true });
+  const parity = h("input", { id: "ro-parity", type: "checkbox", checked: true });
+  const [reason, reasonLabel] = field("reason", "reason (kept in history)", { required: true, maxlength: 1000, size: 30 });
+  const number = (input) => (input.value.trim() === "" ? null : Number(input.value));
+  return h("form", {
+    "aria-label": "start a rollout",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const plan = {
+        candidate: candidate.value.trim(), steps: steps.value.split(",").map((x) => Number(x.trim())),
+        dwell_s: Number(dwell.value), min_requests: Number(minRequests.value),
+        output: output.value.trim(), threshold: number(threshold), reason: reason.value,
+        gates: { max_error_rate: number(errors), min_agreement: number(agreement), max_p99_ms: number(p99),
+                 drift: drift.checked, parity: parity.checked },
+      };
+      if (stable.value.trim()) plan.stable = stable.value.trim();
+      try {
+        const started = await api("POST", `/admin/rollouts/${encodeURIComponent(model.value)}`, plan);
+        say(started.note || `Rollout ${started.id} of ${started.model} started.`, "ok");
+        watchRollout(started.model, detail, drawList);
+      } catch (err) {
+        say(`Rollout not started: ${err.message}`, "error");
+      }
+    },
+  }, h("h3", {}, "Start a rollout"),
+     h("div", { class: "row" }, h("label", { for: model.id }, "model", model), candidateLabel, stableLabel, stepsLabel,
+       dwellLabel, minLabel),
+     h("div", { class: "row" }, outputLabel, thresholdLabel, errorsLabel, agreementLabel, p99Label,
+       h("label", { for: drift.id, class: "check" }, drift, "no drift flag"),
+       h("label", { for: parity.id, class: "check" }, parity, "golden parity passing")),
+     h("div", { class: "row" }, reasonLabel, h("button", { type: "submit" }, "Start rollout")));
+}
+
+// One rollout, polled while it is active and the page is shown. The figures are redrawn
+// on each poll; the buttons and the reason field only when the state changes, so what
+// one types is kept.
+async function watchRollout(model, box, drawList) {
+  let shown = null;
+  const figures = h("div", {});
+  const actions = h("div", {});
+  box.replaceChildren(figures, actions);
+  const poll = async () => {
+    if (!box.isConnected || location.hash !== "#rollouts" || box.firstChild !== figures) return;
+    let r;
+    try {
+      r = await api("GET", `/admin/rollouts/${encodeURIComponent(model)}`);
+    } catch (err) {
+      figures.replaceChildren(h("p", { class: "error", role: "alert" }, err.message));
+      return;
+    }
+    const open = figures.querySelector("details")?.open ?? false;  // kept open across polls
+    figures.replaceChildren(...rolloutFigures(r, open));
+    const key = `${r.id} ${r.state} ${r.step} ${r.promote_by}`;
+    if (key !== shown) {
+      shown = key;
+      actions.replaceChildren(...rolloutActions(r, box, drawList));
+      drawList().catch((err) => say(`Rollouts: ${err.message}`, "error"));
+    }
+    if (ACTIVE_ROLLOUT.includes(r.state)) setTimeout(poll, 1000);
+  };
+  await poll();
+}
+
+function rolloutFigures(r, eventsOpen) {
+  const plan = r.plan;
+  const last = r.last || { gates: [], why: "not evaluated yet", action: "wait" };
+  const now = Date.now() / 1000;
+  const active = ACTIVE_ROLLOUT.includes(r.state);
+  const fmt = (gate, x) => (x === null || x === undefined ? "-"
+    : gate === "p99_ms" ? `${x} ms`
+    : gate === "parity" ? `max |diff| ${x}` : gate.includes("rate") || gate === "agreement" ? `${(100 * x).toFixed(2)}%` : String(x));
+  return [
+    h("h2", {}, `Rollout ${r.id}: ${r.model}, ${r.stable} → ${r.candidate} (v${r.candidate_version || "-"})`),
+    h("p", {}, h("strong", { class: stateClass(r.state) }, r.state.replace("_", " ")),
+      ` · step ${r.step + 1} of ${plan.steps.length}: candidate at ${r.target_percent}%` +
+      (active ? ` (${r.applied ? "applied" : "being applied"}) for ${span(now - r.step_started_at)}` : "") +
+      ` · dwell ${plan.dwell_s} s, at least ${plan.min_requests} requests per step · started by ${r.started_by}` +
+      (r.approved_by ? `, approved by ${r.approved_by}` : "") + (r.driver ? ` · driven by ${r.driver}` : "")),
+    r.promote_by ? h("p", { class: "warn" }, `Promote asked by ${r.promote_by} (${r.promote_reason || "no reason"}): waits for a second subject.`) : null,
+    h("ol", { class: "steps", "aria-label": "steps" }, plan.steps.map((pct, i) => h("li", {
+      class: i < r.step ? "done" : i === r.step ? "current" : "",
+      "aria-current": i === r.step ? "step" : false,
+    }, pct === 0 ? "0% (shadow)" : `${pct}%`))),
+    h("table", { "aria-label": "gates" }, h("thead", {}, h("tr", {},
+      ["gate", "value", "bound", "sample", "verdict", "evidence"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, last.gates.map((g) => h("tr", {},
+        h("td", {}, g.gate), h("td", {}, fmt(g.gate, g.value)), h("td", {}, fmt(g.gate, g.bound)),
+        h("td", {}, `n = ${g.n}`),
+        h("td", { class: g.passed === true ? "ok" : g.passed === false ? "error" : "warn" },
+          g.passed === true ? "passing" : g.passed === false ? "failing" : "waiting"),
+        h("td", {}, g.detail))))),
+    h("p", {}, `Last check: ${last.action} — ${last.why}`),
+    h("details", { open: eventsOpen }, h("summary", {}, `Events (${r.events.length})`),
+      h("table", { "aria-label": "rollout events" }, h("thead", {}, h("tr", {},
+        ["when", "what", "who", "step", "percent", "note"].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, [...r.events].reverse().map((e) => h("tr", {},
+          h("td", { title: new Date(e.at * 1000).toISOString() }, ago(e.at)), h("td", {}, e.what), h("td", {}, e.who),
+          h("td", {}, String(e.step + 1)), h("td", {}, `${e.percent}%`), h("td", {}, e.note || "-")))))),
+  ].filter(Boolean);
+}
+
+function rolloutActions(r, box, drawList) {
+  const offered = ROLLOUT_ACTIONS.filter(([action, , states, scope]) => allows(scope) &&
+    (states.includes(r.state) || ((action === "approve" || action === "reject") && r.promote_by)));
+  const replay = allows("replay:run") ? h("p", {}, h("a", { href: "#replays" },
+    `Replay recorded decisions against v${r.candidate_version}`)) : null;
+  if (!offered.length) return [replay].filter(Boolean);
+  const reason = h("input", { type: "text", id: "rollout-reason", maxlength: 1000, size: 40 });
+  const act = (action) => async () => {
+    try {
+      const done = await api("POST", `/admin/rollouts/${encodeURIComponent(r.model)}/${action}`, { reason: reason.value });
+      say(`Rollout ${r.id}: ${action} done, now ${done.state.replace("_", " ")}.`, "ok");
+      watchRollout(r.model, box, drawList);
+    } catch (err) {
+      say(`Rollout ${r.id}: ${err.message}`, "error");
+    }
+  };
+  return [h("form", { "aria-label": "act on the rollout", onsubmit: (e) => e.preventDefault() },
+    h("div", { class: "row" }, h("label", { for: reason.id }, "reason", reason),
+      offered.map(([action, label]) => h("button", {
+        type: "button", class: action === "abort" || action === "reject" ? "secondary" : "", onclick: act(action),
+      }, label)))), replay].filter(Boolean);
 }
 
 // -- Replays ------------------------------------------------------------------------------

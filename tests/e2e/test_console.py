@@ -1,9 +1,10 @@
 """The console in a real browser (Debian's chromium, driven by Playwright) against a real
 gateway in front of the session stack's sidecar and Triton: sign in with a token, change
 a weight with a reason and find it in history and in `aios routes list`, meet a stale
-revision, see no edit controls without `routes:write` (and a 403 if trying anyway), find
-a decision by its claim id and open it; a reason holding `<script>` is shown as text;
-the page's headers refuse framing and foreign scripts; no cookie can act for the token."""
+revision, start, watch and abort a rollout, see no edit controls without `routes:write`
+(and a 403 if trying anyway), find a decision by its claim id and open it; a reason
+holding `<script>` is shown as text; the page's headers refuse framing and foreign
+scripts; no cookie can act for the token."""
 
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "canary": {"backend": "local", "version": "1", "weight": 10}}}}
     config, http_port, _ = gateway_config(f"127.0.0.1:{s_http}", f"127.0.0.1:{s_grpc}",
                                           models, audit=audit,
-                                          review={"store_url": store, "lease_s": 60})
+                                          review={"store_url": store, "lease_s": 60},
+                                          # Rollout steps a browser can watch in seconds.
+                                          routing={"rollout_interval_s": 0.3,
+                                                   "rollout_lease_s": 2.0})
     with running("sidecar", sidecar, s_http, tmp), running("gateway", config, http_port, tmp):
         yield f"http://127.0.0.1:{http_port}"
 
@@ -325,6 +329,73 @@ def test_replay_recorded_decisions_against_a_candidate(console: str, page: Page)
     after = httpx.get(f"{console}/admin/reviews?limit=500",
                       headers={"authorization": f"Bearer {OPS}"}).json()["count"]
     assert after == before, "a replay goes to no review gate"
+
+
+def test_start_watch_and_abort_a_rollout(console: str, page: Page) -> None:
+    sign_in(page, console, OPS)
+    page.get_by_role("link", name="Rollouts").click()
+    form = page.get_by_role("form", name="start a rollout")
+    form.get_by_label("candidate (target or version)").fill("canary")
+    form.get_by_label("stable target").fill("stable")
+    form.get_by_label("steps (%").fill("0,50,100")
+    form.get_by_label("dwell per step").fill("1")
+    form.get_by_label("min requests per step").fill("10")
+    # The same few claims over and over are no real input distribution: the drift gate
+    # would flag them and roll the candidate back before there is anything to watch.
+    form.get_by_label("no drift flag").uncheck()
+    form.get_by_label("reason (kept in history)").fill(XSS)
+    form.get_by_role("button", name="Start rollout").click()
+    expect(page.get_by_role("status")).to_contain_text("of claims_risk started")
+    detail = page.locator("#rollout-detail")
+    expect(detail).to_contain_text("running")
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            score(console, f"C-ROLLOUT-{i}")
+            i += 1
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        gates = detail.get_by_role("table", name="gates")
+        # Step 1 (shadow only): agreement measured on mirrored decisions, with its sample.
+        expect(gates.locator("tr", has_text="agreement")).to_contain_text("n = ", timeout=20000)
+        step = detail.get_by_role("list", name="steps").locator('[aria-current="step"]')
+        expect(step).to_have_text("50%", timeout=30000)
+        # Live traffic on the candidate: its error rate and p99 against their bounds.
+        expect(gates.locator("tr", has_text="error_rate").first).to_contain_text("2.00%")
+        expect(gates.locator("tr", has_text="p99_ms")).to_contain_text("1000 ms")
+        shot(page, "rollouts")
+    finally:
+        stop.set()
+        sender.join(10)
+    detail.get_by_label("reason").fill("claims team asked to stop <b>now</b>")
+    detail.get_by_role("button", name="Abort").click()
+    expect(page.get_by_role("status")).to_contain_text("abort done, now aborted")
+    expect(detail.locator("strong")).to_have_text("aborted")
+    expect(detail.get_by_role("button", name="Abort")).to_have_count(0)
+    detail.get_by_text("Events (").click()
+    events = detail.get_by_role("table", name="rollout events")
+    expect(events).to_contain_text("claims team asked to stop <b>now</b>")
+    expect(events).to_contain_text(XSS)
+    assert table(console)["targets"]["canary"]["weight"] == 0
+    listed = page.get_by_role("table", name="rollouts")
+    expect(listed).to_contain_text("aborted")
+    # Without routes:write: the rollout can be read, not started or acted on.
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, console, READER)
+    page.get_by_role("link", name="Rollouts").click()
+    listed.get_by_role("link").first.click()
+    expect(detail.get_by_role("table", name="gates")).to_contain_text("agreement")
+    expect(page.get_by_role("form", name="start a rollout")).to_have_count(0)
+    expect(page.get_by_role("button", name="Abort")).to_have_count(0)
+    status = page.evaluate("""async () => (await fetch("/admin/rollouts/claims_risk/resume", {
+        method: "POST", headers: {
+          authorization: "Bearer " + sessionStorage.getItem("aios-console-token")}})).status""")
+    assert status == 403
 
 
 @pytest.fixture(scope="module")
