@@ -630,11 +630,30 @@ class QuotaSettings(_Frozen):
         return self.tenants.get(tenant, self.default)
 
 
+class OidcSettings(_Frozen):
+    """Sign-in to the console at an OpenID provider (authorization code with PKCE): the
+    page sends the person there, and the gateway exchanges the code for a token, which
+    it checks as it checks any other (`gateway.auth`: the provider's issuer and keys)."""
+
+    # The provider's issuer URL; its endpoints come from
+    # {issuer}/.well-known/openid-configuration.
+    issuer: str = Field(min_length=1, max_length=2000, pattern=r"^https?://[^\s]+$")
+    client_id: str = Field(min_length=1, max_length=500)
+    # A confidential client's secret (client_secret_basic); none: a public client.
+    client_secret_file: Path | None = None
+    scope: str = Field("openid profile email", max_length=1000)
+    # The token the console sends as its bearer: the access token where the provider
+    # issues JWTs for an API audience, else the ID token (its audience: client_id).
+    token: Literal["access_token", "id_token"] = "access_token"
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+
 class ConsoleSettings(_Frozen):
     """The web console under /console (`gateway.console`): static files over the admin API,
     which checks every call's token."""
 
     enabled: bool = True
+    oidc: OidcSettings | None = None
 
 
 class GatewaySettings(_Frozen):
@@ -664,6 +683,23 @@ class GatewaySettings(_Frozen):
     def _routes_name_known_backends(self) -> GatewaySettings:
         for name, route in self.models.items():
             route.check_backends(self.backends, f"models.{name}")
+        return self
+
+    @model_validator(mode="after")
+    def _console_tokens_can_be_checked(self) -> GatewaySettings:
+        oidc = self.console.oidc
+        if oidc is None:
+            return self
+        # The provider's tokens are checked like any other: by this issuer and these keys.
+        if oidc.issuer.rstrip("/") != self.auth.issuer.rstrip("/"):
+            raise ValueError(f"console.oidc.issuer: tokens from {oidc.issuer!r} are checked "
+                             f"against auth.issuer ({self.auth.issuer!r}): set both to the "
+                             "provider's issuer")
+        if not self.auth.enabled:
+            raise ValueError("console.oidc: signing in needs auth (auth.enabled: true)")
+        if not (self.auth.jwks_url or self.auth.jwks_file):
+            raise ValueError("console.oidc: the provider signs its tokens with its own keys: "
+                             "set auth.jwks_url (its jwks_uri)")
         return self
 
 

@@ -74,8 +74,9 @@ class TokenVerifier(Protocol):
 class KeySet(Protocol):
     """Public keys by ``kid``."""
 
-    async def key(self, kid: str) -> jwt.PyJWK | None:
-        """The key with id ``kid``, refreshing the set if it is unknown (rate-limited)."""
+    async def key(self, kid: str | None) -> jwt.PyJWK | None:
+        """The key with id ``kid`` (None: the set's only key), refreshing the set if it is
+        unknown (rate-limited)."""
         ...
 
 
@@ -119,7 +120,7 @@ class JwksKeys:
         finally:
             self._loaded_at = self._clock()
 
-    def _needs_refresh(self, kid: str) -> bool:
+    def _needs_refresh(self, kid: str | None) -> bool:
         if self._loaded_at is None:
             return True
         age = self._clock() - self._loaded_at
@@ -127,13 +128,17 @@ class JwksKeys:
             return True
         return kid not in self._keys and age >= self._settings.jwks_refresh_interval_s
 
-    async def key(self, kid: str) -> jwt.PyJWK | None:
-        """The key with id ``kid``, refreshing the set when stale or when kid is unknown."""
+    async def key(self, kid: str | None) -> jwt.PyJWK | None:
+        """The key with id ``kid``, refreshing the set when stale or when kid is unknown;
+        None: the set's key if it holds just one (OpenID Connect Core 10.1 lets a token
+        name no kid then)."""
         if self._needs_refresh(kid):
             async with self._lock:
                 # Another task may have refreshed while this one waited.
                 if self._needs_refresh(kid):
                     await self._refresh()
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)
 
 
@@ -197,11 +202,13 @@ class JwtVerifier:
         if self._keys is not None and isinstance(alg, str) and any(
                 alg in algs for algs in PUBLIC_KEY_ALGORITHMS.values()):
             kid = header.get("kid")
-            if not isinstance(kid, str) or not kid:
-                raise Unauthenticated("token has no key id ('kid')")
+            if kid is not None and (not isinstance(kid, str) or not kid):
+                raise Unauthenticated("token key id ('kid') must be a non-empty string")
             key = await self._keys.key(kid)
             if key is None:
-                raise Unauthenticated(f"token signing key '{kid}' is unknown")
+                raise Unauthenticated(f"token signing key '{kid}' is unknown" if kid else
+                                      "token has no key id ('kid') and the key set holds "
+                                      "more than one key")
             if alg not in PUBLIC_KEY_ALGORITHMS.get(key.key_type or "", frozenset()):
                 raise Unauthenticated(f"token algorithm '{alg}' does not match its key")
             return key.key, alg

@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from aios.errors import NotFound
-from gateway.admin_rest import AdminAuth
+from gateway.admin_rest import AdminAuth, read_json
 from gateway.health import HealthReader
+from gateway.oidc import OidcLogin
 
 ASSETS = Path(__file__).parent / "console"
 TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -35,9 +36,11 @@ SECURITY_HEADERS = {
 }
 
 
-def console_routes(health: HealthReader, auth: AdminAuth) -> list[BaseRoute]:
-    """/console/ and its files (read once, at start), and the live figures its health page
-    polls (/admin/health, scope routes:read)."""
+def console_routes(health: HealthReader, auth: AdminAuth,
+                   oidc: OidcLogin | None) -> list[BaseRoute]:
+    """/console/ and its files (read once, at start), the live figures its health page
+    polls (/admin/health, scope routes:read), and sign-in at an OpenID provider when one
+    is configured (`gateway.console.oidc`)."""
     files = {name: (ASSETS / name).read_bytes() for name in TYPES}
 
     async def figures(request: Request) -> Response:
@@ -50,10 +53,22 @@ def console_routes(health: HealthReader, auth: AdminAuth) -> list[BaseRoute]:
             raise NotFound(f"no console file {name!r}")
         return Response(files[name], headers={"content-type": TYPES[name], **SECURITY_HEADERS})
 
+    async def sign_in_config(_: Request) -> Response:
+        doc = {"enabled": False} if oidc is None else await oidc.page_config()
+        return JSONResponse(doc, headers=SECURITY_HEADERS)
+
+    async def sign_in_token(request: Request) -> Response:
+        if oidc is None:
+            raise NotFound("this gateway has no OpenID provider (gateway.console.oidc)")
+        answer = await oidc.exchange(await read_json(request), request.headers.get("host", ""))
+        return JSONResponse(answer, headers=SECURITY_HEADERS)
+
     async def to_page(_: Request) -> Response:
         return RedirectResponse("/console/", headers=SECURITY_HEADERS)
 
     return [Route("/admin/health", figures, methods=["GET"]),
             Route("/console", to_page, methods=["GET"]),
+            Route("/console/oidc", sign_in_config, methods=["GET"]),
+            Route("/console/oidc/token", sign_in_token, methods=["POST"]),
             Route("/console/", asset, methods=["GET"]),
             Route("/console/{name}", asset, methods=["GET"])]

@@ -72,6 +72,7 @@ from gateway.batching import BackendBatching, GrpcCalls, calls_histogram
 from gateway.breaker import Breaker
 from gateway.console import console_routes
 from gateway.health import HealthReader
+from gateway.oidc import OidcLogin
 from gateway.quota import LocalLimiter, Quotas, RedisLimiter, redis_client
 from gateway.replay import Replays
 from gateway.replay_rest import replay_routes
@@ -578,7 +579,10 @@ async def open_gateway(settings: GatewaySettings, registry: CollectorRegistry,
                           settings.audit.model_repository, router,
                           {n: b.http for n, b in backends.items()})
         stack.push_async_callback(replays.aclose)
-        console = console_routes(health, admin_auth) if settings.console.enabled else []
+        oidc = None
+        if settings.console.enabled and settings.console.oidc is not None and auth is not None:
+            oidc = await stack.enter_async_context(OidcLogin.open(settings.console.oidc, auth))
+        console = console_routes(health, admin_auth, oidc) if settings.console.enabled else []
         yield ServiceParts(plane, [*admin_routes(admin, admin_auth), *console,
                                    *audit_routes(audit, admin_auth),
                                    *replay_routes(replays, admin_auth),

@@ -101,10 +101,64 @@ function signOut() {
   show();
 }
 
-function loginPage() {
+// -- Sign-in at an OpenID provider (authorization code with PKCE) -------------------------
+
+const OIDC_KEY = "aios-console-oidc"; // this tab's pending sign-in: state and verifier
+let signInError = ""; // why the last sign-in failed, shown on the sign-in page
+
+function b64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function randomText(n) {
+  return b64url(crypto.getRandomValues(new Uint8Array(n)));
+}
+
+async function toProvider(provider) {
+  const verifier = randomText(48);
+  const state = randomText(24);
+  const redirect = `${location.origin}/console/`;
+  sessionStorage.setItem(OIDC_KEY, JSON.stringify({ state, verifier, redirect }));
+  const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  const query = new URLSearchParams({
+    response_type: "code", client_id: provider.client_id, redirect_uri: redirect, scope: provider.scope,
+    state, nonce: randomText(16), code_challenge: challenge, code_challenge_method: "S256",
+  });
+  location.assign(`${provider.authorization_endpoint}?${query}`);
+}
+
+// Back from the provider (?code=…&state=… or ?error=…): the code becomes a token, once
+// the state matches the sign-in this tab started (a code from anywhere else is refused).
+async function fromProvider() {
+  const answer = new URLSearchParams(location.search);
+  if (!answer.has("code") && !answer.has("error")) return;
+  const pending = JSON.parse(sessionStorage.getItem(OIDC_KEY) || "null");
+  sessionStorage.removeItem(OIDC_KEY);
+  history.replaceState(null, "", "/console/#login");
+  if (answer.has("error")) {
+    signInError = `Sign-in refused by the identity provider: ${answer.get("error")}` +
+      (answer.get("error_description") ? ` (${answer.get("error_description")})` : "");
+    return;
+  }
+  if (!pending || pending.state !== answer.get("state")) {
+    signInError = "Sign-in refused: the answer does not belong to a sign-in started in this tab; start again.";
+    return;
+  }
+  try {
+    const { token } = await api("POST", "/console/oidc/token",
+      { code: answer.get("code"), code_verifier: pending.verifier, redirect_uri: pending.redirect });
+    await signIn(token);
+    location.hash = `#${(PAGES.find((p) => allows(p.scope)) || PAGES[0]).id}`;
+  } catch (err) {
+    signInError = `Sign-in refused: ${err.message}`;
+  }
+}
+
+async function loginPage() {
   const field = h("textarea", { id: "token", name: "token", required: true,
                                 autocomplete: "off", spellcheck: "false" });
-  const error = h("p", { class: "error", role: "alert" });
+  const error = h("p", { class: "error", role: "alert" }, signInError);
+  signInError = "";
   const form = h("form", {
     onsubmit: async (event) => {
       event.preventDefault();
@@ -118,8 +172,18 @@ function loginPage() {
     },
   }, h("h2", {}, "Sign in"),
      h("label", { for: "token" }, "Bearer token (a JWT from your identity provider, or `aios token`)"),
-     field, h("div", { class: "row" }, h("button", { type: "submit" }, "Sign in")), error);
-  return [form];
+     field, h("div", { class: "row" }, h("button", { type: "submit" }, "Sign in")));
+  let provider = { enabled: false };
+  try {
+    provider = await api("GET", "/console/oidc");
+  } catch (err) {
+    error.textContent = `Sign-in at the identity provider is unavailable: ${err.message}`;
+  }
+  const viaProvider = provider.enabled ? h("div", { class: "card" },
+    h("button", { type: "button", onclick: () => toProvider(provider).catch((err) => { error.textContent = err.message; }) },
+      "Sign in with your identity provider"),
+    h("p", { class: "muted" }, provider.issuer), h("p", { class: "muted" }, "or paste a token:")) : null;
+  return [viaProvider, form, error].filter(Boolean);
 }
 
 // -- Routes -------------------------------------------------------------------------------
@@ -815,7 +879,7 @@ async function show() {
   const page = pages.find((p) => p.id === id);
   if (!me || !page) {
     main.replaceChildren(...(me ? [h("p", {}, pages.length ? "Choose a page above." :
-      "This token holds no scope any page needs (routes:read, review:read, audit:read).")] : loginPage()));
+      "This token holds no scope any page needs (routes:read, review:read, audit:read).")] : await loginPage()));
     return;
   }
   main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
@@ -827,4 +891,4 @@ async function show() {
 }
 
 window.addEventListener("hashchange", show);
-show();
+fromProvider().then(show);

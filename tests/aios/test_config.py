@@ -41,6 +41,17 @@ def test_shipped_local_stack_matches_documented_ports() -> None:
      "gateway.quota.default.cost: Input should be 'request' or 'batch'"),
     ({"gateway": {"quota": {"redis_url": "unix:///run/redis.sock"}}},
      "gateway.quota.redis_url: String should match pattern"),
+    ({"gateway": {"console": {"oidc": {"issuer": "idp.example", "client_id": "c"}}}},
+     "gateway.console.oidc.issuer: String should match pattern"),
+    ({"gateway": {"console": {"oidc": {"issuer": "https://idp.example", "client_id": "c"}}}},
+     r"console.oidc.issuer: tokens from 'https://idp.example' are checked against "
+     r"auth.issuer \('aios-dev'\): set both to the provider's issuer"),
+    ({"gateway": {"auth": {"issuer": "https://idp.example"},
+                  "console": {"oidc": {"issuer": "https://idp.example", "client_id": "c"}}}},
+     r"console.oidc: the provider signs its tokens with its own keys: set auth.jwks_url"),
+    ({"gateway": {"console": {"oidc": {"issuer": "https://idp.example", "client_id": "c",
+                                       "token": "refresh_token"}}}},
+     "gateway.console.oidc.token: Input should be 'access_token' or 'id_token'"),
     ([1, 2], "the top level must be a mapping"),
 ])
 def test_invalid_config_names_the_field(data: Any, error: str) -> None:

@@ -8,8 +8,6 @@ scripts; no cookie can act for the token."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,11 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from aios.checkpoint import write_key_pair
 from aios_cli.claims import synthesize_claims
 from tests.conftest import Stack
+from tests.e2e.conftest import shot
 from tests.helpers import (
     MODEL_REPO,
     REPO,
@@ -35,12 +34,9 @@ from tests.helpers import (
     token,
 )
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OPS = token("routes:read routes:write audit:read review:read review:decide", subject="olga")
 READER = token("routes:read audit:read", subject="rita")
 XSS = "<script>alert('x')</script> ramp after review"
-# Set to a folder (docs/) to keep a screenshot of each page there.
-SHOTS = os.environ.get("AIOS_CONSOLE_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +44,6 @@ def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """A gateway with a two-target claims_risk, the audit and review APIs, in front of a
     sidecar of its own (on the stack's Triton) whose review gate sends every decision to
     people (flag mode: the answer goes out, the item waits)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("the console tests need Debian's chromium: apt-get install chromium")
     tmp = tmp_path_factory.mktemp("console")
     key, public = tmp / "signing.pem", tmp / "signing.pub.pem"
     write_key_pair(key, public)
@@ -84,40 +78,10 @@ def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield f"http://127.0.0.1:{http_port}"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    dialogs: list[str] = []
-    opened.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    errors: list[str] = []
-    opened.on("pageerror", lambda e: errors.append(str(e)))
-    # A refused API call is logged by the browser too; the tests check those statuses.
-    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" and
-              not m.text.startswith("Failed to load resource") else None)
-    yield opened
-    context.close()
-    assert dialogs == [], "a script from the data ran"
-    assert errors == [], "the page met errors"
-
-
 def sign_in(page: Page, console: str, with_token: str) -> None:
     page.goto(f"{console}/console/")
     page.get_by_label("Bearer token").fill(with_token)
     page.get_by_role("button", name="Sign in").click()
-
-
-def shot(page: Page, name: str) -> None:
-    if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=True)
 
 
 def table(console: str) -> dict[str, Any]:

@@ -113,7 +113,10 @@ ATTACKS = {
     "tampered payload": (tamper_payload(rs(claims())), "token signature is invalid"),
     "tampered signature": (tamper_signature(es(claims())), "token signature is invalid"),
     "unknown kid": (rs(claims(), kid="nope"), "token signing key 'nope' is unknown"),
-    "no kid": (jwt.encode(claims(), RSA_KEY, algorithm="RS256"), "token has no key id"),
+    "no kid, two keys in the set": (jwt.encode(claims(), RSA_KEY, algorithm="RS256"),
+                                    "token has no key id ('kid') and the key set holds "
+                                    "more than one key"),
+    "empty kid": (rs(claims(), kid=""), "token key id ('kid') must be a non-empty string"),
     "missing exp": (hs(claims(exp=None)), "token lacks the 'exp' claim"),
     "missing tenant": (hs(claims(tenant=None)), "token lacks the 'tenant' claim"),
     "garbage": ("not.a.token", "token is malformed"),
@@ -148,6 +151,16 @@ async def test_valid_tokens_give_the_principal(jwks_file: Path, token: str) -> N
     principal = await verifier(jwks_file).verify(token)
     assert principal == Principal("alice", "acme",
                                   frozenset({"infer:claims_risk", "routes:read"}), NOW + TTL)
+
+
+async def test_a_token_without_kid_takes_a_one_key_set_s_key(tmp_path: Path) -> None:
+    # OpenID Connect Core 10.1: with one key in the set, a token need not name it.
+    path = tmp_path / "one-key.json"
+    path.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
+    unnamed = jwt.encode(claims(), RSA_KEY, algorithm="RS256")
+    assert (await verifier(path).verify(unnamed)).subject == "alice"
+    with pytest.raises(Unauthenticated, match="token signature is invalid"):
+        await verifier(path).verify(jwt.encode(claims(), ROTATED_KEY, algorithm="RS256"))
 
 
 async def test_leeway_admits_small_clock_skew() -> None:
