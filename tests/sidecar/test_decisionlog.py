@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,7 +22,7 @@ from aios.chain import read_frames, record_hash, seal
 from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.decisionlog import DecisionLog
+from sidecar.decisionlog import HEAD_INTERVAL_S, DecisionLog
 from tests.helpers import REPO
 from tests.redis_server import RedisServer
 
@@ -203,19 +205,38 @@ async def test_records_fan_out_to_a_capped_redis_stream(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_sync_head_moves_once_nothing_waits(
+async def test_sync_head_follows_what_is_durable_within_its_interval(
         tmp_path: Path) -> None:
-    async with DecisionLog(settings(tmp_path, mode="sync"), CollectorRegistry()) as log:
-        for i in range(3):  # one at a time: nothing waits behind a batch
+    def head_is(sequence: int) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((tmp_path / "HEAD").read_text())
+        assert doc["sequence"] == sequence
+        return doc
+
+    registry = CollectorRegistry()
+
+    def count(name: str) -> float:
+        return registry.get_sample_value(name) or 0.0
+
+    async with DecisionLog(settings(tmp_path, mode="sync"), registry) as log:
+        for i in range(3):  # one at a time
             await log.append(DecisionRecord(request_id=f"one-{i}"))
-            await asyncio.sleep(0.01)  # the HEAD move after the acknowledgement
-            assert json.loads((tmp_path / "HEAD").read_text())["sequence"] == i + 1
-        await asyncio.gather(*(log.append(DecisionRecord(request_id=f"many-{i}"))
-                               for i in range(200)))
-        await asyncio.sleep(0.1)  # the last batch found nobody waiting
-        head = json.loads((tmp_path / "HEAD").read_text())
-        assert head["sequence"] == 203
-        assert head["hash"] == _hash_of(tmp_path, 203)
+            await asyncio.sleep(HEAD_INTERVAL_S * 2)
+            head_is(i + 1)
+        moves, batches = count("aios_sidecar_log_head_moves_total"), \
+            count("aios_sidecar_log_batch_records_count")
+        start = time.monotonic()
+        for burst in range(10):
+            await asyncio.gather(*(log.append(DecisionRecord(request_id=f"many-{burst}-{i}"))
+                                   for i in range(20)))
+            await asyncio.sleep(0)
+        elapsed = time.monotonic() - start
+        await asyncio.sleep(HEAD_INTERVAL_S * 2)
+        assert head_is(203)["hash"] == _hash_of(tmp_path, 203)
+        moves = count("aios_sidecar_log_head_moves_total") - moves
+        batches = count("aios_sidecar_log_batch_records_count") - batches
+        # Moved at most once per interval (and once after), not once per batch.
+        assert moves <= elapsed / HEAD_INTERVAL_S + 2, (moves, batches, elapsed)
+        assert batches >= 10
     assert verify(tmp_path).intact
 
 
