@@ -1,8 +1,8 @@
 """The decision log: append-only hash-chained segments, group commit, nothing lost silently.
 
 One writer task owns the chain. Callers hand it records; it takes everything queued (up
-to a batch), chains and frames them, writes them with one `write` + one `fdatasync` in a
-worker thread, then moves the HEAD marker (async mode writes between fsyncs on the
+to a batch), chains and frames them, writes them with one `write` + one `fdatasync` on
+the log's own thread (`aios.worker`), then moves the HEAD marker (async mode writes between fsyncs on the
 event loop: an append to the page cache; in sync mode a task of its own moves HEAD to
 what is durable at most every HEAD_INTERVAL_S). In `sync` mode each caller waits for its
 batch to be durable, so a response is released only for a recorded decision; a failed
@@ -39,6 +39,7 @@ from aios.errors import LogUnavailable
 from aios.merkle import Frontier
 from aios.metrics import LATENCY_BUCKETS
 from aios.redisconf import RedisEndpoint
+from aios.worker import Worker
 from aios.witness import open_signer
 from proto.decision_record_pb2 import DecisionRecord
 
@@ -107,6 +108,8 @@ class DecisionLog:
         self._segment: Path | None = None
         self._size = 0
         self._writer: asyncio.Task[None] | None = None
+        # The writes and fsyncs, one at a time on a thread of their own.
+        self._worker = Worker("decision-log")
         self._redis: aioredis.Redis | None = None
         self._last_alarm = 0.0
         self._dropped = 0
@@ -143,6 +146,7 @@ class DecisionLog:
         self._durable = self._snapshot()
         # Always a fresh segment: never append after a tail a crash may have torn.
         self._open_segment(self._sequence + 1)
+        await self._worker.__aenter__()
         if self._signer is not None:
             self._checkpointer = asyncio.create_task(self._checkpoint_loop())
         if self._settings.redis_stream_url:
@@ -163,6 +167,7 @@ class DecisionLog:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self._worker.__aexit__(None, None, None)
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
@@ -253,7 +258,7 @@ class DecisionLog:
         fsync = self.sync or time.monotonic() - self._synced_at >= ASYNC_FSYNC_INTERVAL_S
         try:
             if fsync:
-                segment = await asyncio.to_thread(self._write, data, sequence, last, fsync)
+                segment = await self._worker.run(self._write, data, sequence, last, fsync)
             else:
                 # async mode between fsyncs: an append to the page cache costs less than
                 # the thread hop (Redis' appendfsync everysec does the same).
