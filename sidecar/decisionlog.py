@@ -2,13 +2,13 @@
 
 One writer task owns the chain. Callers hand it records; it takes everything queued (up
 to a batch), chains and frames them, writes them with one `write` + one `fdatasync` on
-the log's own thread (`aios.worker`), then moves the HEAD marker (async mode writes between fsyncs on the
-event loop: an append to the page cache; in sync mode a task of its own moves HEAD to
-what is durable at most every HEAD_INTERVAL_S). In `sync` mode each caller waits for its
-batch to be durable, so a response is released only for a recorded decision; a failed
-write fails those callers (503), it never acknowledges. In `async` mode callers do not
-wait, and a batch's fsync may wait up to ASYNC_FSYNC_INTERVAL_S for the next one; when the
-queue is full a record is dropped, counted and alarmed.
+the log's own thread (`aios.worker`), then moves the HEAD marker (async mode writes
+between fsyncs on the event loop: an append to the page cache; in sync mode a task of its
+own moves HEAD to what is durable at most every HEAD_INTERVAL_S). In `sync` mode each
+caller waits for its batch to be durable, so a response is released only for a recorded
+decision; a failed write fails those callers (503), it never acknowledges. In `async`
+mode callers do not wait, and a batch's fsync may wait up to ASYNC_FSYNC_INTERVAL_S for
+the next one; when the queue is full a record is dropped, counted and alarmed.
 
 With a signing key, a checkpoint (`aios.checkpoint`) over what is durable is signed and
 published to the witness every ``checkpoint_every_records`` records or
@@ -39,8 +39,8 @@ from aios.errors import LogUnavailable
 from aios.merkle import Frontier
 from aios.metrics import LATENCY_BUCKETS
 from aios.redisconf import RedisEndpoint
-from aios.worker import Worker
 from aios.witness import open_signer
+from aios.worker import Worker
 from proto.decision_record_pb2 import DecisionRecord
 
 logger = logging.getLogger(__name__)
