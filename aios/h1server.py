@@ -321,8 +321,11 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.header_deadline = None
-        parsed = httptools.parse_url(self._url)
-        raw_path = parsed.path
+        # Any: httptools' stub says `query: bytes`, but it is None when the URL has none
+        # (a compiled build checks the stub's types at run time, and refused it).
+        parsed: Any = httptools.parse_url(self._url)
+        raw_path: bytes = parsed.path
+        query: bytes | None = parsed.query
         method = self.parser.get_method().decode("ascii")
         expect_100 = has_body = False
         for name, value in self._headers:
@@ -337,7 +340,7 @@ class _Connection(asyncio.Protocol):
             "type": "http", "asgi": _ASGI, "http_version": self.parser.get_http_version(),
             "server": self._sock, "client": self._peer, "scheme": "http", "method": method,
             "root_path": "", "path": unquote(raw_path.decode("latin-1")),
-            "raw_path": raw_path, "query_string": parsed.query or b"",
+            "raw_path": raw_path, "query_string": query or b"",
             "headers": self._headers,
         }
         cycle = _Cycle(self, scope, expect_100)
