@@ -4,7 +4,8 @@ provider made for tests, with discovery, a login form, a token endpoint and its 
 in front of a gateway that trusts that provider's issuer and keys. A person signs in
 at the provider and lands on the console signed in; a denial, an answer no sign-in in
 this tab asked for, and a token the gateway does not accept each end on the sign-in page
-saying why; the token endpoint refuses bad input naming the field."""
+saying why; a provider that does not answer leaves pasting a token working; the token
+endpoint refuses bad input naming the field."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import Stack
 from tests.e2e.conftest import shot
-from tests.helpers import gateway_config, running
+from tests.helpers import TEST_AUTH, free_ports, gateway_config, running, token
 
 CLIENT_ID = "aios-console"
 OLGA = {"scope": "routes:read routes:write audit:read", "tenant": "acme", "name": "Olga"}
@@ -152,3 +153,30 @@ def test_a_gateway_without_a_provider_says_so(tmp_path: Path, stack: Stack) -> N
         resp = httpx.post(f"{url}/console/oidc/token", json={})
         assert (resp.status_code, resp.json()) == (404, {
             "error": "this gateway has no OpenID provider (gateway.console.oidc)"})
+
+
+def test_a_provider_that_does_not_answer_leaves_token_sign_in_working(
+        stack: Stack, page: Page, tmp_path: Path) -> None:
+    (dead,) = free_ports(1)  # nothing listens there
+    issuer = f"http://127.0.0.1:{dead}"
+    config, http_port, _ = gateway_config(
+        stack.sidecar_http, stack.sidecar_grpc, {},
+        console={"oidc": {"issuer": issuer, "client_id": CLIENT_ID, "timeout_s": 2}})
+    config["gateway"]["auth"] = {**TEST_AUTH, "issuer": issuer, "jwks_url": f"{issuer}/jwks"}
+    with running("gateway", config, http_port, tmp_path):
+        url = f"http://127.0.0.1:{http_port}"
+        resp = httpx.get(f"{url}/console/oidc")
+        assert resp.status_code == 502
+        assert resp.json()["error"].startswith(
+            f"the identity provider at {issuer}/.well-known/openid-configuration could not "
+            "be reached")
+        page.goto(f"{url}/console/")
+        expect(page.get_by_role("alert")).to_contain_text(
+            "Sign-in at the identity provider is unavailable: the identity provider at")
+        expect(page.get_by_role("button", name="Sign in with your identity provider")
+               ).to_have_count(0)
+        # A pasted token still signs in (HS256, the gateway's own secret, this issuer).
+        page.get_by_label("Bearer token").fill(token("routes:read", subject="paula",
+                                                     issuer=issuer))
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#who")).to_contain_text("paula")
