@@ -28,12 +28,7 @@ ANSWER = b'{"outputs":[{"name":"risk_score","datatype":"FP32","shape":[1,1],"dat
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
+    await receive()  # the small body arrives whole, in one message
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": ANSWER})

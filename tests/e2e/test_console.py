@@ -8,6 +8,7 @@ scripts; no cookie can act for the token."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -204,6 +205,27 @@ def test_the_page_refuses_framing_and_foreign_scripts_and_cookies_act_for_no_one
     assert forged.json() == {"error": "missing bearer token"}
 
 
+@contextlib.contextmanager
+def traffic(console: str, prefix: str, pause_s: float) -> Iterator[None]:
+    """Decisions scored one after another (claim ids ``prefix``-N) while the block runs."""
+    stop = threading.Event()
+
+    def send() -> None:
+        i = 0
+        while not stop.is_set():
+            score(console, f"{prefix}-{i}")
+            i += 1
+            time.sleep(pause_s)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(10)
+
+
 def score(console: str, claim_id: str) -> str:
     """A decision through the console's gateway; its decision id."""
     resp = httpx.post(f"{console}/v2/models/claims_risk/infer",
@@ -254,24 +276,10 @@ def test_live_health_per_model_version(console: str, page: Page) -> None:
     expect(parity).to_contain_text("passing")
     drift = page.get_by_role("table", name="drift on local")
     expect(drift).to_contain_text("claimant_age")
-    stop = threading.Event()
-
-    def traffic() -> None:  # while the page polls: a rate shows
-        i = 0
-        while not stop.is_set():
-            score(console, f"C-HEALTH-{i}")
-            i += 1
-            time.sleep(0.05)
-
-    sender = threading.Thread(target=traffic)
-    sender.start()
-    try:
+    with traffic(console, "C-HEALTH", 0.05):  # while the page polls: a rate shows
         routed = requests.locator("tr", has_text="claims_risk (as routed)")
         expect(routed.locator("td").first).not_to_have_text("0.0", timeout=10000)
         shot(page, "health")
-    finally:
-        stop.set()
-        sender.join(10)
 
 
 def test_replay_recorded_decisions_against_a_candidate(console: str, page: Page) -> None:
@@ -312,18 +320,7 @@ def test_start_watch_and_abort_a_rollout(console: str, page: Page) -> None:
     expect(page.get_by_role("status")).to_contain_text("of claims_risk started")
     detail = page.locator("#rollout-detail")
     expect(detail).to_contain_text("running")
-    stop = threading.Event()
-
-    def traffic() -> None:
-        i = 0
-        while not stop.is_set():
-            score(console, f"C-ROLLOUT-{i}")
-            i += 1
-            time.sleep(0.02)
-
-    sender = threading.Thread(target=traffic)
-    sender.start()
-    try:
+    with traffic(console, "C-ROLLOUT", 0.02):
         gates = detail.get_by_role("table", name="gates")
         # Step 1 (shadow only): agreement measured on mirrored decisions, with its sample.
         expect(gates.locator("tr", has_text="agreement")).to_contain_text("n = ", timeout=20000)
@@ -333,9 +330,6 @@ def test_start_watch_and_abort_a_rollout(console: str, page: Page) -> None:
         expect(gates.locator("tr", has_text="error_rate").first).to_contain_text("2.00%")
         expect(gates.locator("tr", has_text="p99_ms")).to_contain_text("1000 ms")
         shot(page, "rollouts")
-    finally:
-        stop.set()
-        sender.join(10)
     detail.get_by_label("reason").fill("claims team asked to stop <b>now</b>")
     detail.get_by_role("button", name="Abort").click()
     expect(page.get_by_role("status")).to_contain_text("abort done, now aborted")
