@@ -10,7 +10,7 @@ from typing import Any
 
 from aios.config import StackConfig
 from aios_cli.audit_cli import table
-from aios_cli.routes_cli import AdminError, _ago, admin_call, admin_client
+from aios_cli.routes_cli import AdminError, admin_call, admin_client, ago
 from aios_cli.tokens import mint_token
 
 ACTIONS = {"pause": "hold the current step (the gates stop moving it)",
@@ -37,7 +37,7 @@ def status_text(rollout: dict[str, Any], now: float) -> str:
              f"{rollout['candidate_version']}), candidate at {rollout['target_percent']}%",
              f"  steps {steps}; dwell {plan['dwell_s']:g} s, at least {plan['min_requests']} "
              f"requests per step",
-             f"  started by {rollout['started_by']} {_ago(rollout['at'], now)}"
+             f"  started by {rollout['started_by']} {ago(rollout['at'], now)}"
              + (f", approved by {rollout['approved_by']}" if rollout["approved_by"] else "")]
     if rollout["promote_by"]:
         lines.append(f"  promote asked by {rollout['promote_by']}, waiting for approval")
@@ -48,7 +48,7 @@ def status_text(rollout: dict[str, Any], now: float) -> str:
                  _figure(g), str(g["n"]), g["detail"]] for g in last["gates"]]
         lines += ["  " + line for line in table(
             rows, ["GATE", "STATE", "VALUE / BOUND", "N", "DETAIL"]).splitlines()]
-    events = [[_ago(e["at"], now), e["what"], e["who"], f"{e['step']} ({e['percent']}%)",
+    events = [[ago(e["at"], now), e["what"], e["who"], f"{e['step']} ({e['percent']}%)",
                e["note"] or "-"] for e in rollout["events"][-10:]]
     lines += ["", *("  " + line for line in table(
         events, ["WHEN", "EVENT", "WHO", "STEP", "NOTE"]).splitlines())]
@@ -57,7 +57,7 @@ def status_text(rollout: dict[str, Any], now: float) -> str:
 
 def list_text(rollouts: list[dict[str, Any]], now: float) -> str:
     rows = [[r["model"], r["id"], r["state"], f"{r['step']} ({r['target_percent']}%)",
-             f"{r['stable']} → {r['candidate']}", r["started_by"], _ago(r["at"], now)]
+             f"{r['stable']} → {r['candidate']}", r["started_by"], ago(r["at"], now)]
             for r in rollouts]
     return table(rows, ["MODEL", "ROLLOUT", "STATE", "STEP", "TRAFFIC", "BY", "STARTED"]) \
         if rows else "no rollouts"

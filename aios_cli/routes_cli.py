@@ -50,7 +50,8 @@ def parse_weights(pairs: list[str]) -> dict[str, int]:
     return weights
 
 
-def _ago(at: float, now: float) -> str:
+def ago(at: float, now: float) -> str:
+    """How long before ``now`` ``at`` was, for people ("3m ago")."""
     seconds = max(0, int(now - at))
     if seconds < 60:
         return f"{seconds}s ago"
@@ -101,7 +102,7 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
 
 
 def history_text(changes: list[dict[str, Any]], now: float) -> str:
-    rows = [[_ago(c["at"], now), c["model"], str(c["revision"]), (c["who"] or "-") + (
+    rows = [[ago(c["at"], now), c["model"], str(c["revision"]), (c["who"] or "-") + (
         f", approved by {c['approved_by']}" if c.get("approved_by") else ""), c["action"],
              diff(c["before"], c["after"]), c["reason"] or "-"] for c in changes]
     return table(rows, ["WHEN", "MODEL", "REV", "WHO", "ACTION", "CHANGE", "REASON"]) \
@@ -109,7 +110,7 @@ def history_text(changes: list[dict[str, Any]], now: float) -> str:
 
 
 def proposals_text(proposals: list[dict[str, Any]], now: float) -> str:
-    rows = [[p["id"], _ago(p["at"], now), p["model"], p["action"], p["proposer"],
+    rows = [[p["id"], ago(p["at"], now), p["model"], p["action"], p["proposer"],
              p["state"] + (f" by {p['resolver']}" if p["resolver"] else ""),
              p["reason"] or "-", p["resolution"] or p["error"] or "-"] for p in proposals]
     return table(rows, ["PROPOSAL", "WHEN", "MODEL", "ACTION", "PROPOSER", "STATE", "REASON",
