@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,6 +25,8 @@ from gateway.proposals import STATES, Proposal, applied, approved, failed, gover
 from gateway.routestore import Change, RouteStore, new_change, route_of, table_from_route
 from gateway.routing import ModelTable, Router
 from gateway.versions import VersionLookup
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Body(BaseModel):
@@ -71,7 +73,7 @@ ROLLBACK_ACTIONS = frozenset({"set_weights", "set_shadow", "clear_shadow", "roll
 MAX_PENDING = 20
 
 
-def parse(model: type[BaseModel], data: Any) -> Any:
+def parse(model: type[ModelT], data: Any) -> ModelT:
     """Validate ``data`` into ``model`` strictly (``"5"`` is no weight); InvalidInput
     naming the bad field."""
     try:

@@ -21,9 +21,9 @@ from gateway.admin import (
 )
 from gateway.admin_rest import AdminAuth
 from gateway.proposals import APPROVE_SCOPE, Proposal
-from gateway.rollout import Rollout
+from gateway.rollout import Plan, Rollout
 from gateway.rollout_rest import ACTION_SCOPES
-from gateway.rollouts import Rollouts, parse_plan, view
+from gateway.rollouts import Rollouts, view
 from gateway.routing import ModelTable
 from proto import routing_admin_pb2 as pb
 from proto import routing_admin_pb2_grpc as pb_grpc
@@ -171,7 +171,7 @@ class RoutingAdminService(pb_grpc.RoutingAdminServicer):
                            context: grpc.aio.ServicerContext) -> pb.Rollout:
         who = await self._who(context, "routes:write")
         try:
-            plan = parse_plan(json.loads(request.plan_json or "{}"))
+            plan = parse(Plan, json.loads(request.plan_json or "{}"))
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"plan_json: not valid JSON: {exc}") from exc
         return rollout_message(await self._rollouts.start(request.model, plan, who))

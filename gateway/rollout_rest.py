@@ -12,8 +12,8 @@ from aios.errors import InvalidInput
 from gateway.admin import ResolveBody, parse
 from gateway.admin_rest import AdminAuth, read_json
 from gateway.proposals import APPROVE_SCOPE
-from gateway.rollout import STATES
-from gateway.rollouts import Rollouts, parse_plan, view
+from gateway.rollout import STATES, Plan
+from gateway.rollouts import Rollouts, view
 
 ACTION_SCOPES = {"pause": "routes:write", "resume": "routes:write", "abort": "routes:write",
                  "promote": "routes:write", "approve": APPROVE_SCOPE, "reject": APPROVE_SCOPE}
@@ -40,7 +40,7 @@ def rollout_routes(rollouts: Rollouts, auth: AdminAuth) -> list[BaseRoute]:
 
     async def start(request: Request) -> Response:
         subject = await who(request, "routes:write")
-        plan = parse_plan(await read_json(request))
+        plan = parse(Plan, await read_json(request))
         rollout = await rollouts.start(request.path_params["model"], plan, subject)
         if rollout.state == "awaiting_approval":
             return JSONResponse({**view(rollout), "note": (

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from aios.config import RoutingSettings
 from aios.errors import AiosError, Conflict, InvalidInput, NotFound
 from aios.ids import new_ulid
-from gateway.admin import RoutingAdmin, parse
+from gateway.admin import RoutingAdmin
 from gateway.health import HealthReader
 from gateway.proposals import governed
 from gateway.rollout import (
@@ -355,11 +355,6 @@ class Rollouts:
         ok = parity.get("ok")
         return Evidence(tuple(sorted(e["feature"] for e in mine if e.get("flagged"))),
                         None if ok is None else bool(ok), parity.get("max_abs_diff"))
-
-
-def parse_plan(data: Any) -> Plan:
-    plan: Plan = parse(Plan, data)
-    return plan
 
 
 def view(rollout: Rollout) -> dict[str, Any]:
