@@ -8,7 +8,9 @@ meanwhile, else it is computed again on what is there now, which refuses it (409
 someone else decided or claimed it first. Gates are kept as numbered revisions, each
 added only on top of the one it was based on. Every call blocks (run it in a worker
 thread) and is bounded in time; a database that cannot be reached raises
-StoreUnavailable (503), and PostgreSQL is reconnected to on the next call.
+StoreUnavailable (503), and PostgreSQL is reconnected to on the next call. A PostgreSQL
+connection idle for PING_AFTER_IDLE_S is checked before it is used, so the first call
+after a database restart reconnects instead of failing on the dead connection.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +33,9 @@ from aios.reviewqueue import Item
 
 TIMEOUT_S = 5.0
 MAX_COMPARE_AND_SET = 20
+# A PostgreSQL connection idle this long is pinged before it is used (a round trip on a
+# call after a pause, none on a busy one).
+PING_AFTER_IDLE_S = 1.0
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS aios_reviews (
@@ -112,10 +118,13 @@ class SqlReviewStore:
     placeholder = "?"
     unreachable: tuple[type[Exception], ...] = ()
     duplicate: tuple[type[Exception], ...] = ()
+    # A connection idle this long is pinged before use (None: never; a file needs none).
+    ping_after_idle_s: float | None = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._db: Any = None
+        self._used_at = 0.0
         with self._session() as db:
             self._make_tables(db)
 
@@ -134,11 +143,13 @@ class SqlReviewStore:
     def _session(self) -> Iterator[Any]:
         """The connection, one caller at a time; committed after, rolled back on error."""
         with self._lock:
+            self._check_idle()
             try:
                 if self._db is None:
                     self._db = self._connect()
                 yield self._db
                 self._db.commit()
+                self._used_at = time.monotonic()
             except self.unreachable as exc:
                 self._drop()
                 raise StoreUnavailable(f"review store unavailable: {exc}") from exc
@@ -149,6 +160,18 @@ class SqlReviewStore:
                     except self.unreachable:
                         self._drop()
                 raise
+
+    def _check_idle(self) -> None:
+        """Drop a connection that went dead while idle (the server restarted): a ping
+        fails where nothing was sent yet, so the caller's statements go to a new one."""
+        idle = self.ping_after_idle_s
+        if self._db is None or idle is None or time.monotonic() - self._used_at < idle:
+            return
+        try:
+            self._db.execute("SELECT 1")
+            self._db.commit()
+        except self.unreachable:
+            self._drop()
 
     def _drop(self) -> None:
         try:
@@ -319,6 +342,7 @@ class PostgresReviewStore(SqlReviewStore):
     placeholder = "%s"
     unreachable = (psycopg.OperationalError, psycopg.InterfaceError)
     duplicate = (psycopg.errors.UniqueViolation,)
+    ping_after_idle_s = PING_AFTER_IDLE_S
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -5,6 +5,7 @@ revision, and a store that cannot be reached answering 503."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 
 from aios.errors import Conflict, NotFound, StoreUnavailable
 from aios.reviewqueue import Item, claim, decide, mark, new_item
-from aios.reviewstore import GateRevision, SqlReviewStore, open_review_store
+from aios.reviewstore import (
+    PING_AFTER_IDLE_S,
+    GateRevision,
+    SqlReviewStore,
+    open_review_store,
+)
+from tests.postgres import PostgresServer
 
 S = 1_000_000_000
 
@@ -130,6 +137,22 @@ def test_gates_are_revisions_each_on_the_one_before(store: SqlReviewStore) -> No
 def test_an_unreachable_postgres_is_503_not_a_crash() -> None:
     with pytest.raises(StoreUnavailable, match="review store unavailable"):
         open_review_store("postgresql://postgres@127.0.0.1:1/none")
+
+
+def test_the_first_call_after_a_postgres_restart_reconnects() -> None:
+    server = PostgresServer()
+    try:
+        server.start()
+        opened = open_review_store(server.url)
+        opened.add([item(1)])
+        server.stop()
+        server.start()  # the store's connection is dead now, and it does not know
+        time.sleep(PING_AFTER_IDLE_S)
+        got = opened.get("R001")  # no 503: the idle connection was checked first
+        assert got is not None and got.id == "R001"
+        opened.close()
+    finally:
+        server.remove()
 
 
 def test_sqlite_items_survive_a_reopen(tmp_path: Path) -> None:
