@@ -119,7 +119,7 @@ class DecisionLog:
         self._head_lock = threading.Lock()
         # sync mode: the durable position HEAD is to show, and the task that moves it.
         self._head_due: tuple[int, bytes, str] | None = None
-        self._head_moved = asyncio.Event()
+        self._head_wanted = asyncio.Event()
         self._header: asyncio.Task[None] | None = None
         self._tree = Frontier()
         self._durable = self._snapshot()
@@ -296,7 +296,7 @@ class DecisionLog:
                 future.set_result(None)
         if self.sync:
             self._head_due = (sequence, last, segment)
-            self._head_moved.set()
+            self._head_wanted.set()
         if self._redis is not None:
             await self._publish([record for record, _ in batch])
 
@@ -362,8 +362,8 @@ class DecisionLog:
         """sync mode: move HEAD to the last durable batch, then rest HEAD_INTERVAL_S (so
         it lags what is durable by at most about that, and costs nothing per batch)."""
         while True:
-            await self._head_moved.wait()
-            self._head_moved.clear()
+            await self._head_wanted.wait()
+            self._head_wanted.clear()
             assert self._head_due is not None
             try:
                 await asyncio.to_thread(self._write_head, *self._head_due)

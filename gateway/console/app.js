@@ -57,6 +57,15 @@ async function api(method, path, body) {
   return doc;
 }
 
+// A maker of labelled text fields for one form: field(id, label, attrs) gives the input
+// (id `${prefix}-${id}`) and its label holding it.
+function labelled(prefix, size) {
+  return (id, label, attrs = {}) => {
+    const input = h("input", { id: `${prefix}-${id}`, type: "text", size, ...attrs });
+    return [input, h("label", { for: input.id }, label, input)];
+  };
+}
+
 function say(text, kind = "") {
   statusLine.replaceChildren(h("span", { class: kind }, text));
 }
@@ -77,6 +86,11 @@ function ago(seconds) {
 }
 
 let me = null; // the gateway's view of the token: subject, tenant, scopes
+
+// The first page the token may see (where a sign-in lands).
+function firstPage() {
+  return PAGES.find((p) => allows(p.scope)) || PAGES[0];
+}
 
 function allows(scope) {
   if (!me) return false;
@@ -148,7 +162,7 @@ async function fromProvider() {
     const { token } = await api("POST", "/console/oidc/token",
       { code: answer.get("code"), code_verifier: pending.verifier, redirect_uri: pending.redirect });
     await signIn(token);
-    location.hash = `#${(PAGES.find((p) => allows(p.scope)) || PAGES[0]).id}`;
+    location.hash = `#${firstPage().id}`;
   } catch (err) {
     signInError = `Sign-in refused: ${err.message}`;
   }
@@ -164,7 +178,7 @@ async function loginPage() {
       event.preventDefault();
       try {
         await signIn(field.value);
-        location.hash = `#${(PAGES.find((p) => allows(p.scope)) || PAGES[0]).id}`;
+        location.hash = `#${firstPage().id}`;
         show();
       } catch (err) {
         error.textContent = `Sign-in refused: ${err.message}`;
@@ -489,10 +503,7 @@ function stateClass(state) {
 }
 
 function startForm(routes, detail, drawList) {
-  const field = (id, label, attrs = {}) => {
-    const input = h("input", { id: `ro-${id}`, type: "text", size: 8, ...attrs });
-    return [input, h("label", { for: input.id }, label, input)];
-  };
+  const field = labelled("ro", 8);
   const model = h("select", { id: "ro-model", required: true },
     routes.map((t) => h("option", { value: t.model }, t.model)));
   const [candidate, candidateLabel] = field("candidate", "candidate (target or version)", { required: true, size: 12 });
@@ -632,10 +643,7 @@ function rolloutActions(r, box, drawList) {
 // -- Replays ------------------------------------------------------------------------------
 
 async function replaysPage() {
-  const field = (id, label, attrs = {}) => {
-    const input = h("input", { id: `r-${id}`, type: "text", size: 14, ...attrs });
-    return [input, h("label", { for: input.id }, label, input)];
-  };
+  const field = labelled("r", 14);
   const [model, modelLabel] = field("model", "model", { required: true, value: "claims_risk" });
   const [candidate, candidateLabel] = field("candidate", "candidate version", { required: true, size: 4 });
   const [since, sinceLabel] = field("since", "recorded from (ISO 8601)");
