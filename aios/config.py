@@ -95,6 +95,9 @@ class ServerSettings(_Frozen):
     # The REST front door: ours, or uvicorn (for `make bench --transports` only: it has
     # none of the limits below but max_body_bytes and max_concurrent_requests).
     http_server: Literal["h1", "uvicorn"] = "h1"
+    # The gRPC front door: unary KServe calls answered by `aios.h2server` in the event
+    # loop, everything else relayed to grpcio on loopback; or grpcio for all of it.
+    grpc_server: Literal["h2", "grpcio"] = "h2"
     # Request body (REST) and message size (gRPC, both directions, every hop).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
     # Request line and headers together (REST 431 beyond; gRPC metadata likewise).

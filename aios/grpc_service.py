@@ -28,7 +28,8 @@ SERVICE = "inference.GRPCInferenceService"
 FORWARDED_METHODS = ("ModelReady", "ModelMetadata", "ModelInfer", "ModelConfig",
                      "ModelStatistics")
 
-Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+# A unary handler: the request's bytes and its call (grpc.aio's, or `aios.h2server`'s).
+Unary = Callable[[bytes, Any], Awaitable[bytes]]
 
 
 def method_path(name: str) -> str:
@@ -36,11 +37,9 @@ def method_path(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
-def kserve_grpc_handler(plane: KServePlane, server_name: str, limits: StreamLimits,
-                        max_streams: int) -> grpc.GenericRpcHandler:
-    """A generic handler implementing the KServe methods a proxy should answer (server
-    metadata naming it ``server_name``; at most ``max_streams`` streams at once, each within
-    ``limits``), and refusing those it does not proxy."""
+def kserve_unary(plane: KServePlane, server_name: str) -> dict[str, Unary]:
+    """The KServe unary methods a proxy answers (server metadata naming it
+    ``server_name``), and those it refuses, by full method path."""
 
     async def server_live(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
         return bytes(service_pb2.ServerLiveResponse(live=True).SerializeToString())
@@ -69,6 +68,32 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str, limits: StreamLimi
 
         return call
 
+    def forward(name: str) -> Unary:
+        path = method_path(name)
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            reply = await plane.forward_grpc(path, request, context.invocation_metadata() or ())
+            if reply.trailing:
+                context.set_trailing_metadata(reply.trailing)
+            return reply.payload
+
+        return call
+
+    methods: dict[str, Unary] = {
+        "ServerLive": server_live,
+        "ServerReady": server_ready,
+        "ServerMetadata": server_metadata,
+        "RepositoryIndex": repository_index,
+        **{name: forward(name) for name in FORWARDED_METHODS},
+        **{u.grpc_method: unsupported(u) for u in UNSUPPORTED if u.grpc_method},
+    }
+    return {method_path(name): fn for name, fn in methods.items()}
+
+
+def kserve_grpc_handler(plane: KServePlane, server_name: str, limits: StreamLimits,
+                        max_streams: int) -> grpc.GenericRpcHandler:
+    """A generic handler for every KServe method (`kserve_unary`, and ModelStreamInfer
+    with at most ``max_streams`` streams at once, each within ``limits``)."""
     streams = [0]  # open now; a list, so the handler below can count in this closure
 
     async def stream_infer(requests: AsyncIterator[bytes],
@@ -89,26 +114,8 @@ def kserve_grpc_handler(plane: KServePlane, server_name: str, limits: StreamLimi
         finally:
             streams[0] -= 1
 
-    def forward(name: str) -> Unary:
-        path = method_path(name)
-
-        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            reply = await plane.forward_grpc(path, request, context.invocation_metadata() or ())
-            if reply.trailing:
-                context.set_trailing_metadata(reply.trailing)
-            return reply.payload
-
-        return call
-
-    methods: dict[str, Unary] = {
-        "ServerLive": server_live,
-        "ServerReady": server_ready,
-        "ServerMetadata": server_metadata,
-        "RepositoryIndex": repository_index,
-        **{name: forward(name) for name in FORWARDED_METHODS},
-        **{u.grpc_method: unsupported(u) for u in UNSUPPORTED if u.grpc_method},
-    }
-    handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+    handlers = {path.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(fn)
+                for path, fn in kserve_unary(plane, server_name).items()}
     handlers[STREAM_METHOD] = grpc.stream_stream_rpc_method_handler(stream_infer)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 

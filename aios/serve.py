@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -16,8 +16,9 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from aios.config import ServerSettings
-from aios.grpc_service import ErrorInterceptor, kserve_grpc_handler
+from aios.grpc_service import ErrorInterceptor, Unary, kserve_grpc_handler, kserve_unary
 from aios.h1server import H1Server
+from aios.h2server import GrpcFront
 from aios.limits import GrpcLimits, InFlight, RestLimits
 from aios.plane import KServePlane
 from aios.rest import BatchHandler, ModelCalls, create_rest_app, kserve_routes
@@ -29,6 +30,7 @@ from aios.upstream import grpc_options
 logger = logging.getLogger(__name__)
 
 GRPC_GRACE_S = 5.0
+LOOPBACK = "127.0.0.1"
 
 
 GrpcRegistrar = Callable[[grpc.aio.Server], None]
@@ -45,8 +47,9 @@ class ServiceParts:
 
 
 async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
-                settings: ServerSettings, name: str) -> None:
-    """Serve until SIGINT/SIGTERM, then stop both front doors gracefully."""
+                unary: Mapping[str, Unary], settings: ServerSettings, name: str) -> None:
+    """Serve until SIGINT/SIGTERM, then stop both front doors gracefully; ``unary`` are
+    the gRPC methods the lean front answers itself (``server.grpc_server: h2``)."""
     in_flight = InFlight(settings.max_concurrent_requests)
     # The limit interceptor runs first, so an overloaded process does no other work.
     server = grpc.aio.server(
@@ -56,7 +59,12 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
     for register in registrars:
         register(server)
     grpc_address = f"{settings.host}:{settings.grpc_port}"
-    if server.add_insecure_port(grpc_address) == 0:
+    lean: GrpcFront | None = None
+    if settings.grpc_server == "h2":
+        # grpcio answers on loopback what the lean front relays to it.
+        port = server.add_insecure_port(f"{LOOPBACK}:0")
+        lean = GrpcFront(unary, (LOOPBACK, port), settings, in_flight)
+    elif server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"{name}: cannot bind gRPC on {grpc_address}")
     await server.start()
     front = RestLimits(app, in_flight)
@@ -67,12 +75,16 @@ async def serve(app: ASGIApp, registrars: Sequence[GrpcRegistrar],
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if lean is not None:
+            await lean.start()
         await http.start()  # a port in use raises here, and gRPC still stops below
         logger.info("%s: REST on http://%s:%d, gRPC on %s", name, settings.host,
                     settings.http_port, grpc_address)
         await stop.wait()
     finally:
         await http.shutdown()
+        if lean is not None:
+            await lean.shutdown()
         await server.stop(GRPC_GRACE_S)
         logger.info("%s: stopped", name)
 
@@ -102,4 +114,4 @@ async def _serve_parts(name: str, open_parts: AbstractAsyncContextManager[Servic
                                           *parts.routes]),
                          parts.plane, settings.max_body_bytes, parts.batch)
         await serve(app, [lambda s: s.add_generic_rpc_handlers((handler,)), *parts.grpc],
-                    settings, name)
+                    kserve_unary(parts.plane, server_name), settings, name)

@@ -62,6 +62,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODEL = "claims_risk"
 DIRECT, FULL = "triton (direct)", "full: gateway -> sidecar (async log)"
 AUTH_QUOTA = "gateway +auth +redis quota -> triton"
+BARE = "gateway -> triton"
 # Alternations of direct and full path for the headline targets: this machine class
 # drifts by ±20% within a run, so the median of several pairs is what is reported.
 PAIRED_ROUNDS = 5
@@ -198,7 +199,7 @@ def build(stack: Stack, redis_server: str) -> list[Path_]:
     paths = [
         Path_(DIRECT, f"{h}:{t_http}", f"{h}:{t_grpc}", ()),
         _path(stack, "sidecar -> triton", "sidecar_async", ("sidecar_async",)),
-        _path(stack, "gateway -> triton", "gateway_bare", ("gateway_bare",)),
+        _path(stack, BARE, "gateway_bare", ("gateway_bare",)),
         _path(stack, AUTH_QUOTA, "gateway_auth_quota", ("gateway_auth_quota",), True),
         _path(stack, FULL, "gateway_full_async",
               ("gateway_full_async", "sidecar_async"), True),
@@ -262,9 +263,9 @@ def _gateway(stack: Stack, name: str, backend: dict[str, str], route: dict[str, 
 
 
 def build_transports(stack: Stack, redis_server: str,
-                     paths: list[Path_]) -> list[tuple[str, Path_, Path_]]:
+                     paths: list[Path_]) -> list[tuple[str, str, Path_, Path_]]:
     """The same paths again with one transport swapped for the library it replaces:
-    (what is swapped, our path, the library's path)."""
+    (what is swapped, the protocol measured, our path, the library's path)."""
     triton = _addr(stack, "triton")
     uvicorn = {"http_server": "uvicorn"}
     _sidecar(stack, "sidecar_uvicorn", triton, "async", uvicorn)
@@ -275,17 +276,28 @@ def build_transports(stack: Stack, redis_server: str,
              SHADOW, True, _redis_quota(redis_server))
     _gateway(stack, "gateway_redispy", triton, {"backend": "b"}, True,
              _redis_quota(redis_server, redis_client="redis-py"))
+    grpcio = {"grpc_server": "grpcio"}
+    _gateway(stack, "gateway_bare_grpcio", triton, {"backend": "b"}, False, BARE_QUOTA, grpcio)
+    _sidecar(stack, "sidecar_grpcio", triton, "async", grpcio)
+    _gateway(stack, "gateway_grpcio", _addr(stack, "sidecar_grpcio"), SHADOW, True,
+             _redis_quota(redis_server), grpcio)
     by_name = {p.name: p for p in paths}
     return [
-        ("REST front door: uvicorn for h1server (gateway and sidecar; full path)",
+        ("REST front door: uvicorn for h1server (gateway and sidecar; full path)", "rest",
          by_name[FULL], _path(stack, "full, uvicorn", "gateway_uvicorn",
                               ("gateway_uvicorn", "sidecar_uvicorn"), True)),
-        ("REST hop client: aiohttp for http1 (gateway->sidecar, sidecar->Triton)",
+        ("REST hop client: aiohttp for http1 (gateway->sidecar, sidecar->Triton)", "rest",
          by_name[FULL], _path(stack, "full, aiohttp", "gateway_aiohttp",
                               ("gateway_aiohttp", "sidecar_aiohttp"), True)),
-        ("quota Redis client: redis-py for resp (gateway +auth +redis quota)",
+        ("quota Redis client: redis-py for resp (gateway +auth +redis quota)", "rest",
          by_name[AUTH_QUOTA], _path(stack, "auth quota, redis-py", "gateway_redispy",
                                     ("gateway_redispy",), True)),
+        ("gRPC front door: grpcio for h2server (bare gateway)", "grpc",
+         by_name[BARE], _path(stack, "bare, grpcio", "gateway_bare_grpcio",
+                              ("gateway_bare_grpcio",))),
+        ("gRPC front door: grpcio for h2server (gateway and sidecar; full path)", "grpc",
+         by_name[FULL], _path(stack, "full, grpcio", "gateway_grpcio",
+                              ("gateway_grpcio", "sidecar_grpcio"), True)),
     ]
 
 
@@ -622,7 +634,7 @@ def paired(stack: Stack, direct: Path_, full: Path_, seconds: float, rate: float
 
 @dataclass
 class Swap:
-    """One transport against the library it replaces: paired wrk rounds (REST, batch 1)."""
+    """One transport against the library it replaces: paired rounds (batch 1)."""
 
     label: str
     ours_rps: list[float] = field(default_factory=list)
@@ -645,19 +657,25 @@ class Swap:
         return "within the run-to-run range"
 
 
-def transports_ab(stack: Stack, swaps: list[tuple[str, Path_, Path_]], seconds: float,
+def transports_ab(stack: Stack, swaps: list[tuple[str, str, Path_, Path_]], seconds: float,
                   connections: int) -> list[Swap]:
     """PAIRED_ROUNDS alternations of each path with ours and with the library's transport."""
-    rest, _ = bodies(1)
+    rest, payload = bodies(1)
     out = []
-    for label, ours, theirs in swaps:
+    for label, protocol, ours, theirs in swaps:
         swap = Swap(label)
         for i in range(PAIRED_ROUNDS):
             for path, rps, cpu in ((ours, swap.ours_rps, swap.ours_cpu_us),
                                    (theirs, swap.theirs_rps, swap.theirs_cpu_us)):
                 before = sum(stack.cpu_seconds(p) for p in path.processes)
-                run = wrk(path, rest, _auth_headers(path), connections, seconds,
-                          stack.workdir)
+                headers = _auth_headers(path)
+                if protocol == "rest":
+                    run = wrk(path, rest, headers, connections, seconds, stack.workdir)
+                else:
+                    lat, err = asyncio.run(_grpc_loop(
+                        path, payload, tuple(headers.items()), connections, seconds))
+                    run = _summarise(Run(path.name, protocol, 0, "throughput"), lat, err,
+                                     seconds)
                 used = sum(stack.cpu_seconds(p) for p in path.processes) - before
                 rps.append(run.rps)
                 cpu.append(used / max(run.requests, 1) * 1e6)
@@ -670,7 +688,7 @@ def transports_ab(stack: Stack, swaps: list[tuple[str, Path_, Path_]], seconds: 
 def swaps_markdown(swaps: list[Swap]) -> str:
     """The A/B table of the transports."""
     lines = ["", f"Transports, each against the library it replaces ({PAIRED_ROUNDS} paired "
-             "rounds, REST batch 1; CPU is the path's processes):", "",
+             "rounds, batch 1, REST unless named gRPC; CPU is the path's processes):", "",
              "| swapped | ours req/s | library req/s | library / ours (median, range) "
              "| CPU µs/req ours / library | who wins |", "|---|---|---|---|---|---|"]
     for s in swaps:

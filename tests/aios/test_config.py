@@ -23,6 +23,8 @@ def test_shipped_local_stack_matches_documented_ports() -> None:
 @pytest.mark.parametrize(("data", "error"), [
     ({"gateway": {"server": {"http_port": 0, "grpc_port": 1}}},
      "gateway.server.http_port: Input should be greater than or equal to 1"),
+    ({"sidecar": {"server": {"grpc_server": "nghttp2"}, "triton": {"http": "x:1", "grpc": "x:2"}}},
+     "sidecar.server.grpc_server: Input should be 'h2' or 'grpcio'"),
     ({"gateway": {"models": {"m": {"backend": "nowhere"}}}},
      "models.m.targets.default.backend: unknown backend 'nowhere'"),
     ({"gateway": {"models": {"m": {"targets": {"a": {"backend": "local", "weight": 0}}}}}},
