@@ -86,6 +86,7 @@ def _header(headers: Sequence[f.Header], name: bytes) -> bytes | None:
 
 class _Stream:
     __slots__ = (
+        "answered",
         "backend",
         "body",
         "handler",
@@ -116,6 +117,7 @@ class _Stream:
         self.trailer: bytes | None = None  # the closing header block, sent after ``out``
         self.relayed = False
         self.backend = 0  # its stream id at the relay's backend
+        self.answered = False  # response headers sent: an end now is trailers alone
         self.task: asyncio.Task[None] | None = None
 
 
@@ -489,7 +491,7 @@ class _Connection(asyncio.Protocol):
                 head=True))
             return
         self.release(stream)
-        stream.task = self.server.loop.create_task(self.call(stream, bytes(body[5:])))
+        stream.task = self.server.calls.spawn(self.call(stream, bytes(body[5:])))
         stream.body = bytearray()
 
     async def call(self, stream: _Stream, message: bytes) -> None:
@@ -539,6 +541,7 @@ class _Connection(asyncio.Protocol):
             stream.trailer = block
             self.send(stream)
         else:
+            stream.answered = True
             self.out.append(f.frames_for_block(stream.id, block, False, self.peer_frame))
         self.flush()
 
@@ -552,13 +555,19 @@ class _Connection(asyncio.Protocol):
         self.flush()
         return True
 
-    def relayed_reset(self, stream: _Stream, block: bytes | None) -> None:
-        """The backend ended ``stream`` without trailers: with ``block`` (an error
-        status), or with a reset passed on as CANCEL."""
+    def relayed_reset(self, stream: _Stream, error: tuple[grpc.StatusCode, str] | None,
+                      ) -> None:
+        """The backend ended ``stream`` without trailers: with ``error`` as its status, or
+        (None) with a reset passed on as CANCEL."""
         if self.streams.get(stream.id) is not stream:
             return
-        if block is not None:
-            self.finish(stream, block)
+        if error is not None:
+            block = status_block(*error, (), head=not stream.answered)
+            if stream.answered:  # what DATA came before the end still goes first
+                stream.trailer = block
+                self.send(stream)
+            else:
+                self.finish(stream, block)
         else:
             self.out.append(f.rst_stream(stream.id, f.CANCEL))
             self.close_stream(stream)
@@ -619,8 +628,7 @@ def status_block(code: grpc.StatusCode, message: str,
     return f.header_block(headers)
 
 
-_UNAVAILABLE = status_block(grpc.StatusCode.UNAVAILABLE, "the gRPC backend is unreachable",
-                            (), head=True)
+_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "the gRPC backend is unreachable")
 
 
 class _Relay(asyncio.Protocol):
@@ -665,7 +673,7 @@ class _Relay(asyncio.Protocol):
 
     def open(self, stream: _Stream, headers: list[f.Header], end: bool) -> None:
         if self.closed:
-            self.front.finish(stream, _UNAVAILABLE)
+            self.front.finish(stream, status_block(*_UNAVAILABLE, (), head=True))
             return
         backend = self.h2.get_next_available_stream_id()
         stream.backend = backend
@@ -771,9 +779,8 @@ class _Relay(asyncio.Protocol):
             elif isinstance(event, h2.events.StreamEnded):
                 stream = self.forget(event.stream_id)
                 if stream is not None:  # ended by DATA, with no trailers: no status
-                    front.relayed_reset(stream, status_block(
-                        grpc.StatusCode.INTERNAL, "the gRPC backend sent no status", (),
-                        head=False))
+                    front.relayed_reset(stream, (grpc.StatusCode.INTERNAL,
+                                                 "the gRPC backend sent no status"))
             elif isinstance(event, h2.events.StreamReset):
                 stream = self.forget(event.stream_id)
                 if stream is not None:
@@ -820,6 +827,7 @@ class GrpcFront:
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.stopping = False
+        self.calls = Tasks()  # the unary calls being answered
         self._tasks = Tasks()
         self._server: asyncio.Server | None = None
 
@@ -850,4 +858,5 @@ class GrpcFront:
             await asyncio.sleep(SWEEP_S)
         for conn in list(self.connections):
             conn.close()
+        await self.calls.aclose()
         await self._tasks.aclose()

@@ -459,3 +459,39 @@ async def test_shutdown_says_goaway_and_lets_calls_in_flight_finish() -> None:
     finally:
         await backend.stop(None)
 
+
+
+async def test_a_relayed_call_to_an_unreachable_grpcio_is_unavailable() -> None:
+    front, backend = await start()
+    await backend.stop(None)
+    try:
+        async with channel(front) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ch.unary_unary("/t.T/Relayed")(b"x", timeout=5)
+            # The lean front's own methods do not need it.
+            assert await ch.unary_unary("/t.T/Native")(b"y", timeout=5) == b"native:y"
+    finally:
+        await front.front.shutdown()
+    assert (caught.value.code(), caught.value.details()) == (
+        grpc.StatusCode.UNAVAILABLE, "the gRPC backend is unreachable")
+
+
+async def test_a_relayed_stream_whose_grpcio_goes_away_ends_with_a_status() -> None:
+    front, backend = await start()
+    try:
+        async with channel(front) as ch:
+            requests: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+            async def messages() -> AsyncIterator[bytes]:
+                while (m := await requests.get()) is not None:
+                    yield m
+
+            call = ch.stream_stream("/t.T/Stream")(messages(), timeout=10)
+            await requests.put(b"one")
+            assert await call.read() == b"grpcio:one"
+            await backend.stop(None)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+    finally:
+        await front.front.shutdown()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
