@@ -169,6 +169,46 @@ def _string(raw: bytes) -> bytes:
     return _integer(len(raw), 7) + raw
 
 
+def _skip_integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """(value, position after it) of the HPACK integer at ``pos`` (RFC 7541, 5.1)."""
+    limit = (1 << prefix_bits) - 1
+    value = block[pos] & limit
+    pos += 1
+    if value < limit:
+        return value, pos
+    shift = 0
+    while True:
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def leaves_table(block: bytes) -> bool:
+    """Whether an HPACK block leaves the dynamic table as it was: indexed fields and
+    literals not indexed or never indexed only (RFC 7541, 6.1 and 6.2.2-3). While no other
+    block arrives, such a block always decodes to the same headers. False for anything
+    else, a truncated block included."""
+    pos, end = 0, len(block)
+    try:
+        while pos < end:
+            first = block[pos]
+            if first & 0x80:
+                _, pos = _skip_integer(block, pos, 7)
+                continue
+            if first & 0xE0:  # incremental indexing (01) or a table size update (001)
+                return False
+            index, pos = _skip_integer(block, pos, 4)
+            for _ in range(1 if index else 2):  # the name when not indexed, the value
+                length, pos = _skip_integer(block, pos, 7)
+                pos += length
+        return pos == end
+    except IndexError:
+        return False
+
+
 def header_block(headers: Iterable[Header]) -> bytes:
     """An HPACK block of literal fields not indexed (RFC 7541, 6.2.2): no table state."""
     return b"".join(b"\x00" + _string(name) + _string(value) for name, value in headers)

@@ -136,3 +136,27 @@ def test_trailing_metadata_is_encoded_and_control_characters_refused() -> None:
 
 def test_grpc_frames_are_length_prefixed() -> None:
     assert f.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+
+
+@pytest.mark.parametrize(("block", "leaves"), [
+    (b"", True),
+    (b"\x82\x86\x84", True),                  # static-table entries
+    (b"\xbe\xff\x00\xff\x81\x01", True),      # indexes beyond the 7-bit prefix
+    (b"\x82\x00\x01a\x01b", True),           # a literal not indexed, new name
+    (b"\x82\x14\x01b", True),                # never indexed, name from the table
+    (b"\x0f\x2f\x01b", True),                # not indexed, name index beyond 4 bits
+    (b"\x00\x81\xff\x01b", True),             # a Huffman-coded name
+    (b"\x82\x40\x01a\x01b", False),          # a literal that enters the table
+    (b"\x3f\xe1\x1f", False),                # a table size update
+    (b"\x82\x00\x05a", False),               # truncated
+    (b"\xff", False),                        # an index cut off
+])
+def test_blocks_that_leave_the_table_are_told_apart(block: bytes, leaves: bool) -> None:
+    assert f.leaves_table(block) is leaves
+
+
+def test_an_encoders_repeated_block_leaves_the_table_the_second_time() -> None:
+    encoder = hpack.Encoder()
+    headers = [(b":path", b"/t.T/M"), (b"authorization", b"Bearer t")]
+    first, second = encoder.encode(headers), encoder.encode(headers)
+    assert (f.leaves_table(first), f.leaves_table(second)) == (False, True)

@@ -495,3 +495,27 @@ async def test_a_relayed_stream_whose_grpcio_goes_away_ends_with_a_status() -> N
     finally:
         await front.front.shutdown()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_same_block_after_the_table_changed_is_decoded_anew(server: Front) -> None:
+    # Blocks written by hand: the fixed fields as literals that leave the table, then
+    # x-tenant either entering the table (at index 62, pushing the one before to 63) or
+    # as index 62. The two "index 62" blocks are the same bytes and mean "a", then "b".
+    fixed = b"\x83\x86" + f.header_block([
+        (b":path", b"/t.T/Native"), (b":authority", b"x"),
+        (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+
+    def entering(value: bytes) -> bytes:
+        return fixed + b"\x40\x08x-tenant" + bytes((len(value),)) + value
+
+    blocks = [entering(b"a"), fixed + b"\xbe", entering(b"b"), fixed + b"\xbe"]
+    raw = await Raw.open(server)
+    for i, block in enumerate(blocks):
+        stream = 2 * i + 1
+        raw.send(f.frame(f.HEADERS, f.END_HEADERS, stream, block)
+                 + f.frame(f.DATA, f.END_STREAM, stream, f.grpc_frame(b"x")))
+        frames = await raw.frames(lambda fr: fr.type == f.HEADERS
+                                  and bool(fr.flags & f.END_STREAM))
+        assert raw.trailers(frames, stream)[b"grpc-status"] == b"0"
+    raw.close()
+    assert [dict(m)["x-tenant"] for m in server.seen.metadata] == ["a", "a", "b", "b"]
