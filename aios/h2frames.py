@@ -166,7 +166,8 @@ def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
 
 
 def _string(raw: bytes) -> bytes:
-    return _integer(len(raw), 7) + raw
+    size = len(raw)
+    return (bytes((size,)) if size < 127 else _integer(size, 7)) + raw
 
 
 def _skip_integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
@@ -270,6 +271,9 @@ def call_metadata(headers: Sequence[Header]) -> tuple[tuple[str, str | bytes], .
     return tuple(out)
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def metadata_headers(items: Iterable[tuple[str, str | bytes]]) -> list[Header]:
     """Trailing metadata as header fields: ``-bin`` values base64 without padding, others
     checked for what a header value may hold."""
@@ -280,7 +284,7 @@ def metadata_headers(items: Iterable[tuple[str, str | bytes]]) -> list[Header]:
             raw = base64.b64encode(value).rstrip(b"=") if key.endswith("-bin") else value
         else:
             raw = value.encode("latin-1")
-        if any(b < 0x20 or b == 0x7F for b in raw):
+        if _CONTROL.search(raw):
             raise ValueError(f"metadata {key!r} holds a control character")
         out.append((name, raw))
     return out

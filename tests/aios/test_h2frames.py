@@ -134,6 +134,16 @@ def test_trailing_metadata_is_encoded_and_control_characters_refused() -> None:
         f.metadata_headers([("x", "a\r\nb")])
 
 
+@pytest.mark.parametrize("value", ["\x00", "a\x1fb", "\x7f", b"\x00-raw"])
+def test_each_control_character_in_trailing_metadata_is_refused(value: str | bytes) -> None:
+    with pytest.raises(ValueError, match="metadata 'k' holds a control character"):
+        f.metadata_headers([("k", value)])
+
+
+def test_the_edges_of_printable_metadata_pass() -> None:
+    assert f.metadata_headers([("k", " ~\x80")]) == [(b"k", b" ~\x80")]
+
+
 def test_grpc_frames_are_length_prefixed() -> None:
     assert f.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
 
