@@ -123,6 +123,7 @@ class Run:
     p95_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)
+    triton_cpu_us: float = 0.0  # Triton's own per request: the server and its model stubs
 
 
 class Stack:
@@ -139,19 +140,23 @@ class Stack:
         return self.ports[name]
 
     def start(self, name: str, argv: list[str], ours: bool, ready_url: str | None,
-              ) -> None:
+              cwd: Path = REPO) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
-        process = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         self.services[name] = Service(name, process, ours)
         if ready_url:
             wait_ready(ready_url)
 
-    def aios(self, name: str, command: str, config: dict[str, Any], ready_port: int) -> None:
+    def aios(self, name: str, command: str, config: dict[str, Any], ready_port: int,
+             tree: Path = REPO) -> None:
+        """Start one of our programs; ``tree``: the source tree it runs from (its modules
+        come first on the path: `-m` puts the working directory there)."""
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.start(name, [sys.executable, "-m", "aios_cli", command, "--config", str(path)],
-                   command != "triton", f"http://127.0.0.1:{ready_port}/v2/health/ready")
+                   command != "triton", f"http://127.0.0.1:{ready_port}/v2/health/ready",
+                   tree)
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
@@ -167,6 +172,25 @@ class Stack:
         fields = Path(f"/proc/{self.services[name].process.pid}/stat").read_text().rsplit(
             ")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def tree_cpu_seconds(self, name: str) -> float:
+        """CPU of a service and every process under it (Triton's server and the Python
+        backend's stubs run as children of the launcher)."""
+        parents: dict[int, int] = {}
+        used: dict[int, float] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            used[pid] = sum(int(v) for v in fields[11:15]) / CLK_TCK
+        tree, frontier = set(), {self.services[name].process.pid}
+        while frontier:
+            tree |= frontier
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - tree
+        return sum(used.get(pid, 0.0) for pid in tree)
 
     def peak_rss_mib(self, name: str) -> float:
         for line in Path(f"/proc/{self.services[name].process.pid}/status").read_text(
@@ -239,7 +263,8 @@ def _server(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
 
 def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
              server: dict[str, Any] | None = None,
-             review: dict[str, Any] | None = None) -> None:
+             review: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+             tree: Path = REPO) -> None:
     # Signed checkpoints on, as a regulated deployment runs the log.
     key = stack.workdir / f"signing-{name}.pem"
     if not key.exists():
@@ -249,17 +274,19 @@ def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
         "decision_log": {"directory": str(stack.workdir / f"decisions-{name}"), "mode": mode,
                          "signing_key_file": str(key)},
         "parity": {"model_repository": str(REPO / "model_repo")},
-        **({"review": review} if review else {})}}, stack.port(f"{name}_http"))
+        **({"review": review} if review else {}), **(extra or {})}},
+        stack.port(f"{name}_http"), tree)
 
 
 def _gateway(stack: Stack, name: str, backend: dict[str, str], route: dict[str, Any],
-             auth: bool, quota: dict[str, Any], server: dict[str, Any] | None = None) -> None:
+             auth: bool, quota: dict[str, Any], server: dict[str, Any] | None = None,
+             extra: dict[str, Any] | None = None, tree: Path = REPO) -> None:
     stack.aios(name, "gateway", {"gateway": {
         "server": _server(stack, name, **(server or {})),
         "backends": {"b": backend}, "models": {MODEL: route},
         "auth": {"enabled": auth, "hs256_secret": BENCH_AUTH.hs256_secret}, "quota": quota,
-        "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")}}},
-        stack.port(f"{name}_http"))
+        "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")},
+        **(extra or {})}}, stack.port(f"{name}_http"), tree)
 
 
 def build_transports(stack: Stack, redis_server: str,
@@ -555,6 +582,7 @@ def measure(stack: Stack, paths: list[Path_], seconds: float, rate: float,
                     continue
                 for mode in ("throughput", "rate"):
                     before = {p: stack.cpu_seconds(p) for p in path.processes}
+                    triton_before = stack.tree_cpu_seconds("triton")
                     if mode == "throughput" and protocol == "rest" and shutil.which("wrk"):
                         run = wrk(path, rest, headers, connections, seconds, stack.workdir)
                     elif mode == "throughput":
@@ -569,6 +597,8 @@ def measure(stack: Stack, paths: list[Path_], seconds: float, rate: float,
                     for p in path.processes:
                         used = stack.cpu_seconds(p) - before[p]
                         run.cpu_us_per_request[p] = used / max(run.requests, 1) * 1e6
+                    run.triton_cpu_us = (stack.tree_cpu_seconds("triton") - triton_before) / \
+                        max(run.requests, 1) * 1e6
                     runs.append(run)
                     print(f"{path.name:42s} {protocol:4s} b{batch:<2d} {mode:10s} "
                           f"{run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
@@ -766,6 +796,7 @@ def targets(runs: list[Run], rss: dict[str, float], pairs: Paired | None,
             cpu = t_full.cpu_us_per_request.get(process, 0.0)
             out.append({"target": f"CPU per request, {process}", "goal": "<= 150 us",
                         "value": f"{cpu:.0f} us", "met": cpu <= 150})
+    out.extend(_relative_targets(runs, t_full))
     for process in ("gateway_full_async", "sidecar_async"):
         out.append({"target": f"peak RSS, {process}", "goal": "<= 150 MiB",
                     "value": f"{rss[process]:.0f} MiB", "met": rss[process] <= 150})
@@ -794,17 +825,41 @@ def targets(runs: list[Run], rss: dict[str, float], pairs: Paired | None,
     return out
 
 
+def _relative_targets(runs: list[Run], t_full: Run | None) -> list[dict[str, Any]]:
+    """The sync log's and gRPC's full path against direct Triton (one measurement each),
+    and our CPU per request against Triton's own on the full path."""
+    out = []
+    for label, path, protocol, goal in (
+            ("full path, sync log, vs direct (REST, batch 1, 16 conns)",
+             "full: gateway -> sidecar (sync log)", "rest", 0.42),
+            ("full path vs direct, gRPC (batch 1, 16 calls)", FULL, "grpc", 0.40)):
+        run, base = (_find(runs, p, protocol, 1, "throughput") for p in (path, DIRECT))
+        if run and base and base.rps:
+            out.append({"target": label, "goal": f">= {goal:.0%}",
+                        "value": f"{run.rps / base.rps:.0%} (one run)",
+                        "met": run.rps / base.rps >= goal})
+    if t_full and t_full.triton_cpu_us:
+        ours = sum(t_full.cpu_us_per_request.values())
+        out.append({"target": "our CPU per request vs Triton's own (full path, REST batch 1)",
+                    "goal": "<= 1.0x",
+                    "value": f"{ours / t_full.triton_cpu_us:.2f}x ({ours:.0f} / "
+                             f"{t_full.triton_cpu_us:.0f} us)",
+                    "met": ours <= t_full.triton_cpu_us})
+    return out
+
+
 def markdown(runs: list[Run], goals: list[dict[str, Any]], machine: str) -> str:
     lines = [f"Machine: {machine}", "",
              "| path | proto | batch | mode | req/s | vs direct | p50 ms | p95 ms | p99 ms "
-             "| errors | our CPU µs/req |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| errors | our CPU µs/req | Triton CPU µs/req |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         base = _find(runs, DIRECT, r.protocol, r.batch, r.mode)
         ratio = f"{r.rps / base.rps:.0%}" if base and base.rps else "-"
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in r.cpu_us_per_request.items()) or "-"
         lines.append(f"| {r.path} | {r.protocol} | {r.batch} | {r.mode} | {r.rps:.0f} | "
                      f"{ratio} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | "
-                     f"{r.errors} | {cpu} |")
+                     f"{r.errors} | {cpu} | {r.triton_cpu_us:.0f} |")
     lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
     lines += [f"| {g['target']} | {g['goal']} | {g['value']} | {_met(g['met'])} |"
               for g in goals]

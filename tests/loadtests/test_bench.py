@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from loadtests.bench import (
@@ -10,6 +14,7 @@ from loadtests.bench import (
     NOT_MEASURABLE,
     Paired,
     Run,
+    Stack,
     Swap,
     markdown,
     median_and_range,
@@ -84,3 +89,50 @@ def test_a_transport_wins_only_when_every_round_says_so(ours: list[float],
     assert swap.verdict() == verdict
     row = swaps_markdown([swap]).splitlines()[-1]
     assert row.startswith("| x | 100 | ") and row.endswith(f"| 100 / 120 | {verdict} |")
+
+
+SYNC = "full: gateway -> sidecar (sync log)"
+
+
+@pytest.mark.parametrize(("sync_rps", "grpc_rps", "ours", "triton", "expected"), [
+    (4300, 2000, (150.0, 140.0), 300.0,
+     {"full path, sync log, vs direct (REST, batch 1, 16 conns)": ("43% (one run)", True),
+      "full path vs direct, gRPC (batch 1, 16 calls)": ("40% (one run)", True),
+      "our CPU per request vs Triton's own (full path, REST batch 1)":
+          ("0.97x (290 / 300 us)", True)}),
+    (2000, 1500, (150.0, 140.0), 100.0,
+     {"full path, sync log, vs direct (REST, batch 1, 16 conns)": ("20% (one run)", False),
+      "full path vs direct, gRPC (batch 1, 16 calls)": ("30% (one run)", False),
+      "our CPU per request vs Triton's own (full path, REST batch 1)":
+          ("2.90x (290 / 100 us)", False)}),
+])
+def test_the_sync_grpc_and_cpu_targets_are_measured_against_direct_triton(
+        sync_rps: float, grpc_rps: float, ours: tuple[float, float], triton: float,
+        expected: dict[str, tuple[str, bool]]) -> None:
+    full = _run(FULL, "throughput", 3000)
+    full.cpu_us_per_request = {"gateway_full_async": ours[0], "sidecar_async": ours[1]}
+    full.triton_cpu_us = triton
+    runs = [_run(DIRECT, "throughput", 10000), full, _run(SYNC, "throughput", sync_rps),
+            Run(DIRECT, "grpc", 1, "throughput", rps=5000),
+            Run(FULL, "grpc", 1, "throughput", rps=grpc_rps)]
+    goals = {g["target"]: (g["value"], g["met"]) for g in targets(
+        runs, {"gateway_full_async": 100.0, "sidecar_async": 100.0}, None)}
+    assert {k: goals[k] for k in expected} == expected
+
+
+def test_a_service_tree_counts_the_cpu_of_its_children(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    # A parent that waits while its child burns CPU: the launcher and Triton's server.
+    child = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n" \
+            "time.sleep(30)"
+    stack.start("parent", [sys.executable, "-c",
+                           f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                           f"{child!r}])"], False, None)
+    try:
+        deadline = time.monotonic() + 20
+        while stack.tree_cpu_seconds("parent") < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stack.tree_cpu_seconds("parent") >= 0.3
+        assert stack.cpu_seconds("parent") < 0.3
+    finally:
+        stack.stop()
