@@ -9,14 +9,27 @@ MODELS := model_repo/claims_risk/1/model.pt model_repo/claims_risk/2/model.pt
 DEV_SECRET := var/dev-hs256.secret
 # The local stack's decision-log signing key (checkpoints), outside the log folder.
 DEV_SIGNING_KEY := var/audit-signing.pem
+COMPILED := build/compiled
+# What `make test` runs again on the compiled build: the compiled modules' own tests and
+# the end-to-end calls through them (the whole suite passes there too; this keeps CI short).
+COMPILED_TESTS := $(addprefix tests/aios/test_,batching.py envelope.py grpcjson.py \
+	h1server.py h2frames.py h2server.py ids.py kserve.py metrics.py fuzz.py) \
+	$(addprefix tests/gateway/test_,auth.py batching.py breaker.py quota.py routing.py \
+	sequences.py scheduling.py) \
+	$(addprefix tests/sidecar/test_,batching.py parity.py plane.py records.py review.py \
+	decisionlog.py) \
+	$(addprefix tests/e2e/test_,bad_input.py compatibility.py decisions.py grpc_front.py \
+	passthrough.py errors.py)
 
-.PHONY: setup run test lint models clean help tools proto bench loadtest fuzz examples
+.PHONY: setup run test lint models clean help tools proto bench loadtest fuzz examples wheel compiled bench-compiled
 
 help:
 	@echo "make run     set up, then start Triton + sidecar + gateway (Ctrl-C stops all)"
 	@echo "make test    set up, then run the lint checks and the test suite"
 	@echo "make lint    ruff + mypy --strict"
 	@echo "make models  retrain claims_risk v1/v2 into model_repo/"
+	@echo "make wheel   a wheel with the request path compiled by mypyc (dist/)"
+	@echo "make bench-compiled  CPU per call, compiled modules against pure Python"
 	@echo "make bench   measure gateway + sidecar overhead against direct Triton"
 	@echo "             (BENCH_ARGS=--transports: also our transports vs uvicorn/aiohttp/redis-py)"
 	@echo "make examples CLIENT_REPO=path  Triton's client examples, direct and through the gateway"
@@ -54,6 +67,7 @@ run: $(STAMP) $(MODELS) $(DEV_SECRET) $(DEV_SIGNING_KEY)
 tools:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium not found (the console's browser tests): apt-get install -y chromium"; exit 1; }
+	@command -v gcc >/dev/null || { echo "gcc not found (mypyc's build of the request path): apt-get install -y gcc python3-dev"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check aios aios_cli gateway sidecar tests loadtests
@@ -61,9 +75,11 @@ lint: $(STAMP)
 
 test: $(STAMP) $(MODELS) tools lint
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory compiled
+	cd $(COMPILED) && $(CURDIR)/$(BIN)/python -m pytest -q $(COMPILED_TESTS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # Regenerate the project's own gRPC code (committed) from proto/*.proto.
 proto: $(STAMP)
@@ -71,6 +87,25 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/decision_record.proto
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/audit.proto
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/review.proto
+
+# The request path compiled by mypyc (the modules setup.py names): a wheel to deploy.
+wheel: $(STAMP) tools
+	AIOS_COMPILE=1 $(BIN)/pip wheel --quiet --disable-pip-version-check --no-build-isolation --no-deps -w dist .
+
+# The same, compiled in place in a copy of the tree ($(COMPILED)): `make test` runs the
+# compiled modules' tests there; loadtests.variants compares it with this tree.
+compiled: $(STAMP) tools
+	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(COMPILED)
+	cd $(COMPILED) && AIOS_COMPILE=1 $(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace >build.log 2>&1 || { tail -20 build.log; exit 1; }
+	cd $(COMPILED) && $(CURDIR)/$(BIN)/python -c "import importlib, setup; \
+	  pure = [m for m in setup.COMPILED if not importlib.import_module(m[:-3].replace('/', '.')).__file__.endswith('.so')]; \
+	  assert not pure, f'not compiled: {pure}'"
+
+# Our CPU per call with and without the compiled modules, one Triton, alternated.
+bench-compiled: compiled tools
+	$(BIN)/python -m loadtests.variants --variant pure --variant compiled=$(COMPILED)
+	$(BIN)/python -m loadtests.variants --variant pure --variant compiled=$(COMPILED) --protocol grpc
 
 # The overhead benchmark: starts its own Triton, Redis, sidecars, gateways and nginx.
 bench: $(STAMP) $(MODELS) tools

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from aios.errors import AiosError
@@ -93,12 +93,15 @@ class Waiting:
     reply: asyncio.Future[HttpReply]
 
 
-@dataclass(slots=True)
 class _Batch(Generic[K]):
-    key: K
-    calls: list[Waiting] = field(default_factory=list)
-    rows: int = 0
-    due: bool = False  # its loop turn is over; it waits for a request to come back
+    # A plain class: mypyc cannot compile a generic dataclass.
+    __slots__ = ("calls", "due", "key", "rows")
+
+    def __init__(self, key: K) -> None:
+        self.key = key
+        self.calls: list[Waiting] = []
+        self.rows = 0
+        self.due = False  # its loop turn is over; it waits for a request to come back
 
 
 class Merger(Protocol[K_contra]):

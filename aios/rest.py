@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aios import __version__
@@ -242,13 +242,26 @@ def kserve_routes(plane: KServePlane, registry: CollectorRegistry,
             [(k, v) for k, v in request.headers.items()]))
 
     return [
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        *(Route(u.rest_path, _unsupported(u), methods=[u.rest_method]) for u in UNSUPPORTED),
+        Route("/v2/health/live", _Endpoint(live), methods=["GET"]),
+        Route("/v2/health/ready", _Endpoint(ready), methods=["GET"]),
+        Route("/v2", _Endpoint(server_metadata), methods=["GET"]),
+        Route("/metrics", _Endpoint(metrics), methods=["GET"]),
+        Route("/v2/repository/index", _Endpoint(repository_index), methods=["POST"]),
+        *(Route(u.rest_path, _Endpoint(_unsupported(u)), methods=[u.rest_method])
+          for u in UNSUPPORTED),
     ]
+
+
+class _Endpoint:
+    """A request handler as an ASGI app. Starlette tells a handler from an app by
+    `inspect.isfunction`, which a function compiled by mypyc (`make wheel`) is not: handed
+    over bare, it would be called as an app, with (scope, receive, send)."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self._app = request_response(handler)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def _unsupported(api: Unsupported) -> Callable[[Request], Awaitable[Response]]:

@@ -178,6 +178,15 @@ def _marked(outcome: Outcome, queued: Queued | None) -> Outcome:
     return reviewed(outcome, queued)
 
 
+def _unstored(exc: StoreUnavailable, answered: Answered) -> Answered:
+    """A reviewed answer whose review could not be stored: that error, its record saying
+    so; any other answer as it was."""
+    _, record, queued = answered
+    if queued is None:
+        return answered
+    return exc, None if record is None else store_failure(exc, record), None
+
+
 class Pipeline:
     """Answers infer calls: check, Triton, drift, decision records, metrics."""
 
@@ -291,15 +300,14 @@ class Pipeline:
         """Queue the reviews, then write the records; an answer whose review could not be
         stored, or whose record the sync log could not make durable, becomes that error
         (503). A reviewed answer says so."""
-        queued = [q.item for _, _, q in answered if q is not None]
+        queued = [review.item for _, _, review in answered if review is not None]
         if queued:
             assert self._review is not None
             try:
                 with self._tracing.span("review queue"):
                     await self._review.queue(queued)
             except StoreUnavailable as exc:
-                answered = [(exc, None if r is None else store_failure(exc, r), None)
-                            if q is not None else (o, r, q) for o, r, q in answered]
+                answered = [_unstored(exc, one) for one in answered]
         records = [record for _, record, _ in answered if record is not None]
         if not records or self._log is None:
             return [_marked(outcome, q) for outcome, _, q in answered]
