@@ -14,7 +14,7 @@ from setuptools import setup
 # mypyc does not compile) and aios/http1.py (its errors inherit OSError).
 COMPILED = [
     "aios/batching.py", "aios/chain.py", "aios/envelope.py", "aios/grpcjson.py",
-    "aios/h1server.py", "aios/h2frames.py", "aios/ids.py", "aios/kserve.py",
+    "aios/h1server.py", "aios/h2frames.py", "aios/h2server.py", "aios/ids.py", "aios/kserve.py",
     "aios/limits.py", "aios/metrics.py", "aios/plane.py", "aios/rest.py", "aios/tasks.py",
     "aios/tensors.py",
     "gateway/admission.py", "gateway/auth.py", "gateway/batching.py", "gateway/breaker.py",
