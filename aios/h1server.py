@@ -49,7 +49,7 @@ from aios.errors import (
     RequestTimeout,
     error_parts,
 )
-from aios.tasks import Tasks
+from aios.tasks import Tasks, sweep_forever
 
 logger = logging.getLogger(__name__)
 
@@ -521,17 +521,10 @@ class H1Server:
         self._server = await self.loop.create_server(
             lambda: _Connection(self), self.settings.host, self.settings.http_port,
             reuse_address=True, backlog=2048)
-        self._sweeper = asyncio.create_task(self._sweep())
+        self._sweeper = asyncio.create_task(sweep_forever(self.connections, SWEEP_S))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.spawn(coro)
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_S)
-            now = self.loop.time()
-            for conn in list(self.connections):
-                conn.sweep(now)
 
     async def shutdown(self) -> None:
         """Stop accepting; close idle connections; let requests in flight finish."""

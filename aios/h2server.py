@@ -45,7 +45,7 @@ from aios.config import ServerSettings
 from aios.errors import AiosError, HeadersTooLarge, PayloadTooLarge
 from aios.grpc_service import Unary
 from aios.limits import InFlight
-from aios.tasks import Tasks
+from aios.tasks import Tasks, sweep_forever
 
 logger = logging.getLogger(__name__)
 
@@ -856,14 +856,7 @@ class GrpcFront:
         self._server = await self.loop.create_server(
             lambda: _Connection(self), self.settings.host, self.settings.grpc_port,
             reuse_address=True, backlog=2048)
-        self._tasks.spawn(self._sweep())
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_S)
-            now = self.loop.time()
-            for conn in list(self.connections):
-                conn.sweep(now)
+        self._tasks.spawn(sweep_forever(self.connections, SWEEP_S))
 
     async def shutdown(self) -> None:
         """GOAWAY to every connection; let calls in flight finish; close."""

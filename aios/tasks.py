@@ -4,8 +4,8 @@ only weak references to tasks), and cancelled together when the owner closes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Collection, Coroutine
+from typing import Any, Protocol
 
 
 class Tasks:
@@ -30,3 +30,22 @@ class Tasks:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Swept(Protocol):
+    """A connection that checks its own deadlines when asked."""
+
+    def sweep(self, now: float) -> None:
+        """End what has overrun its time at ``now`` (the loop's clock)."""
+        ...
+
+
+async def sweep_forever(connections: Collection[Swept], interval_s: float) -> None:
+    """Every ``interval_s``, let each of ``connections`` check its deadlines: one timer for
+    a server's connections instead of one per connection and read."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = loop.time()
+        for conn in list(connections):
+            conn.sweep(now)

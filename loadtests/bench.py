@@ -200,14 +200,19 @@ class Stack:
         return 0.0
 
 
-def build(stack: Stack, redis_server: str) -> list[Path_]:
-    """Start every service; return the paths to measure."""
-    h = "127.0.0.1"
+def start_triton(stack: Stack) -> dict[str, str]:
+    """Start Triton on the model repository; its REST and gRPC addresses."""
     t_http, t_grpc = stack.port("triton_http"), stack.port("triton_grpc")
     stack.aios("triton", "triton", {"triton": {
         "model_repository": str(REPO / "model_repo"), "http_port": t_http,
         "grpc_port": t_grpc, "metrics_port": stack.port("triton_metrics")}}, t_http)
-    triton = {"http": f"{h}:{t_http}", "grpc": f"{h}:{t_grpc}"}
+    return {"http": f"127.0.0.1:{t_http}", "grpc": f"127.0.0.1:{t_grpc}"}
+
+
+def build(stack: Stack, redis_server: str) -> list[Path_]:
+    """Start every service; return the paths to measure."""
+    h = "127.0.0.1"
+    triton = start_triton(stack)
     for mode in ("async", "sync"):
         _sidecar(stack, f"sidecar_{mode}", triton, mode)
     gateways: dict[str, tuple[dict[str, str], dict[str, Any], bool, dict[str, Any]]] = {
@@ -221,7 +226,7 @@ def build(stack: Stack, redis_server: str) -> list[Path_]:
     for name, (backend, route, auth, quota) in gateways.items():
         _gateway(stack, name, backend, route, auth, quota)
     paths = [
-        Path_(DIRECT, f"{h}:{t_http}", f"{h}:{t_grpc}", ()),
+        Path_(DIRECT, triton["http"], triton["grpc"], ()),
         _path(stack, "sidecar -> triton", "sidecar_async", ("sidecar_async",)),
         _path(stack, BARE, "gateway_bare", ("gateway_bare",)),
         _path(stack, AUTH_QUOTA, "gateway_auth_quota", ("gateway_auth_quota",), True),
@@ -233,7 +238,7 @@ def build(stack: Stack, redis_server: str) -> list[Path_]:
     if shutil.which("nginx"):
         port = stack.port("nginx")
         conf = stack.workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(port=port, upstream=f"{h}:{t_http}",
+        conf.write_text(NGINX_CONF.format(port=port, upstream=triton["http"],
                                           dir=stack.workdir))
         stack.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"], False,
                     f"http://{h}:{port}/v2/health/ready")

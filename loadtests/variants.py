@@ -40,6 +40,7 @@ from loadtests.bench import (
     _sidecar,
     bodies,
     redis,
+    start_triton,
     wrk,
 )
 
@@ -106,13 +107,8 @@ def main() -> int:
 
 def _run(stack: Stack, redis_server: str, variants: list[Variant], protocol: str,
          rounds: int, seconds: float) -> int:
-    h = "127.0.0.1"
-    t_http, t_grpc = stack.port("triton_http"), stack.port("triton_grpc")
-    stack.aios("triton", "triton", {"triton": {
-        "model_repository": str(REPO / "model_repo"), "http_port": t_http,
-        "grpc_port": t_grpc, "metrics_port": stack.port("triton_metrics")}}, t_http)
-    triton = {"http": f"{h}:{t_http}", "grpc": f"{h}:{t_grpc}"}
-    direct = Path_(DIRECT, f"{h}:{t_http}", f"{h}:{t_grpc}", ())
+    triton = start_triton(stack)
+    direct = Path_(DIRECT, triton["http"], triton["grpc"], ())
     paths = {}
     for v in variants:
         sidecar, gateway = f"sidecar_{v.name}", f"gateway_{v.name}"
