@@ -68,13 +68,13 @@ def _triton_tracing(environ: Mapping[str, str]) -> list[str]:
 
 
 def cmd_gateway(_: argparse.Namespace, config: StackConfig) -> int:
-    from gateway.plane import run_gateway
+    from gateway.service import run_gateway
 
     return run_async(run_gateway(config.gateway, tracing_settings(os.environ, "gateway")))
 
 
 def cmd_sidecar(_: argparse.Namespace, config: StackConfig) -> int:
-    from sidecar.plane import run_sidecar
+    from sidecar.service import run_sidecar
 
     return run_async(run_sidecar(config.sidecar, tracing_settings(os.environ, "sidecar")))
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -20,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from aios.batching import JSON_HEADERS, content_headers
 from aios.config import SidecarSettings
 from aios.envelope import Answer, decode_calls, encode_answers
-from aios.errors import AiosError, InvalidInput, NotReady, UpstreamUnavailable, error_parts
+from aios.errors import AiosError, InvalidInput, UpstreamUnavailable, error_parts
 from aios.kserve import check_infer_doc, check_parameters, peek_model
 from aios.metrics import RequestMetrics
 from aios.plane import (
@@ -36,14 +34,10 @@ from aios.plane import (
     valid_model_name,
     valid_version,
 )
-from aios.readable import load_names
 from aios.rest import PREFIX, parse_model_path
-from aios.reviewstore import open_review_store
-from aios.serve import ServiceParts, run_service
 from aios.tensors import Tensors, grpc_request_inputs, rest_outputs, rest_request_inputs
-from aios.tracing import TRACING_OFF, Tracing, TracingSettings
+from aios.tracing import Tracing
 from aios.upstream import (
-    TRITON_CLIENT_ERRORS,
     GrpcReply,
     GrpcUpstream,
     HttpReply,
@@ -52,13 +46,11 @@ from aios.upstream import (
 )
 from sidecar.batching import BatchKey, TritonBatching, batch_key
 from sidecar.decisionlog import DecisionLog
-from sidecar.parity import Parity, load_profiles
+from sidecar.parity import Parity
 from sidecar.pipeline import CostCollector, InferCall, Pipeline, mirrored
 from sidecar.redaction import NONE as NO_FEATURE_RULES
-from sidecar.redaction import FeatureRedaction, read_key
-from sidecar.redaction import build as build_feature_rules
+from sidecar.redaction import FeatureRedaction
 from sidecar.review import ReviewDesk
-from sidecar.reviewevents import Announcer
 from sidecar.streams import SidecarStream
 
 logger = logging.getLogger(__name__)
@@ -292,58 +284,3 @@ def routed(call: ModelCall) -> ModelCall:
     if not valid_model_name(model):
         raise InvalidInput(f"routing header: bad model name {model!r}")
     return dataclasses.replace(call, model=model, version=version)
-
-
-@asynccontextmanager
-async def open_sidecar(settings: SidecarSettings, registry: CollectorRegistry,
-                       tracing: Tracing) -> AsyncIterator[ServiceParts]:
-    """Open the connections to Triton, the decision log and the parity checks."""
-    limit = settings.server.max_body_bytes
-    async with AsyncExitStack() as stack:
-        http = await stack.enter_async_context(
-            HttpUpstream("triton", settings.triton, TRITON_CLIENT_ERRORS))
-        grpc = await stack.enter_async_context(GrpcUpstream("triton", settings.triton, limit))
-        log = None
-        features = NO_FEATURE_RULES
-        if settings.decision_log.enabled:
-            if settings.decision_log.feature_redaction:  # else no profile need be read here
-                features = build_feature_rules(
-                    settings.decision_log, load_names(settings.parity.model_repository),
-                    read_key(settings.decision_log.redaction_key_file))
-            log = await stack.enter_async_context(DecisionLog(settings.decision_log, registry))
-        parity = None
-        if settings.parity.enabled:
-            profiles = load_profiles(settings.parity.model_repository)
-            if not profiles:
-                raise NotReady(f"no training profiles under {settings.parity.model_repository}")
-            parity = Parity(settings.parity, profiles, registry)
-        batching = None
-        if settings.batching.enabled:
-            batching = TritonBatching(http, settings.batching.max_rows,
-                                      settings.batching.max_in_flight, registry)
-            stack.push_async_callback(batching.tasks.aclose)
-        review = None
-        if settings.review.enabled:
-            store = await asyncio.to_thread(open_review_store, settings.review.store_url)
-            stack.callback(store.close)
-            announcer = await stack.enter_async_context(
-                Announcer(settings.review.events, registry))
-            review = ReviewDesk(settings.review, store,
-                                load_names(settings.parity.model_repository),
-                                settings.decision_log.log_name, log, announcer, registry)
-            await review.refresh_gates()
-            desk = asyncio.create_task(review.run())
-            stack.callback(desk.cancel)
-        plane = SidecarPlane(settings, http, grpc, log, parity, registry, tracing, batching,
-                             features, review)
-        if parity is not None:
-            task = asyncio.create_task(plane.golden_loop())
-            stack.callback(task.cancel)
-        yield ServiceParts(plane, batch=plane.answer_batch)
-
-
-async def run_sidecar(settings: SidecarSettings,
-                      tracing: TracingSettings = TRACING_OFF) -> None:
-    """Serve the sidecar until stopped by a signal."""
-    await run_service("sidecar", functools.partial(open_sidecar, settings), settings.server,
-                      tracing)
