@@ -9,17 +9,20 @@ import os
 
 from setuptools import setup
 
-# The modules every call passes through, front door to decision record. Left out:
-# gateway/plane.py and sidecar/plane.py (their lifespans are async generators, which
-# mypyc does not compile) and aios/http1.py (its errors inherit OSError).
+# The modules every call passes through, front door to decision record. Left out: what
+# only streams use (mypyc does not compile async generators; aios/upstream.py holds one,
+# for gRPC streams) and the planes' lifespans (async generators too: gateway/service.py,
+# sidecar/service.py).
 COMPILED = [
     "aios/batching.py", "aios/chain.py", "aios/envelope.py", "aios/grpcjson.py",
-    "aios/h1server.py", "aios/h2frames.py", "aios/h2server.py", "aios/ids.py", "aios/kserve.py",
-    "aios/limits.py", "aios/metrics.py", "aios/plane.py", "aios/rest.py", "aios/tasks.py",
-    "aios/tensors.py",
+    "aios/h1server.py", "aios/h2frames.py", "aios/h2server.py", "aios/http1.py", "aios/ids.py",
+    "aios/kserve.py", "aios/limits.py", "aios/merkle.py", "aios/metrics.py", "aios/plane.py",
+    "aios/rest.py", "aios/tasks.py", "aios/tensors.py", "aios/tracing.py", "aios/worker.py",
     "gateway/admission.py", "gateway/auth.py", "gateway/batching.py", "gateway/breaker.py",
-    "gateway/quota.py", "gateway/routing.py", "gateway/sequences.py", "gateway/shadow.py",
-    "sidecar/batching.py", "sidecar/parity.py", "sidecar/pipeline.py", "sidecar/records.py",
+    "gateway/plane.py", "gateway/quota.py", "gateway/routing.py", "gateway/scheduling.py",
+    "gateway/sequences.py", "gateway/shadow.py", "gateway/targets.py", "gateway/versions.py",
+    "sidecar/batching.py", "sidecar/decisionlog.py", "sidecar/parity.py", "sidecar/pipeline.py",
+    "sidecar/plane.py", "sidecar/records.py", "sidecar/redaction.py",
 ]
 
 if __name__ == "__main__":  # setuptools runs this file as a script; `make compiled` imports it

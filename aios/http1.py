@@ -3,8 +3,8 @@
 Every model call crosses one or two of these hops, so the client does only what a hop
 needs: write a request with a known length, parse the response with httptools (the
 parser uvicorn uses), keep the connection for the next call. No cookies, redirects,
-decompression or per-request objects beyond the reply. Errors are plain `OSError` /
-`TimeoutError` subclasses; `aios.upstream` translates them.
+decompression or per-request objects beyond the reply. Errors are plain `OSError`
+subclasses (`aios.http1errors`) and `TimeoutError`; `aios.upstream` translates them.
 """
 
 from __future__ import annotations
@@ -19,22 +19,11 @@ from typing import cast
 import httptools
 
 from aios.config import split_address
+from aios.http1errors import BadResponse, ConnectFailed, ConnectionClosed
 
 # A value with a line break would end the header early (header injection).
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 MAX_IDLE_CONNECTIONS = 256
-
-
-class ConnectFailed(OSError):
-    """No connection could be opened: nothing was sent."""
-
-
-class ConnectionClosed(OSError):
-    """The connection closed before a whole response arrived."""
-
-
-class BadResponse(OSError):
-    """The next hop's response is not valid HTTP/1.1."""
 
 
 @dataclass(frozen=True, slots=True)

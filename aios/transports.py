@@ -14,7 +14,8 @@ import aiohttp
 from starlette.types import ASGIApp
 
 from aios.config import ServerSettings
-from aios.http1 import ConnectFailed, Response
+from aios.http1 import Response
+from aios.http1errors import ConnectFailed
 
 
 class HttpPool(Protocol):

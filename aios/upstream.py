@@ -27,7 +27,8 @@ from aios.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from aios.http1 import ConnectFailed, Http1Pool
+from aios.http1 import Http1Pool
+from aios.http1errors import ConnectFailed
 from aios.transports import AiohttpPool, HttpPool
 
 logger = logging.getLogger(__name__)

@@ -36,21 +36,22 @@ class Worker:
     def __init__(self, name: str) -> None:
         self._name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        # Not `_thread`: mypyc names the C field `__thread`, a C keyword.
+        self._runner: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> Worker:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-        self._thread.start()
+        self._runner = threading.Thread(target=self._serve, name=self._name, daemon=True)
+        self._runner.start()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         self._jobs.put(None)
-        if self._thread is not None:
+        if self._runner is not None:
             # The last call may still be running (an fsync): wait for it off the loop.
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._runner.join)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the worker's thread, after every call handed in before."""

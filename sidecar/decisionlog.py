@@ -174,8 +174,8 @@ class DecisionLog:
                 self._durable = self._snapshot()
                 if self._sequence and self._segment is not None:
                     self._write_head(self._sequence, self._last, self._segment.name)
-            except OSError as exc:
-                logger.error("decision log: final fsync failed (%s)", exc.strerror or exc)
+            except OSError as error:
+                logger.error("decision log: final fsync failed (%s)", error.strerror or error)
             os.close(self._fd)
             await self._checkpoint()
         if self._redis is not None:

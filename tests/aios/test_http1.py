@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from aios.http1 import ConnectFailed, ConnectionClosed, Http1Pool
+from aios.http1 import Http1Pool
+from aios.http1errors import ConnectFailed, ConnectionClosed
 from tests.helpers import free_ports
 
 Reply = Callable[[bytes], bytes]

@@ -8,7 +8,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from aios.config import ServerSettings
-from aios.http1 import ConnectFailed, Http1Pool
+from aios.http1 import Http1Pool
+from aios.http1errors import ConnectFailed
 from aios.transports import AiohttpPool, UvicornServer
 from tests.helpers import free_ports, refused_ports
 
