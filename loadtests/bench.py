@@ -266,6 +266,17 @@ def _server(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
+def _merged(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section (a variant's
+    ``{"decision_log": {"mode": "sync"}}`` keeps the log's directory and key)."""
+    merged = dict(base)
+    for key, value in (extra or {}).items():
+        old = merged.get(key)
+        merged[key] = _merged(old, value) if isinstance(old, dict) and isinstance(
+            value, dict) else value
+    return merged
+
+
 def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
              server: dict[str, Any] | None = None,
              review: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
@@ -274,24 +285,24 @@ def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
     key = stack.workdir / f"signing-{name}.pem"
     if not key.exists():
         write_key_pair(key, key.with_suffix(".pub.pem"))
-    stack.aios(name, "sidecar", {"sidecar": {
+    stack.aios(name, "sidecar", {"sidecar": _merged({
         "server": _server(stack, name, **(server or {})), "triton": triton,
         "decision_log": {"directory": str(stack.workdir / f"decisions-{name}"), "mode": mode,
                          "signing_key_file": str(key)},
         "parity": {"model_repository": str(REPO / "model_repo")},
-        **({"review": review} if review else {}), **(extra or {})}},
+        **({"review": review} if review else {})}, extra)},
         stack.port(f"{name}_http"), tree)
 
 
 def _gateway(stack: Stack, name: str, backend: dict[str, str], route: dict[str, Any],
              auth: bool, quota: dict[str, Any], server: dict[str, Any] | None = None,
              extra: dict[str, Any] | None = None, tree: Path = REPO) -> None:
-    stack.aios(name, "gateway", {"gateway": {
+    stack.aios(name, "gateway", {"gateway": _merged({
         "server": _server(stack, name, **(server or {})),
         "backends": {"b": backend}, "models": {MODEL: route},
         "auth": {"enabled": auth, "hs256_secret": BENCH_AUTH.hs256_secret}, "quota": quota,
-        "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")},
-        **(extra or {})}}, stack.port(f"{name}_http"), tree)
+        "routing": {"state_file": str(stack.workdir / f"{name}-routes.json")}}, extra)},
+        stack.port(f"{name}_http"), tree)
 
 
 def build_transports(stack: Stack, redis_server: str,

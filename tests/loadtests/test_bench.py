@@ -16,12 +16,27 @@ from loadtests.bench import (
     Run,
     Stack,
     Swap,
+    _merged,
     markdown,
     median_and_range,
     swaps_markdown,
     targets,
     verdict,
 )
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (None, {"log": {"mode": "async", "dir": "d"}, "port": 1}),
+    ({"log": {"mode": "sync"}}, {"log": {"mode": "sync", "dir": "d"}, "port": 1}),
+    ({"port": 2, "batching": {"max_in_flight": 4}},
+     {"log": {"mode": "async", "dir": "d"}, "port": 2, "batching": {"max_in_flight": 4}}),
+    ({"log": "off"}, {"log": "off", "port": 1}),  # a section replaced by a value
+])
+def test_a_variants_settings_merge_section_by_section(extra: dict[str, object] | None,
+                                                       expected: dict[str, object]) -> None:
+    base = {"log": {"mode": "async", "dir": "d"}, "port": 1}
+    assert _merged(base, extra) == expected
+    assert base == {"log": {"mode": "async", "dir": "d"}, "port": 1}
 
 
 @pytest.mark.parametrize(("values", "expected"), [
