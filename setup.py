@@ -1,7 +1,7 @@
 """The build. By default a pure-Python install (`make setup`, what the tests run first).
 With AIOS_COMPILE=1, mypyc compiles the request path's modules into C extensions
 (`make wheel`, `make compiled`): the same code, typed with `mypy --strict`, less CPU per
-call (loadtests/README.md, round 9)."""
+call (loadtests/README.md, rounds 9 and 10)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from setuptools import setup
 
 # The modules every call passes through, front door to decision record. Left out: what
 # only streams use (mypyc does not compile async generators; aios/upstream.py holds one,
-# for gRPC streams) and the planes' lifespans (async generators too: gateway/service.py,
-# sidecar/service.py).
+# for gRPC streams), the planes' lifespans (async generators too: gateway/service.py,
+# sidecar/service.py), and http1's errors (they inherit OSError, which a compiled class
+# cannot: aios/http1errors.py).
 COMPILED = [
     "aios/batching.py", "aios/chain.py", "aios/envelope.py", "aios/grpcjson.py",
     "aios/h1server.py", "aios/h2frames.py", "aios/h2server.py", "aios/http1.py", "aios/ids.py",
