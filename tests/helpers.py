@@ -41,16 +41,28 @@ def refused_ports(n: int) -> Iterator[list[int]]:
             s.close()
 
 
+# Ports this test process has handed out. A port found free is not bound until its server
+# starts, so the kernel may offer it again meanwhile: seen once, a gateway and the sidecar
+# behind it given one port by two calls.
+_ISSUED: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 right now."""
+    """``n`` distinct ports free on 127.0.0.1 right now, none handed out before in this
+    test run."""
     socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)  # held to the end, so this call is never offered one twice
+            s.bind(("127.0.0.1", 0))
+            if (port := s.getsockname()[1]) not in _ISSUED:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    _ISSUED.update(ports)
     return ports
 
 
