@@ -28,7 +28,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from aios.config import AuthSettings
 from aios.tracing import Tracing
 from aios_cli.claims import synthesize_claims
 from aios_cli.tokens import mint_token
+from loadtests.ports import free_ports
 
 # Each run's own secret: the bench's gateways live only as long as the run.
 BENCH_AUTH = AuthSettings(hs256_secret=secrets.token_urlsafe(48))
@@ -66,16 +66,6 @@ BARE = "gateway -> triton"
 # Alternations of direct and full path for the headline targets: this machine class
 # drifts by ±20% within a run, so the median of several pairs is what is reported.
 PAIRED_ROUNDS = 5
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def wait_ready(url: str, timeout_s: float = 180) -> None:

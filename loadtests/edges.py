@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from aios.config import ServerSettings
 from aios.h1server import H1Server
 from aios.transports import UvicornServer
-from loadtests.bench import free_ports
+from loadtests.ports import free_ports
 
 # Short limits, so a probe that waits them out takes seconds.
 SETTINGS = {"header_timeout_s": 1.0, "body_timeout_s": 2.0, "keepalive_timeout_s": 1.0,

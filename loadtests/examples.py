@@ -35,6 +35,7 @@ import yaml
 
 from aios.config import AuthSettings
 from aios_cli.tokens import mint_token
+from loadtests.ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "loadtests" / "triton_examples" / "model_repo"
@@ -136,16 +137,6 @@ def examples_dir(client_repo: Path, tmp: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
     return tmp / "src" / "python" / "examples"
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def stack_config(tmp: Path, ports: list[int], secret: str) -> dict[str, object]:

@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2
 from aios.config import ServerSettings
 from aios.h2server import GrpcFront
 from aios.limits import InFlight
-from loadtests.bench import free_ports
+from loadtests.ports import free_ports
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 REQUEST: bytes = service_pb2.ModelInferRequest(model_name="claims_risk").SerializeToString()

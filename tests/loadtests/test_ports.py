@@ -1,8 +1,8 @@
-"""The suite's own helpers: what the other tests rely on."""
+"""Free ports for the servers a run starts (the bench's and the suite's)."""
 
 from __future__ import annotations
 
-from tests.helpers import free_ports
+from loadtests.ports import free_ports
 
 
 def test_free_ports_never_hand_out_a_port_twice() -> None:
