@@ -28,6 +28,8 @@ from aios.merkle import Frontier, inclusion_proof, leaf_hash, root_from_proof
 from proto.decision_record_pb2 import DecisionRecord
 
 SEGMENT_GLOB = "segment-*.log"
+# A segment a restarted writer found with no complete record, renamed out of the chain.
+SET_ASIDE_GLOB = "segment-*.log.torn-*"
 HEAD_FILE = "HEAD"
 PROOF_FORMAT = "aios-inclusion-proof/v1"
 PROGRESS_EVERY = 10_000
@@ -91,17 +93,19 @@ def verify(directory: Path, witness: Witness | None = None,
             where = f"{path.name} at byte {frame.offset}"
             rec = frame.record
             if rec is None:
-                if frame.error == "truncated" and index == len(files) - 1:
+                if not frame.torn:
+                    return report.fail("tampered", f"{where}: {frame.error}")
+                how = "truncated" if frame.error == "truncated" else \
+                    f"torn ({frame.error}, with sectors of zeros where its write stopped)"
+                if index == len(files) - 1:
                     report.warnings.append(
-                        f"{where}: the last record is truncated (a write cut short by a crash; "
-                        "it was never acknowledged)")
-                    break
-                if frame.error == "truncated":
+                        f"{where}: the last record is {how}: a write cut short by a crash; "
+                        "it was never acknowledged")
+                else:
                     # A torn tail is fine if the next segment continues the chain.
-                    report.warnings.append(f"{where}: truncated record at the end of a "
-                                           "segment (a crash; the next segment continues)")
-                    break
-                return report.fail("tampered", f"{where}: {frame.error}")
+                    report.warnings.append(f"{where}: {how} record at the end of a segment "
+                                           "(a crash; the next segment continues)")
+                break
             label = f"record {rec.sequence} (decision {rec.decision_id or '-'}, request " \
                     f"{rec.request_id or '-'}) in {where}"
             if rec.sequence != expected:
@@ -133,6 +137,9 @@ def verify(directory: Path, witness: Witness | None = None,
             f"but the log ends at {report.records}: {pending[-1].size - report.records} "
             "record(s) were removed from the end"))
     _check_head(directory, report)
+    for aside in sorted(directory.glob(SET_ASIDE_GLOB)):
+        report.warnings.append(f"{aside.name}: a segment set aside at a restart, holding no "
+                               "complete record (a crash during its first write)")
     if report.intact and checkpoints and report.records > report.covered:
         report.warnings.append(f"{report.records - report.covered} record(s) after the last "
                                f"checkpoint (size {report.covered}) are not yet covered by a "
@@ -232,7 +239,7 @@ def located(directory: Path, after: tuple[str, int] | None = None) -> Iterator[L
         with path.open("rb") as f:
             f.seek(start)
             data = f.read()
-        for frame in read_frames(data):
+        for frame in read_frames(data, start):
             if frame.record is None:
                 break
             yield Located(frame.record, path.name, start + frame.offset)
@@ -255,7 +262,7 @@ def record_at(directory: Path, segment: str, offset: int) -> DecisionRecord | No
         if len(head) < 4:
             return None
         data = head + f.read(int.from_bytes(head, "big"))
-    frame = next(read_frames(data), None)
+    frame = next(read_frames(data, offset), None)
     if frame is None or frame.record is None or record_hash(frame.record) != frame.record.hash:
         return None
     return frame.record

@@ -4,6 +4,13 @@ A segment file is a sequence of frames: a 4-byte big-endian length, then a
 `DecisionRecord` in deterministic protobuf encoding. Each record carries the previous
 record's hash and its own: SHA-256(prev_hash || encoding of the record with `hash`
 empty). Editing a byte, removing, reordering or inserting a record breaks the chain.
+
+The writer fills a segment with zeros ahead of its records (an `fdatasync` of blocks
+already written skips the file system's extent and size updates), so a segment may end
+in zeros: the frames end where only zeros are left. A write a crash interrupted leaves
+its frames cut short by the end of the file or holding zeros where some of its sectors
+never reached the disk: such a frame is *torn*, which a reader tells from a frame
+altered in place (no sector of which is all zeros).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from proto.decision_record_pb2 import DecisionRecord
 GENESIS = bytes(32)
 _LEN = struct.Struct(">I")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+# The unit a disk writes whole: an interrupted write leaves each sector old or new.
+SECTOR = 512
 
 
 def record_hash(record: DecisionRecord) -> bytes:
@@ -50,33 +59,57 @@ def seal(record: DecisionRecord, sequence: int, prev_hash: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One frame read back: its offset, and its record (None if it is cut short)."""
+    """One frame read back: its offset, and its record (None if it is unreadable, with
+    why, and whether a crash's interrupted write explains it)."""
 
     offset: int
     record: DecisionRecord | None
     error: str = ""
+    torn: bool = False
 
 
-def read_frames(data: bytes) -> Iterator[Frame]:
-    """The frames of a segment; a frame cut off by the end of the data comes last, empty."""
-    pos = 0
-    while pos < len(data):
-        if pos + _LEN.size > len(data):
-            yield Frame(pos, None, "truncated")
+def read_frames(data: bytes, base: int = 0) -> Iterator[Frame]:
+    """The frames of a segment's bytes from file offset ``base``; they end at the end of
+    the data or where only zeros are left; an unreadable frame comes last."""
+    pos, size = 0, len(data)
+    while pos < size:
+        if pos + _LEN.size > size:
+            yield Frame(pos, None, "truncated", torn=True)
             return
         (length,) = _LEN.unpack_from(data, pos)
-        if length > MAX_RECORD_BYTES:
-            yield Frame(pos, None, f"impossible record length {length}")
-            return
+        if length == 0 and data.count(0, pos) == size - pos:
+            return  # the zeros the writer filled ahead
         end = pos + _LEN.size + length
-        if end > len(data):
-            yield Frame(pos, None, "truncated")
+        if length == 0 or length > MAX_RECORD_BYTES:
+            error = "empty record" if length == 0 else f"impossible record length {length}"
+            yield Frame(pos, None, error, _zeroed(data, base, pos, min(end, size)))
+            return
+        if end > size:
+            yield Frame(pos, None, "truncated", torn=True)
             return
         record = DecisionRecord()
         try:
             record.ParseFromString(data[pos + _LEN.size:end])
         except DecodeError:
-            yield Frame(pos, None, "undecodable record")
+            yield Frame(pos, None, "undecodable record", _zeroed(data, base, pos, end))
+            return
+        # A zeroed sector can also fall inside a field and still parse: such a record is
+        # taken only if its hash holds.
+        if _zeroed(data, base, pos, end) and record_hash(record) != record.hash:
+            yield Frame(pos, None, "content altered (hash mismatch)", torn=True)
             return
         yield Frame(pos, record)
         pos = end
+
+
+def _zeroed(data: bytes, base: int, start: int, end: int) -> bool:
+    """Whether a sector (aligned in the file, whole within ``data`` or cut by its end)
+    overlapping ``data[start:end]`` is all zeros."""
+    first = start - (base + start) % SECTOR
+    if first < 0:
+        first += SECTOR
+    for sector in range(first, end, SECTOR):
+        stop = min(sector + SECTOR, len(data))
+        if data.count(0, sector, stop) == stop - sector:
+            return True
+    return False

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
-from aios.auditlog import records, verify
+from aios.auditlog import records, segments, verify
 from aios_cli.claims import synthesize_claims
 from tests.conftest import Stack
 from tests.e2e.test_errors import INFER, grpc_request
@@ -245,6 +245,8 @@ def test_kill_9_loses_no_acknowledged_decision(stack: Stack, tmp_path: Path) -> 
     directory = tmp_path / "decisions"
     report = verify(directory)
     assert report.intact, report.problem
+    tail = segments(directory)[-1].read_bytes()
+    assert len(tail) - len(tail.rstrip(b"\0")) > 1000, "killed amid the zeros filled ahead"
     recorded = {r.request_id for r in records(directory)}
     assert len(acknowledged) > 100
     missing = [rid for rid in acknowledged if rid not in recorded]

@@ -18,11 +18,11 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from aios.auditlog import records, segments, verify
-from aios.chain import read_frames, record_hash, seal
+from aios.chain import SECTOR, read_frames, record_hash, seal
 from aios.config import DecisionLogSettings
 from aios.errors import LogUnavailable
 from proto.decision_record_pb2 import DecisionRecord
-from sidecar.decisionlog import HEAD_INTERVAL_S, DecisionLog
+from sidecar.decisionlog import HEAD_INTERVAL_S, PREFILL_BYTES, DecisionLog
 from tests.helpers import REPO
 from tests.redis_server import RedisServer
 
@@ -146,6 +146,71 @@ async def test_a_torn_last_record_is_a_crash_not_tampering(tmp_path: Path) -> No
     assert out.returncode == 0, out.stdout
     assert "the last record is truncated" in out.stdout
     assert "intact: 9 records" in out.stdout
+
+
+async def test_zeros_are_filled_ahead_while_open_and_cut_at_close(tmp_path: Path) -> None:
+    async with DecisionLog(settings(tmp_path), CollectorRegistry()) as log:
+        for i in range(5):
+            await log.append(DecisionRecord(request_id=f"req-{i}"))
+        [segment] = segments(tmp_path)
+        data = segment.read_bytes()
+        assert len(data) == PREFILL_BYTES, "the records lie in zeros filled ahead"
+        assert [r.request_id for r in records(tmp_path)] == [f"req-{i}" for i in range(5)]
+        assert verify(tmp_path).intact
+        written = len(data.rstrip(b"\0"))
+    assert written <= segment.stat().st_size < written + 32, "closed, it ends at its records"
+
+
+def _tear(segment: Path, sector_in_record: int) -> None:
+    """What a power loss during the write of ``segment``'s last record leaves (a fault
+    this test cannot cause): one of its sectors never written, the zeros filled ahead
+    after it, as the writer left them."""
+    data = segment.read_bytes()
+    start = _frames(segment)[sector_in_record][0]
+    at = -(-(start + 8) // SECTOR) * SECTOR
+    segment.write_bytes(data[:at] + bytes(SECTOR) + data[at + SECTOR:] + bytes(PREFILL_BYTES))
+
+
+async def test_a_torn_write_in_zeros_is_a_crash_and_the_chain_goes_on(tmp_path: Path) -> None:
+    tensor = DecisionRecord(request_id="big")
+    tensor.inputs.add(name="x", datatype="FP32", contents=b"\x01" * 2000)
+    async with DecisionLog(settings(tmp_path), CollectorRegistry()) as log:
+        for i in range(10):
+            record = DecisionRecord()
+            record.CopyFrom(tensor)
+            record.request_id = f"req-{i}"
+            await log.append(record)
+    [first] = segments(tmp_path)
+    _tear(first, 9)
+    head = tmp_path / "HEAD"  # record 10 was never acknowledged: HEAD is at 9
+    head.write_text(json.dumps({**json.loads(head.read_text()), "sequence": 9,
+                                "hash": _hash_of(tmp_path, 9)}))
+    out = audit_verify(tmp_path)
+    assert out.returncode == 0, out.stdout
+    assert "the last record is torn (content altered (hash mismatch), with sectors of " \
+        "zeros where its write stopped)" in out.stdout
+    await write(tmp_path, 3, concurrent=False)  # a restart
+    report = verify(tmp_path)
+    assert report.intact, report.problem
+    assert [r.sequence for r in records(tmp_path)] == list(range(1, 13))
+    assert [r.request_id for r in records(tmp_path)][8:] == ["req-8", "req-0", "req-1",
+                                                            "req-2"]
+    assert any("torn" in w and "next segment continues" in w for w in report.warnings)
+
+
+def test_a_segment_torn_in_its_first_write_is_set_aside(tmp_path: Path) -> None:
+    asyncio.run(write(tmp_path, 4, concurrent=False))
+    # The crash came during the first write of the next segment.
+    torn = tmp_path / "segment-0000000000000005.log"
+    torn.write_bytes(seal(DecisionRecord(request_id="lost"), 5, bytes(32))[:30]
+                     + bytes(PREFILL_BYTES))
+    asyncio.run(write(tmp_path, 2, concurrent=False))
+    report = verify(tmp_path)
+    assert report.intact, report.problem
+    assert [r.sequence for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    [aside] = tmp_path.glob("segment-0000000000000005.log.torn-*")
+    assert f"{aside.name}: a segment set aside at a restart, holding no complete record " \
+        "(a crash during its first write)" in report.warnings
 
 
 def _hash_of(directory: Path, sequence: int) -> str:
