@@ -12,7 +12,7 @@ DEV_SIGNING_KEY := var/audit-signing.pem
 COMPILED := build/compiled
 # What `make test` runs again on the compiled build: the compiled modules' own tests and
 # the end-to-end calls through them (the whole suite passes there too; this keeps CI short).
-COMPILED_TESTS := $(addprefix tests/aios/test_,batching.py envelope.py grpcjson.py \
+COMPILED_TESTS := $(addprefix tests/aios/test_,batching.py chain.py envelope.py grpcjson.py \
 	h1server.py h2frames.py h2server.py http1.py ids.py kserve.py merkle.py metrics.py \
 	worker.py fuzz.py) \
 	$(addprefix tests/gateway/test_,auth.py batching.py breaker.py quota.py routing.py \
