@@ -32,7 +32,8 @@ help:
 	@echo "make wheel   a wheel with the request path compiled by mypyc (dist/)"
 	@echo "make bench-compiled  CPU per call, compiled modules against pure Python"
 	@echo "make bench   measure gateway + sidecar overhead against direct Triton"
-	@echo "             (BENCH_ARGS=--transports: also our transports vs uvicorn/aiohttp/redis-py)"
+	@echo "             (BENCH_ARGS=--transports: also our transports vs uvicorn/aiohttp/redis-py;"
+	@echo "             BENCH_ARGS=--tree=build/compiled, after make compiled: the build make wheel ships)"
 	@echo "make examples CLIENT_REPO=path  Triton's client examples, direct and through the gateway"
 	@echo "make loadtest SCENARIO=steady|canary|noisy|shadow  Locust against make run's stack"
 

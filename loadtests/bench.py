@@ -119,8 +119,10 @@ class Run:
 class Stack:
     """Everything the benchmark runs, started and stopped together."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tree: Path = REPO) -> None:
         self.workdir = workdir
+        # The source tree our programs run from unless one names another.
+        self.tree = tree
         self.services: dict[str, Service] = {}
         self.ports: dict[str, int] = {}
 
@@ -139,14 +141,15 @@ class Stack:
             wait_ready(ready_url)
 
     def aios(self, name: str, command: str, config: dict[str, Any], ready_port: int,
-             tree: Path = REPO) -> None:
+             tree: Path | None = None) -> None:
         """Start one of our programs; ``tree``: the source tree it runs from (its modules
-        come first on the path: `-m` puts the working directory there)."""
+        come first on the path: `-m` puts the working directory there), by default the
+        stack's."""
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.start(name, [sys.executable, "-m", "aios_cli", command, "--config", str(path)],
                    command != "triton", f"http://127.0.0.1:{ready_port}/v2/health/ready",
-                   tree)
+                   tree or self.tree)
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
@@ -270,7 +273,7 @@ def _merged(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any
 def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
              server: dict[str, Any] | None = None,
              review: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-             tree: Path = REPO) -> None:
+             tree: Path | None = None) -> None:
     # Signed checkpoints on, as a regulated deployment runs the log.
     key = stack.workdir / f"signing-{name}.pem"
     if not key.exists():
@@ -286,7 +289,7 @@ def _sidecar(stack: Stack, name: str, triton: dict[str, str], mode: str,
 
 def _gateway(stack: Stack, name: str, backend: dict[str, str], route: dict[str, Any],
              auth: bool, quota: dict[str, Any], server: dict[str, Any] | None = None,
-             extra: dict[str, Any] | None = None, tree: Path = REPO) -> None:
+             extra: dict[str, Any] | None = None, tree: Path | None = None) -> None:
     stack.aios(name, "gateway", {"gateway": _merged({
         "server": _server(stack, name, **(server or {})),
         "backends": {"b": backend}, "models": {MODEL: route},
@@ -915,6 +918,23 @@ def redis(workdir: Path) -> Iterator[str]:
         process.wait()
 
 
+def source_tree(text: str) -> Path:
+    """A source tree to run our programs from (`--tree`, a variant's ``=TREE``)."""
+    path = Path(text).resolve()
+    if not (path / "aios_cli").is_dir():
+        raise argparse.ArgumentTypeError(f"{path} holds no aios_cli (for the compiled "
+                                         "build, run `make compiled` first)")
+    return path
+
+
+def _tree_label(tree: Path) -> str:
+    """Which build the services ran: this tree, or another, compiled or not."""
+    if tree == REPO:
+        return "this tree (pure Python)"
+    compiled = any(tree.joinpath("sidecar").glob("plane.*.so"))
+    return f"{tree} ({'mypyc-compiled' if compiled else 'pure Python'})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=float(os.environ.get(
@@ -929,6 +949,10 @@ def main() -> int:
     parser.add_argument("--tail-seconds", type=float, default=15.0,
                         help="each paired round's fixed-rate window (the headline tails)")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--tree", type=source_tree, default=REPO,
+                        help="the source tree the gateways and sidecars run from (default: "
+                        "this one; `make compiled` builds build/compiled, the mypyc build "
+                        "`make wheel` ships)")
     parser.add_argument("--out", type=Path, default=REPO / "results")
     # For profiling one path: the report then covers only what was measured.
     parser.add_argument("--only", action="append", default=[],
@@ -942,7 +966,7 @@ def main() -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="aios-bench-"))
-    stack = Stack(workdir)
+    stack = Stack(workdir, args.tree)
     try:
         with redis(workdir) as redis_url:
             every = build(stack, redis_url)
@@ -965,7 +989,8 @@ def main() -> int:
     finally:
         stack.stop()
     machine = (f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}; "
+               f"gateways and sidecars from {_tree_label(args.tree)}")
     goals = targets(runs, rss, pairs)
     (args.out / "bench.json").write_text(json.dumps({
         "machine": machine, "seconds": args.seconds, "rate": args.rate,

@@ -40,6 +40,7 @@ from loadtests.bench import (
     _sidecar,
     bodies,
     redis,
+    source_tree,
     start_triton,
     wrk,
 )
@@ -67,9 +68,10 @@ def parse_variant(text: str) -> Variant:
     if not isinstance(parsed, dict) or set(parsed) - {"gateway", "sidecar"}:
         raise argparse.ArgumentTypeError(
             f"variant {name!r}: settings are {{\"gateway\": {{...}}, \"sidecar\": {{...}}}}")
-    path = Path(tree).resolve() if tree else REPO
-    if not (path / "aios_cli").is_dir():
-        raise argparse.ArgumentTypeError(f"variant {name!r}: {path} holds no aios_cli")
+    try:
+        path = source_tree(tree) if tree else REPO
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"variant {name!r}: {exc}") from None
     return Variant(name, path, parsed)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -12,13 +13,16 @@ from loadtests.bench import (
     DIRECT,
     FULL,
     NOT_MEASURABLE,
+    REPO,
     Paired,
     Run,
     Stack,
     Swap,
     _merged,
+    _tree_label,
     markdown,
     median_and_range,
+    source_tree,
     swaps_markdown,
     targets,
     verdict,
@@ -151,3 +155,17 @@ def test_a_service_tree_counts_the_cpu_of_its_children(tmp_path: Path) -> None:
         assert stack.cpu_seconds("parent") < 0.3
     finally:
         stack.stop()
+
+
+def test_the_report_names_the_build_the_services_ran(tmp_path: Path) -> None:
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=f"{tmp_path} holds no aios_cli .for the compiled build, run "
+                             "`make compiled` first"):
+        source_tree(str(tmp_path))
+    (tmp_path / "aios_cli").mkdir()
+    (tmp_path / "sidecar").mkdir()
+    assert source_tree(str(tmp_path)) == tmp_path.resolve()
+    assert _tree_label(REPO) == "this tree (pure Python)"
+    assert _tree_label(tmp_path) == f"{tmp_path} (pure Python)"
+    (tmp_path / "sidecar" / "plane.cpython-311-x86_64-linux-gnu.so").touch()
+    assert _tree_label(tmp_path) == f"{tmp_path} (mypyc-compiled)"
