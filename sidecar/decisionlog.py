@@ -3,7 +3,7 @@
 One writer task owns the chain. Callers hand it records; it takes everything queued (up
 to a batch), chains and frames them, writes them with one `pwrite` + one `fdatasync` on
 the log's own thread (`aios.worker`), then moves the HEAD marker (async mode writes
-between fsyncs on the event loop: an append to the page cache; in sync mode a task of its
+between fsyncs on the event loop: a write to the page cache; in sync mode a task of its
 own moves HEAD to what is durable at most every HEAD_INTERVAL_S). In `sync` mode each
 caller waits for its batch to be durable, so a response is released only for a recorded
 decision; a failed write fails those callers (503), it never acknowledges. In `async`
