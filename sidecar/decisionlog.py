@@ -331,8 +331,8 @@ class DecisionLog:
             end = self._size + len(data)
             if end > self._filled and self._filled < self._settings.max_segment_bytes:
                 zeros = min(PREFILL_BYTES, self._settings.max_segment_bytes - self._filled)
-                self._filled += _full_write(self._fd, memoryview(_ZEROS)[:zeros],
-                                            self._filled)
+                _full_write(self._fd, memoryview(_ZEROS)[:zeros], self._filled)
+                self._filled += zeros
             self._filled = max(self._filled, end)
             _full_write(self._fd, data, self._size)
             if fsync:
@@ -423,9 +423,7 @@ class DecisionLog:
             logger.warning("decision fan-out to Redis failed: %s", exc)
 
 
-def _full_write(fd: int, data: bytes | memoryview, offset: int) -> int:
+def _full_write(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``pwrite`` all of ``data`` at ``offset`` (a short write is a full disk)."""
-    written = os.pwrite(fd, data, offset)
-    if written != len(data):
+    if os.pwrite(fd, data, offset) != len(data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return written

@@ -161,12 +161,12 @@ async def test_zeros_are_filled_ahead_while_open_and_cut_at_close(tmp_path: Path
     assert written <= segment.stat().st_size < written + 32, "closed, it ends at its records"
 
 
-def _tear(segment: Path, sector_in_record: int) -> None:
-    """What a power loss during the write of ``segment``'s last record leaves (a fault
-    this test cannot cause): one of its sectors never written, the zeros filled ahead
-    after it, as the writer left them."""
+def _tear(segment: Path, index: int) -> None:
+    """What a power loss during the write of ``segment``'s frame ``index`` (its last)
+    leaves (a fault this test cannot cause): one of its sectors never written, the zeros
+    filled ahead after it, as the writer left them."""
     data = segment.read_bytes()
-    start = _frames(segment)[sector_in_record][0]
+    start = _frames(segment)[index][0]
     at = -(-(start + 8) // SECTOR) * SECTOR
     segment.write_bytes(data[:at] + bytes(SECTOR) + data[at + SECTOR:] + bytes(PREFILL_BYTES))
 
