@@ -393,7 +393,7 @@ class RedisRouteStore:
                     logger.warning("routing store: %s; retrying", exc)
                     await asyncio.sleep(self._settings.poll_interval_s)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
 
 def route_diff(before: Any, after: Any) -> tuple[Any, Any]:
