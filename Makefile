@@ -12,15 +12,15 @@ DEV_SIGNING_KEY := var/audit-signing.pem
 COMPILED := build/compiled
 # What `make test` runs again on the compiled build: the compiled modules' own tests and
 # the end-to-end calls through them (the whole suite passes there too; this keeps CI short).
-COMPILED_TESTS := $(addprefix tests/aios/test_,batching.py chain.py envelope.py grpcjson.py \
-	h1server.py h2frames.py h2server.py http1.py ids.py kserve.py merkle.py metrics.py \
-	worker.py fuzz.py) \
+COMPILED_TESTS := $(addprefix tests/aios/test_,batching.py chain.py compare.py envelope.py \
+	grpcjson.py h1server.py h2frames.py h2server.py http1.py ids.py kserve.py merkle.py \
+	metrics.py upstream.py worker.py fuzz.py) \
 	$(addprefix tests/gateway/test_,auth.py batching.py breaker.py quota.py routing.py \
 	sequences.py scheduling.py) \
-	$(addprefix tests/sidecar/test_,batching.py parity.py plane.py records.py redaction.py \
-	review.py decisionlog.py) \
+	$(addprefix tests/sidecar/test_,batching.py drift.py parity.py plane.py records.py \
+	redaction.py review.py decisionlog.py) \
 	$(addprefix tests/e2e/test_,bad_input.py compatibility.py decisions.py grpc_front.py \
-	passthrough.py errors.py)
+	passthrough.py errors.py streaming.py)
 
 .PHONY: setup run test lint models clean help tools proto bench loadtest fuzz examples wheel compiled bench-compiled
 

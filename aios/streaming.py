@@ -171,7 +171,7 @@ async def relayed(upstream: GrpcStream, outbox: Outbox,
     """The next hop's responses, parsed, until it ends the stream; an error status it ends
     with ends the client's stream too (through ``outbox``)."""
     try:
-        async for payload in upstream.responses():
+        while (payload := await upstream.read()) is not None:
             yield service_pb2.ModelStreamInferResponse.FromString(payload)
     except AiosError as exc:
         outbox.fail(exc)

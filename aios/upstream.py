@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -245,14 +245,17 @@ class GrpcStream:
         with contextlib.suppress(asyncio.InvalidStateError):  # it has ended already
             await self._call.done_writing()
 
-    async def responses(self) -> AsyncIterator[bytes]:
-        """The next hop's responses until it ends the stream; its error status raised."""
+    async def read(self) -> bytes | None:
+        """The next hop's next response; None once it has ended the stream; its error
+        status raised. (A method, not an async generator: mypyc compiles this module.)"""
         try:
-            while (message := await self._call.read()) is not grpc.aio.EOF:
-                assert isinstance(message, bytes)
-                yield message
+            message = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from exc
+        if message is grpc.aio.EOF:
+            return None
+        assert isinstance(message, bytes)
+        return message
 
     def cancel(self) -> None:
         self._call.cancel()
